@@ -1,0 +1,59 @@
+"""``ibisagent demo``: the whole pipeline on the bundled sample, with the released weights when they are
+at hand or downloadable, otherwise — said loudly — on tiny random-weight models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+SAMPLE_IMAGE = Path(__file__).with_name("samples") / "ct_thoracic_vertebra.png"
+SAMPLE_PROMPT = "segment the vertebral body"
+
+_BANNER = """\
+#############################################################################
+#  RELEASED WEIGHTS NOT AVAILABLE: RUNNING ON TINY RANDOM-WEIGHT MODELS      #
+#  Every stage of the pipeline runs for real, but the reasoning, the clicks  #
+#  and the mask below are MEANINGLESS. Get the weights to see real results.  #
+#############################################################################"""
+
+
+def run_demo(workdir: Path, device: str, segment: Callable[[argparse.Namespace], int]) -> int:
+    from .weights import WeightsUnavailable, mllm_spec, resolve_mllm_folder, resolve_sam2_file, sam2_spec
+
+    print("looking for the released IBIS and MedSAM2 weights (cache, then Hugging Face) ...", file=sys.stderr, flush=True)
+    try:
+        mllm = str(resolve_mllm_folder(mllm_spec(None)))
+        sam2 = str(resolve_sam2_file(sam2_spec(None)))
+    except WeightsUnavailable as exc:
+        print(f"\n{_BANNER}\n\n{exc}\n", file=sys.stderr, flush=True)
+        mllm, sam2 = _tiny_models(workdir / "tiny-models")
+    out = workdir / "demo"
+    args = argparse.Namespace(
+        image=str(SAMPLE_IMAGE),
+        prompt=SAMPLE_PROMPT,
+        mllm=mllm,
+        mllm_model=None,
+        api_key=None,
+        sam2=sam2,
+        out=str(out / "mask.png"),
+        trace=str(out / "trace.json"),
+        overlays=str(out / "overlays"),
+        initial_mask=None,
+        max_turns=20,
+        device=device,
+        jsonl=False,
+    )
+    print(f'segmenting {SAMPLE_IMAGE.name} with the instruction "{SAMPLE_PROMPT}"', flush=True)
+    return segment(args)
+
+
+def _tiny_models(folder: Path) -> tuple[str, str]:
+    from .tiny_models import build_tiny_models
+
+    mllm, medsam2 = folder / "mllm", folder / "medsam2.pt"
+    if not ((mllm / "config.json").is_file() and medsam2.is_file()):
+        print(f"building tiny random-weight models in {folder} ...", file=sys.stderr, flush=True)
+        build_tiny_models(folder)
+    return str(mllm), str(medsam2)

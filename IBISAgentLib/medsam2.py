@@ -1,0 +1,141 @@
+"""MedSAM2 (SAM2.1 hiera-tiny at 512 px) on the ``sam2`` package: model building and the click tool.
+
+torch and sam2 are imported inside the functions, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .devices import resolve_device
+from .interfaces import Click, ToolResult
+
+# MedSAM2 is sam2.1_hiera_t with a 512 px input; the memory attention's RoPE grid follows the image
+# (512 / 16 = 32). Everything else is the stock config.
+MEDSAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+MEDSAM2_IMAGE_SIZE = 512
+MEDSAM2_OVERRIDES = (
+    f"++model.image_size={MEDSAM2_IMAGE_SIZE}",
+    "++model.memory_attention.layer.self_attention.feat_sizes=[32,32]",
+    "++model.memory_attention.layer.cross_attention.feat_sizes=[32,32]",
+)
+# Logit magnitude standing for "surely inside/outside" when an existing mask becomes a SAM mask prompt.
+MASK_PROMPT_LOGIT = 10.0
+
+
+class CheckpointError(ValueError):
+    """A MedSAM2 checkpoint that cannot be loaded into the MedSAM2 architecture."""
+
+
+def build_medsam2(checkpoint: str | Path | None, device: str, predictor: str = "image") -> Any:
+    """Build the MedSAM2 network (``predictor='video'`` for the propagation model) and load weights.
+
+    The checkpoint is a ``{"model": state_dict}`` file as ``MedSAM2_latest.pt`` is; it is read with
+    ``weights_only=True`` and must match the architecture key for key.
+    """
+    import sam2  # noqa: F401  (registers sam2's config module with hydra)
+    from sam2.build_sam import build_sam2, build_sam2_video_predictor
+
+    build = build_sam2 if predictor == "image" else build_sam2_video_predictor
+    model = build(MEDSAM2_CONFIG, ckpt_path=None, device="cpu", hydra_overrides_extra=list(MEDSAM2_OVERRIDES))
+    if checkpoint is not None:
+        load_checkpoint(model, Path(checkpoint))
+    return model.to(device).eval()
+
+
+def load_checkpoint(model: Any, path: Path) -> None:
+    import torch
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such MedSAM2 checkpoint file")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint ({exc})") from exc
+    state = content.get("model", content) if isinstance(content, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict with a 'model' state dict")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: does not match MedSAM2 (SAM2.1 hiera-tiny, 512 px): "
+            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})"
+        )
+
+
+@functools.cache
+def _predictor_class() -> type:
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    class ImagePredictorAnySize(SAM2ImagePredictor):
+        """sam2's image predictor hard-codes backbone feature sizes for 1024 px; derive them instead."""
+
+        def __init__(self, sam_model: Any, **kwargs: Any) -> None:
+            super().__init__(sam_model, **kwargs)
+            high_res = sam_model.image_size // 4
+            self._bb_feat_sizes = [(high_res >> level, high_res >> level) for level in range(3)]
+
+    return ImagePredictorAnySize
+
+
+class MedSAM2Tool:
+    """The MedSAM2 click tool: one embedding per image, all clicks plus the previous logits per call."""
+
+    def __init__(self, checkpoint: str | Path | None, device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.checkpoint = str(checkpoint) if checkpoint is not None else None
+        self.description = f"MedSAM2 ({Path(checkpoint).name if checkpoint else 'random weights'})"
+        self._predictor = _predictor_class()(build_medsam2(checkpoint, self.device))
+        self._image_key: tuple[Any, ...] | None = None
+        self.embeddings_computed = 0
+
+    @property
+    def low_res_size(self) -> int:
+        return self._predictor.model.image_size // 4
+
+    def set_image(self, image: np.ndarray) -> None:
+        key = (image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        if key == self._image_key:
+            return
+        with self._autocast():
+            self._predictor.set_image(image)
+        self._image_key = key
+        self.embeddings_computed += 1
+
+    def predict(self, clicks: list[Click], previous_logits: np.ndarray | None) -> ToolResult:
+        if not clicks:
+            raise ValueError("MedSAM2 needs at least one click")
+        if self._image_key is None:
+            raise RuntimeError("set_image() must be called before predict()")
+        coords = np.array([[c.x, c.y] for c in clicks], dtype=np.float32)
+        labels = np.array([1 if c.positive else 0 for c in clicks], dtype=np.int32)
+        mask_input = None if previous_logits is None else previous_logits[None, :, :]
+        with self._autocast():
+            masks, scores, logits = self._predictor.predict(
+                point_coords=coords, point_labels=labels, mask_input=mask_input, multimask_output=True
+            )
+        best = int(np.argmax(scores))
+        return ToolResult(mask=masks[best] > 0, score=float(scores[best]), logits=logits[best].astype(np.float32))
+
+    def mask_to_logits(self, mask: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        size = self.low_res_size
+        small = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], (size, size), mode="area")
+        return np.where(small[0, 0].numpy() >= 0.5, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT).astype(np.float32)
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()

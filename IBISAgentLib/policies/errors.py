@@ -1,0 +1,2 @@
+class PolicyError(RuntimeError):
+    """A policy could not produce text (endpoint down, replay exhausted, model failure)."""

@@ -1,0 +1,139 @@
+"""The one JSON trace schema: audit trail, CLI output, server stream and test fixtures.
+
+``trace_schema.json`` beside this file is the same schema in JSON Schema form, for other languages and
+for validation in the tests. Bump ``TRACE_VERSION`` whenever a field changes meaning or is removed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .actions import Action
+
+TRACE_SCHEMA = "ibisagent-trace"
+TRACE_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("trace_schema.json")
+
+StopReason = Literal["terminate", "max_turns", "repeated_action", "unparseable", "cancelled", "error"]
+STOP_REASONS: tuple[str, ...] = ("terminate", "max_turns", "repeated_action", "unparseable", "cancelled", "error")
+
+
+@dataclass
+class Step:
+    """One agent turn or one user click. ``mask`` is the mask after the step (kept out of the JSON)."""
+
+    turn: int
+    source: Literal["agent", "user"]
+    action: Action | None
+    pixel: tuple[int, int] | None
+    score: float | None
+    mask_area: int
+    think: str | None = None
+    answer: str | None = None
+    raw: str | None = None
+    error: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        action = None
+        if self.action is not None:
+            action = {"kind": self.action.kind, "x": self.action.x, "y": self.action.y}
+        return {
+            "turn": self.turn,
+            "source": self.source,
+            "think": self.think,
+            "action": action,
+            "pixel": list(self.pixel) if self.pixel is not None else None,
+            "score": self.score,
+            "mask_area": self.mask_area,
+            "answer": self.answer,
+            "raw": self.raw,
+            "error": self.error,
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Step:
+        action = data.get("action")
+        return cls(
+            turn=data["turn"],
+            source=data["source"],
+            action=Action(action["kind"], action.get("x"), action.get("y")) if action else None,
+            pixel=tuple(data["pixel"]) if data.get("pixel") is not None else None,
+            score=data.get("score"),
+            mask_area=data["mask_area"],
+            think=data.get("think"),
+            answer=data.get("answer"),
+            raw=data.get("raw"),
+            error=data.get("error"),
+            timings_ms=dict(data.get("timings_ms", {})),
+        )
+
+
+@dataclass
+class ImageInfo:
+    width: int
+    height: int
+    source: str | None = None
+
+
+@dataclass
+class Trace:
+    instruction: str
+    image: ImageInfo
+    models: dict[str, str]
+    steps: list[Step]
+    answer: str | None
+    stop_reason: StopReason | None
+    undone: list[Step] = field(default_factory=list)
+    initial_mask_area: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": TRACE_SCHEMA,
+            "version": TRACE_VERSION,
+            "instruction": self.instruction,
+            "image": asdict(self.image),
+            "models": dict(self.models),
+            "initial_mask_area": self.initial_mask_area,
+            "steps": [s.to_dict() for s in self.steps],
+            "undone": [s.to_dict() for s in self.undone],
+            "answer": self.answer,
+            "stop_reason": self.stop_reason,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trace:
+        if data.get("schema") != TRACE_SCHEMA or data.get("version") != TRACE_VERSION:
+            raise ValueError(
+                f"not an {TRACE_SCHEMA} v{TRACE_VERSION} trace (schema={data.get('schema')!r}, "
+                f"version={data.get('version')!r})"
+            )
+        return cls(
+            instruction=data["instruction"],
+            image=ImageInfo(**data["image"]),
+            models=dict(data["models"]),
+            steps=[Step.from_dict(s) for s in data["steps"]],
+            answer=data.get("answer"),
+            stop_reason=data.get("stop_reason"),
+            undone=[Step.from_dict(s) for s in data.get("undone", [])],
+            initial_mask_area=data.get("initial_mask_area"),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

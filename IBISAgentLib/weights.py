@@ -1,0 +1,96 @@
+"""Where model weights come from: a local path or a Hugging Face repo (downloaded with progress and
+cached by huggingface_hub), with one clear paragraph when neither is at hand."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MLLM = "manglu3935/IBIS:qwen2_5vl-7b-RL"
+DEFAULT_SAM2 = "wanglab/MedSAM2:MedSAM2_latest.pt"
+MLLM_ENV = "IBISAGENT_MLLM"
+SAM2_ENV = "IBISAGENT_SAM2"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[^:]+)?$")
+
+
+class WeightsUnavailable(Exception):
+    """Weights that are neither on disk nor downloadable; the message says what to fetch and where."""
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """``owner/repo:path`` — a folder (MLLM) or a file (MedSAM2) inside a Hugging Face model repo."""
+
+    repo: str
+    path: str | None
+
+    @classmethod
+    def parse(cls, spec: str) -> HubRef:
+        repo, _, path = spec.partition(":")
+        return cls(repo, path or None)
+
+    def __str__(self) -> str:
+        return f"{self.repo}:{self.path}" if self.path else self.repo
+
+
+def mllm_spec(cli_value: str | None) -> str:
+    return cli_value or os.environ.get(MLLM_ENV) or DEFAULT_MLLM
+
+
+def sam2_spec(cli_value: str | None) -> str:
+    return cli_value or os.environ.get(SAM2_ENV) or DEFAULT_SAM2
+
+
+def is_hub_ref(spec: str) -> bool:
+    return not Path(spec).exists() and bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/", "~"))
+
+
+def resolve_mllm_folder(spec: str) -> Path:
+    """A local Qwen2.5-VL folder (with config.json) for a path or a hub reference."""
+    if is_hub_ref(spec):
+        ref = HubRef.parse(spec)
+        folder = _download(ref, folder=True, flag="--mllm", env=MLLM_ENV)
+    else:
+        folder = Path(spec).expanduser()
+        if not folder.exists():
+            raise WeightsUnavailable(f"--mllm {spec}: no such folder, and not a Hugging Face id (owner/repo:folder)")
+    if not (folder / "config.json").is_file():
+        raise WeightsUnavailable(f"--mllm {folder}: not a model folder (no config.json inside)")
+    return folder
+
+
+def resolve_sam2_file(spec: str) -> Path:
+    """A local MedSAM2 checkpoint file for a path or a hub reference."""
+    if is_hub_ref(spec):
+        ref = HubRef.parse(spec)
+        if not ref.path:
+            raise WeightsUnavailable(f"--sam2 {spec}: name the checkpoint file, e.g. {DEFAULT_SAM2}")
+        return _download(ref, folder=False, flag="--sam2", env=SAM2_ENV)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailable(f"--sam2 {spec}: no such checkpoint file, and not a Hugging Face id (owner/repo:file)")
+    return path
+
+
+def _download(ref: HubRef, folder: bool, flag: str, env: str) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if folder:
+            patterns = [f"{ref.path}/*"] if ref.path else None
+            root = Path(snapshot_download(ref.repo, allow_patterns=patterns))
+            return root / ref.path if ref.path else root
+        return Path(hf_hub_download(ref.repo, ref.path))
+    except Exception as exc:  # offline, DNS failure, gated repo, missing file: all end the same way
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        include = f" --include '{ref.path}/*'" if folder and ref.path else (f" {ref.path}" if ref.path else "")
+        local = f"DIR/{ref.path}" if ref.path else "DIR"
+        raise WeightsUnavailable(
+            f"The weights {ref} are not in the Hugging Face cache and could not be downloaded "
+            f"({reason}). On a machine with internet access run\n"
+            f"    hf download {ref.repo}{include} --local-dir DIR\n"
+            f"copy DIR to this machine, then pass {flag} {local} or set {env}={local}."
+        ) from exc

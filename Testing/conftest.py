@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny random-weight models built once per test run through the real saving code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Tests never reach a model hub; a test that needs the network says so by unsetting this itself.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "IBISAgentLib" / "samples" / "ct_thoracic_vertebra.png"
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from IBISAgentLib.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def medsam2_tool(tiny_models):
+    from IBISAgentLib.medsam2 import MedSAM2Tool
+
+    return MedSAM2Tool(tiny_models[1], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_image() -> np.ndarray:
+    from IBISAgentLib.images import read_rgb_image
+
+    return read_rgb_image(SAMPLE)

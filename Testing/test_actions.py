@@ -1,0 +1,113 @@
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from IBISAgentLib.actions import (
+    Action,
+    format_action,
+    format_response,
+    normalized_to_pixel,
+    parse_action,
+    parse_response,
+    pixel_to_normalized,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("<think>liver</think><action>Positive Point (0.5000, 0.2500)</action>", Action("positive", 0.5, 0.25)),
+        ("<think>x</think>\n<action>  negative   point(0.1,0.9) </action>", Action("negative", 0.1, 0.9)),
+        ("blah <THINK>a</THINK> <Action>Terminate</Action><answer>done</answer> tail", Action("terminate")),
+        ("<think>a</think><action>Termination</action><answer>ok</answer>", Action("terminate")),
+        ("<action>Positive Point (1, 0)</action>", Action("positive", 1.0, 0.0)),
+        ("<action>Positive Point (1.0000, 0.0000)</action>", Action("positive", 1.0, 0.0)),
+    ],
+)
+def test_parse_accepts_the_grammar_with_tolerance(text, expected):
+    parsed = parse_response(text)
+    assert parsed.error is None
+    assert parsed.action == expected
+
+
+def test_parse_keeps_think_and_answer():
+    parsed = parse_response("<think> the mask fits \n well </think><action>Terminate</action><answer>Liver done.</answer>")
+    assert parsed.think == "the mask fits \n well"
+    assert parsed.answer == "Liver done."
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("<think>only thinking</think>", "no <action>"),
+        ("<action>Positive Point (1.2, 0.5)</action>", "outside [0, 1]"),
+        ("<action>Negative Point (0.5, -0.1)</action>", "outside [0, 1]"),
+        ("<action>Positive Point (nan, 0.5)</action>", "not a number"),
+        ("<action>Positive Point (inf, 0.5)</action>", "not a number"),
+        ("<action>Positive Point (0.5.1, 0.5)</action>", "is not"),
+        ("<action>Positive Point (0.5)</action>", "is not"),
+        ("<action>Click (0.5, 0.5)</action>", "is not"),
+        ("<action></action>", "is not"),
+        ("<action>Positive Point (0.5, 0.5) and Terminate</action>", "is not"),
+    ],
+)
+def test_parse_rejects_with_a_reason(text, reason):
+    parsed = parse_response(text)
+    assert parsed.action is None
+    assert reason in parsed.error
+
+
+@given(st.text())
+def test_parse_never_raises(text):
+    parsed = parse_response(text)
+    assert (parsed.action is None) == (parsed.error is not None)
+
+
+coords = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+
+
+@given(st.sampled_from(["positive", "negative"]), coords, coords)
+def test_format_then_parse_round_trips_to_four_decimals(kind, x, y):
+    action = parse_action(format_action(Action(kind, x, y)))
+    assert action.kind == kind
+    assert abs(action.x - x) <= 5e-5 + 1e-12 and abs(action.y - y) <= 5e-5 + 1e-12
+    assert format_action(action) == format_action(Action(kind, x, y))
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="<>"), max_size=50), st.booleans())
+def test_format_response_is_parseable(think, terminate):
+    action = Action("terminate") if terminate else Action("positive", 0.25, 0.75)
+    parsed = parse_response(format_response(think, action, "summary"))
+    assert parsed.action == action
+    assert (parsed.answer == "summary") == terminate
+
+
+@given(st.integers(min_value=1, max_value=4096))
+def test_pixel_mapping_inverts_training_coordinates_for_every_index(size):
+    for index in range(size):
+        assert normalized_to_pixel(index / size, size) == index
+        assert normalized_to_pixel(pixel_to_normalized(index, size), size) == index
+
+
+@given(st.integers(min_value=1, max_value=4096))
+def test_pixel_mapping_survives_four_decimal_formatting(size):
+    for index in range(size):
+        written = parse_action(format_action(Action("positive", index / size, 0.0)))
+        assert normalized_to_pixel(written.x, size) == index
+
+
+@given(coords, st.integers(min_value=1, max_value=10_000))
+def test_pixel_mapping_picks_the_nearest_index_inside_the_image(x, size):
+    index = normalized_to_pixel(x, size)
+    assert 0 <= index < size
+    best = min(abs(x * size - i) for i in range(max(0, index - 2), min(size, index + 3)))
+    assert math.isclose(abs(x * size - index), best, abs_tol=1e-9) or index in (0, size - 1)
+
+
+def test_pixel_to_normalized_rejects_outside_indices():
+    with pytest.raises(ValueError):
+        pixel_to_normalized(10, 10)
+    with pytest.raises(ValueError):
+        normalized_to_pixel(0.5, 0)
