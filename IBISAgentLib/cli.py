@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ibisagent", description="Agentic, text-instructed medical image segmentation.")
+    parser = argparse.ArgumentParser(
+        prog="ibisagent", description="Agentic, text-instructed medical image segmentation."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -44,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run the agent on the bundled sample (released weights, else tiny random-weight models)"
     )
-    demo.add_argument("--workdir", default=str(Path.home() / ".cache" / "ibisagent"), help="where outputs and tiny models go")
+    demo.add_argument(
+        "--workdir", default=str(Path.home() / ".cache" / "ibisagent"), help="where outputs and tiny models go"
+    )
     demo.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     demo.set_defaults(handler=_demo)
 
@@ -62,11 +66,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="model folder, Hugging Face id (owner/repo:folder), http(s)://HOST/v1 endpoint or replay:FILE.json "
         "(default: $IBISAGENT_MLLM or manglu3935/IBIS:qwen2_5vl-7b-RL)",
     )
-    parser.add_argument("--mllm-model", help="model name at an http(s) endpoint (default: $IBISAGENT_MLLM_MODEL or the only one served)")
+    parser.add_argument(
+        "--mllm-model", help="model name at an http(s) endpoint (default: $IBISAGENT_MLLM_MODEL or the only one served)"
+    )
     parser.add_argument("--api-key", help="API key for an http(s) endpoint (default: $IBISAGENT_API_KEY)")
     parser.add_argument(
         "--sam2",
-        help="MedSAM2 checkpoint file or Hugging Face id (default: $IBISAGENT_SAM2 or wanglab/MedSAM2:MedSAM2_latest.pt)",
+        help="MedSAM2 checkpoint file or Hugging Face id "
+        "(default: $IBISAGENT_SAM2 or wanglab/MedSAM2:MedSAM2_latest.pt)",
     )
     parser.add_argument("--out", help="mask PNG to write (default: IMAGE-STEM_mask.png in the current folder)")
     parser.add_argument("--trace", help="trace JSON to write (default: IMAGE-STEM_trace.json in the current folder)")
@@ -74,7 +81,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial-mask", help="mask PNG to refine instead of starting from nothing")
     parser.add_argument("--max-turns", type=_positive_int, default=20, help="agent turns at most (default 20)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    parser.add_argument("--jsonl", action="store_true", help="print each step as a trace-schema JSON line instead of text")
+    parser.add_argument(
+        "--jsonl", action="store_true", help="print each step as a trace-schema JSON line instead of text"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -108,8 +117,14 @@ def _segment(args: argparse.Namespace) -> int:
             write_rgb(overlays / f"step_{step.turn:02d}.png", picture)
 
     session = AgentSession(
-        image, args.prompt, policy, tool, initial_mask=initial_mask, max_turns=args.max_turns,
-        on_step=on_step, image_source=str(args.image),
+        image,
+        args.prompt,
+        policy,
+        tool,
+        initial_mask=initial_mask,
+        max_turns=args.max_turns,
+        on_step=on_step,
+        image_source=str(args.image),
     )
     exit_code = EXIT_OK
     try:
@@ -141,7 +156,7 @@ def _read_inputs(image_path: str, mask_path: str | None):  # -> tuple[np.ndarray
 
 
 def _load_models(args: argparse.Namespace):  # -> tuple[Policy, SegmentationTool]
-    from .loading import load_policy, load_tool
+    from .loading import load_models
     from .medsam2 import CheckpointError
     from .policies.errors import PolicyError
     from .weights import WeightsUnavailable, mllm_spec, sam2_spec
@@ -149,11 +164,9 @@ def _load_models(args: argparse.Namespace):  # -> tuple[Policy, SegmentationTool
     mllm, sam2 = mllm_spec(args.mllm), sam2_spec(args.sam2)
     print(f"loading policy {mllm} and MedSAM2 {sam2} ...", file=sys.stderr, flush=True)
     try:
-        tool = load_tool(sam2, args.device)
-        policy = load_policy(mllm, args.device, args.mllm_model, args.api_key)
+        return load_models(mllm, sam2, args.device, args.mllm_model, args.api_key)
     except (WeightsUnavailable, CheckpointError, PolicyError, ValueError) as exc:
         raise UserError(str(exc)) from exc
-    return policy, tool
 
 
 def _print_step(step: Step, as_json: bool) -> None:

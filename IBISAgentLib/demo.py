@@ -22,7 +22,9 @@ _BANNER = """\
 def run_demo(workdir: Path, device: str, segment: Callable[[argparse.Namespace], int]) -> int:
     from .weights import WeightsUnavailable, mllm_spec, resolve_mllm_folder, resolve_sam2_file, sam2_spec
 
-    print("looking for the released IBIS and MedSAM2 weights (cache, then Hugging Face) ...", file=sys.stderr, flush=True)
+    print(
+        "looking for the released IBIS and MedSAM2 weights (cache, then Hugging Face) ...", file=sys.stderr, flush=True
+    )
     try:
         mllm = str(resolve_mllm_folder(mllm_spec(None)))
         sam2 = str(resolve_sam2_file(sam2_spec(None)))

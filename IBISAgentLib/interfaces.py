@@ -64,8 +64,11 @@ class SegmentationTool(Protocol):
 
     description: str
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Prepare ``image`` (H, W, 3 uint8); a no-op when it is the image already set."""
+    def set_image(self, image: np.ndarray, key: str | None = None) -> None:
+        """Prepare ``image`` (H, W, 3 uint8); a no-op when it is the image already set.
+
+        ``key`` names the image (callers that set the same image often pass one to skip hashing it).
+        """
         ...
 
     def predict(self, clicks: list[Click], previous_logits: np.ndarray | None) -> ToolResult:

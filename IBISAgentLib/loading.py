@@ -1,37 +1,62 @@
-"""Turning ``--mllm`` / ``--sam2`` specs into a ready Policy and SegmentationTool."""
+"""Turning ``--mllm`` / ``--sam2`` specs into a ready Policy and SegmentationTool.
+
+Both specs are resolved (paths checked, downloads done, replay files read) before any model is built,
+so a typo in the second one never costs the minutes of loading the first.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 from .interfaces import Policy, SegmentationTool
-from .weights import resolve_mllm_folder, resolve_sam2_file
+from .weights import WeightsUnavailable, resolve_mllm_folder, resolve_sam2_file
 
 MLLM_MODEL_ENV = "IBISAGENT_MLLM_MODEL"
 API_KEY_ENV = "IBISAGENT_API_KEY"
 
 
-def load_policy(spec: str, device: str = "auto", model_name: str | None = None, api_key: str | None = None) -> Policy:
+def load_models(
+    mllm: str, sam2: str, device: str = "auto", model_name: str | None = None, api_key: str | None = None
+) -> tuple[Policy, SegmentationTool]:
+    problems: list[str] = []
+    make_policy = checkpoint = None
+    try:
+        make_policy = _policy_factory(mllm, device, model_name, api_key)
+    except WeightsUnavailable as exc:
+        problems.append(str(exc))
+    try:
+        checkpoint = resolve_sam2_file(sam2)
+    except WeightsUnavailable as exc:
+        problems.append(str(exc))
+    if make_policy is None or checkpoint is None:
+        raise WeightsUnavailable("\n\n".join(problems))
+    from .medsam2 import MedSAM2Tool
+
+    return make_policy(), MedSAM2Tool(checkpoint, device=device)
+
+
+def _policy_factory(spec: str, device: str, model_name: str | None, api_key: str | None) -> Callable[[], Policy]:
     """``replay:FILE.json``, ``http(s)://host/v1`` (OpenAI-compatible), a local folder or a hub id."""
     if spec.startswith("replay:"):
         from .policies.replay import ReplayPolicy
 
-        return ReplayPolicy.from_file(spec.removeprefix("replay:"))
+        policy = ReplayPolicy.from_file(spec.removeprefix("replay:"))
+        return lambda: policy
     if spec.startswith(("http://", "https://")):
         from .policies.openai_http import OpenAIChatPolicy
 
-        return OpenAIChatPolicy(
+        return lambda: OpenAIChatPolicy(
             spec,
             model=model_name or os.environ.get(MLLM_MODEL_ENV),
             api_key=api_key or os.environ.get(API_KEY_ENV),
         )
-    from .policies.transformers_qwen import TransformersQwenPolicy
+    folder: Path = resolve_mllm_folder(spec)
 
-    return TransformersQwenPolicy(resolve_mllm_folder(spec), device=device)
+    def local() -> Policy:
+        from .policies.transformers_qwen import TransformersQwenPolicy
 
+        return TransformersQwenPolicy(folder, device=device)
 
-def load_tool(spec: str, device: str = "auto") -> SegmentationTool:
-    """MedSAM2 from a checkpoint path or hub id."""
-    from .medsam2 import MedSAM2Tool
-
-    return MedSAM2Tool(resolve_sam2_file(spec), device=device)
+    return local

@@ -92,15 +92,16 @@ class MedSAM2Tool:
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.description = f"MedSAM2 ({Path(checkpoint).name if checkpoint else 'random weights'})"
         self._predictor = _predictor_class()(build_medsam2(checkpoint, self.device))
-        self._image_key: tuple[Any, ...] | None = None
+        self._image_key: str | None = None
         self.embeddings_computed = 0
 
     @property
     def low_res_size(self) -> int:
         return self._predictor.model.image_size // 4
 
-    def set_image(self, image: np.ndarray) -> None:
-        key = (image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+    def set_image(self, image: np.ndarray, key: str | None = None) -> None:
+        if key is None:
+            key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
         if key == self._image_key:
             return
         with self._autocast():

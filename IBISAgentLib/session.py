@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,8 +21,8 @@ import numpy as np
 from .actions import Action, normalized_to_pixel, parse_response, pixel_to_normalized
 from .interfaces import Click, Policy, PolicyRequest, SegmentationTool
 from .prompts import IBIS_V1, PromptProfile
-from .rendering import overlay_mask
-from .trace import ImageInfo, StopReason, Step, Trace
+from .rendering import OverlayRenderer
+from .trace import ImageInfo, Step, StopReason, Trace
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class AgentSession:
         self._cancel = threading.Event()
         self._initial_mask = None if initial_mask is None else initial_mask.astype(bool)
         self._states: list[_State] = [self._initial_state()]
+        self._renderer = OverlayRenderer(image, profile.overlay_color, profile.overlay_alpha)
+        # Names this image for the tool's embedding cache without hashing it every turn.
+        self._image_key = uuid.uuid4().hex
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -200,7 +204,9 @@ class AgentSession:
             raise ValueError(f"click ({x}, {y}) is outside the {width}x{height} image")
         started = time.perf_counter()
         state = self._states[-1]
-        action = Action("positive" if positive else "negative", pixel_to_normalized(x, width), pixel_to_normalized(y, height))
+        action = Action(
+            "positive" if positive else "negative", pixel_to_normalized(x, width), pixel_to_normalized(y, height)
+        )
         step = Step(turn=len(self.steps) + 1, source="user", action=action, pixel=(x, y), score=None, mask_area=0)
         new_state = _State(state.mask, state.logits, None)
         tool_s = self._apply_click(Click(x, y, positive), state, new_state, step)
@@ -238,13 +244,13 @@ class AgentSession:
         # states[0] is the starting point; states[i + 1] is what steps[i] left behind.
         history = [
             (self.profile.user_text(self.instruction, i > 0), st.sent_image, step.raw or "")
-            for i, (step, st) in enumerate(zip(self.steps, self._states[1:]))
+            for i, (step, st) in enumerate(zip(self.steps, self._states[1:], strict=True))
             if st.sent_image is not None
         ]
         return PolicyRequest(
             system_prompt=self.profile.system_prompt,
             user_text=text,
-            image=overlay_mask(self.image, state.mask, self.profile.overlay_color, self.profile.overlay_alpha),
+            image=self._renderer.render(state.mask),
             max_new_tokens=self.profile.max_new_tokens,
             max_pixels=self.profile.max_pixels,
             min_pixels=self.profile.min_pixels,
@@ -256,7 +262,7 @@ class AgentSession:
     def _apply_click(self, click: Click, state: _State, new_state: _State, step: Step) -> float:
         """Run the tool on all clicks so far plus this one; fills ``new_state`` and ``step``."""
         tool_started = time.perf_counter()
-        self.tool.set_image(self.image)
+        self.tool.set_image(self.image, key=self._image_key)
         result = self.tool.predict([*self.clicks, click], state.logits)
         new_state.mask, new_state.logits, new_state.click = result.mask, result.logits, click
         step.score = result.score

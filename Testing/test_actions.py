@@ -33,7 +33,9 @@ def test_parse_accepts_the_grammar_with_tolerance(text, expected):
 
 
 def test_parse_keeps_think_and_answer():
-    parsed = parse_response("<think> the mask fits \n well </think><action>Terminate</action><answer>Liver done.</answer>")
+    parsed = parse_response(
+        "<think> the mask fits \n well </think><action>Terminate</action><answer>Liver done.</answer>"
+    )
     assert parsed.think == "the mask fits \n well"
     assert parsed.answer == "Liver done."
 

@@ -90,3 +90,18 @@ def test_to_rgb_accepts_grey_and_rgba_only():
         to_rgb_uint8(np.zeros((4, 5, 2), np.uint8))
     with pytest.raises(ValueError):
         to_rgb_uint8(np.zeros((4, 5), np.float32))
+
+
+@given(arrays(np.uint8, (6, 5, 3)), st.lists(arrays(np.bool_, (6, 5)), min_size=1, max_size=6))
+def test_overlay_renderer_equals_the_formula_for_any_mask_sequence(image, masks):
+    from IBISAgentLib.rendering import OverlayRenderer
+
+    renderer = OverlayRenderer(image, (34, 139, 34), 0.4)
+    pictures = []
+    for mask in [*masks, masks[0]]:
+        picture = renderer.render(mask)
+        assert picture.shape == image.shape and picture.dtype == np.uint8
+        assert np.array_equal(picture, overlay_mask(image, mask, (34, 139, 34), 0.4))
+        pictures.append((picture, mask))
+    for picture, mask in pictures:  # earlier pictures are never modified by later turns
+        assert np.array_equal(picture, overlay_mask(image, mask, (34, 139, 34), 0.4))

@@ -180,7 +180,9 @@ def test_undo_restores_the_previous_step_of_either_source(sample_image, medsam2_
 def test_initial_mask_is_refined(sample_image, medsam2_tool):
     initial = np.zeros(sample_image.shape[:2], bool)
     initial[40:80, 50:90] = True
-    session, policy = new_session(sample_image, medsam2_tool, [click("negative", 0.5, 0.5), TERMINATE], initial_mask=initial)
+    session, policy = new_session(
+        sample_image, medsam2_tool, [click("negative", 0.5, 0.5), TERMINATE], initial_mask=initial
+    )
     trace = session.run()
     assert trace.initial_mask_area == initial.sum()
     assert policy.requests[0].user_text.startswith("<image>This is a refinement step.")
@@ -233,7 +235,9 @@ def test_trace_schema_and_round_trip(sample_image, medsam2_tool):
 
 def test_the_loop_does_no_file_io(sample_image, medsam2_tool):
     medsam2_tool.set_image(sample_image)
-    session, _ = new_session(sample_image, medsam2_tool, [click("positive", 0.1 * i, 0.4) for i in range(1, 8)] + [TERMINATE])
+    session, _ = new_session(
+        sample_image, medsam2_tool, [click("positive", 0.1 * i, 0.4) for i in range(1, 8)] + [TERMINATE]
+    )
     opened = []
     active = [True]
 

@@ -103,7 +103,10 @@ class OpenAIChatPolicy:
     def _messages(request: PolicyRequest) -> list[dict[str, Any]]:
         def user(text: str, image: np.ndarray) -> dict[str, Any]:
             url = "data:image/png;base64," + _png_base64(image, request.max_pixels, request.min_pixels)
-            return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}
+            return {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}],
+            }
 
         messages: list[dict[str, Any]] = [{"role": "system", "content": request.system_prompt}]
         for past_text, past_image, past_answer in request.history:

@@ -1,0 +1,51 @@
+"""House rules that keep 3D Slicer start-up fast and the core free of UI code."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "sam2", "slicer", "qt", "ctk", "vtk", "backend_server")
+LIGHT_MODULES = (
+    "IBISAgentLib",
+    "IBISAgentLib.actions",
+    "IBISAgentLib.prompts",
+    "IBISAgentLib.rendering",
+    "IBISAgentLib.images",
+    "IBISAgentLib.trace",
+    "IBISAgentLib.session",
+    "IBISAgentLib.weights",
+    "IBISAgentLib.loading",
+    "IBISAgentLib.medsam2",
+    "IBISAgentLib.policies",
+    "IBISAgentLib.cli",
+)
+
+
+def test_importing_the_library_loads_no_heavy_or_ui_module():
+    code = (
+        "import sys\n"
+        f"for name in {LIGHT_MODULES!r}: __import__(name)\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_library_never_imports_slicer_qt_or_the_server():
+    pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk|backend_server)\b", re.MULTILINE)
+    offenders = [str(p) for p in (REPO / "IBISAgentLib").rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_ruff_lint_and_format_are_clean():
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed in this environment")
+    lint = subprocess.run([ruff, "check", "."], capture_output=True, text=True, cwd=REPO)
+    assert lint.returncode == 0, lint.stdout
+    fmt = subprocess.run([ruff, "format", "--check", "."], capture_output=True, text=True, cwd=REPO)
+    assert fmt.returncode == 0, fmt.stdout

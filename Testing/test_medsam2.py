@@ -1,0 +1,95 @@
+"""MedSAM2 built through sam2's own config machinery and loaded like MedSAM2_latest.pt."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from IBISAgentLib.interfaces import Click
+from IBISAgentLib.medsam2 import CheckpointError, MedSAM2Tool, build_medsam2
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_medsam2(None, "cpu")
+
+
+def test_architecture_is_medsam2(model):
+    trunk = model.image_encoder.trunk
+    assert model.image_size == 512
+    assert trunk.blocks[0].dim == 96 and len(trunk.blocks) == 12  # stages [1, 2, 7, 2]
+    assert trunk.stage_ends == [0, 2, 9, 11]
+    assert model.image_encoder.neck.d_model == 256
+    assert model.num_maskmem == 7
+    assert model.memory_encoder.out_proj.out_channels == 64
+    attention = model.memory_attention.layers[0]
+    assert attention.self_attn.freqs_cis.shape[0] == 32 * 32
+    assert attention.cross_attn_image.freqs_cis.shape[0] == 32 * 32
+
+
+def test_predictions_are_at_image_resolution_with_low_res_logits(medsam2_tool, sample_image):
+    medsam2_tool.set_image(sample_image)
+    result = medsam2_tool.predict([Click(60, 40, True), Click(10, 10, False)], None)
+    assert result.mask.shape == sample_image.shape[:2] and result.mask.dtype == bool
+    assert result.logits.shape == (128, 128)
+    assert np.isfinite(result.score)
+    assert medsam2_tool.mask_to_logits(result.mask).shape == (128, 128)
+
+
+def test_mask_to_logits_marks_inside_and_outside(medsam2_tool):
+    mask = np.zeros((256, 512), bool)
+    mask[:, 256:] = True
+    logits = medsam2_tool.mask_to_logits(mask)
+    assert (logits[:, 64:] > 0).all() and (logits[:, :64] < 0).all()
+
+
+def test_needs_a_click_and_an_image(tiny_models):
+    tool = MedSAM2Tool(tiny_models[1], device="cpu")
+    with pytest.raises(RuntimeError, match="set_image"):
+        tool.predict([Click(0, 0, True)], None)
+    with pytest.raises(ValueError, match="at least one click"):
+        tool.predict([], None)
+
+
+def test_checkpoint_round_trip_gives_identical_weights(tiny_models, model):
+    tool = MedSAM2Tool(tiny_models[1], device="cpu")
+    saved = torch.load(tiny_models[1], weights_only=True)["model"]
+    for name, tensor in tool._predictor.model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+
+
+def test_wrong_checkpoints_are_refused_with_reasons(tmp_path, model):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(CheckpointError, match="no such"):
+        MedSAM2Tool(missing, device="cpu")
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        MedSAM2Tool(corrupt, device="cpu")
+
+    partial = tmp_path / "partial.pt"
+    state = model.state_dict()
+    torch.save({"model": {k: v for i, (k, v) in enumerate(state.items()) if i % 2}}, partial)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        MedSAM2Tool(partial, device="cpu")
+
+    not_dict = tmp_path / "list.pt"
+    torch.save([1, 2, 3], not_dict)
+    with pytest.raises(CheckpointError, match="'model' state dict"):
+        MedSAM2Tool(not_dict, device="cpu")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+def test_pickled_code_is_never_executed(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    with evil.open("wb") as handle:
+        pickle.dump({"model": Payload()}, handle)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        MedSAM2Tool(evil, device="cpu")
+    assert "pickle code ran" not in capsys.readouterr().out

@@ -1,0 +1,70 @@
+import pytest
+
+from IBISAgentLib.weights import (
+    DEFAULT_MLLM,
+    DEFAULT_SAM2,
+    HubRef,
+    WeightsUnavailable,
+    is_hub_ref,
+    mllm_spec,
+    resolve_mllm_folder,
+    resolve_sam2_file,
+    sam2_spec,
+)
+
+
+def test_defaults_come_from_flags_then_environment_then_release(monkeypatch):
+    monkeypatch.delenv("IBISAGENT_MLLM", raising=False)
+    monkeypatch.delenv("IBISAGENT_SAM2", raising=False)
+    assert (mllm_spec(None), sam2_spec(None)) == (DEFAULT_MLLM, DEFAULT_SAM2)
+    monkeypatch.setenv("IBISAGENT_MLLM", "/models/ibis")
+    monkeypatch.setenv("IBISAGENT_SAM2", "/models/medsam2.pt")
+    assert (mllm_spec(None), sam2_spec(None)) == ("/models/ibis", "/models/medsam2.pt")
+    assert mllm_spec("flag") == "flag"
+
+
+def test_hub_references():
+    assert HubRef.parse(DEFAULT_MLLM) == HubRef("manglu3935/IBIS", "qwen2_5vl-7b-RL")
+    assert HubRef.parse("wanglab/MedSAM2:MedSAM2_latest.pt").path == "MedSAM2_latest.pt"
+    assert is_hub_ref(DEFAULT_MLLM) and is_hub_ref("owner/repo")
+    assert not is_hub_ref("./models/x") and not is_hub_ref("/abs/path") and not is_hub_ref("plainname")
+
+
+def test_local_paths(tiny_models, tmp_path):
+    mllm, medsam2 = tiny_models
+    assert resolve_mllm_folder(str(mllm)) == mllm
+    assert resolve_sam2_file(str(medsam2)) == medsam2
+    with pytest.raises(WeightsUnavailable, match=r"no config\.json"):
+        resolve_mllm_folder(str(tmp_path))
+    with pytest.raises(WeightsUnavailable, match="no such checkpoint file"):
+        resolve_sam2_file(str(tmp_path / "nothing.pt"))
+
+
+def test_offline_hub_download_names_what_to_fetch_and_where(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailable) as raised:
+        resolve_mllm_folder(DEFAULT_MLLM)
+    message = str(raised.value)
+    assert "hf download manglu3935/IBIS --include 'qwen2_5vl-7b-RL/*' --local-dir DIR" in message
+    assert "--mllm DIR/qwen2_5vl-7b-RL" in message and "IBISAGENT_MLLM=" in message
+    with pytest.raises(WeightsUnavailable) as raised:
+        resolve_sam2_file(DEFAULT_SAM2)
+    assert "hf download wanglab/MedSAM2 MedSAM2_latest.pt --local-dir DIR" in str(raised.value)
+    assert "--sam2 DIR/MedSAM2_latest.pt" in str(raised.value)
+
+
+def test_hub_cache_is_used_offline(monkeypatch, tmp_path):
+    """A file already in the Hugging Face cache resolves without the network."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    snapshot = cache / "models--wanglab--MedSAM2" / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snapshot.mkdir(parents=True)
+    (snapshot / "MedSAM2_latest.pt").write_bytes(b"cached weights")
+    (cache / "models--wanglab--MedSAM2" / "refs").mkdir()
+    (cache / "models--wanglab--MedSAM2" / "refs" / "main").write_text(snapshot.name)
+    assert resolve_sam2_file(DEFAULT_SAM2).read_bytes() == b"cached weights"
