@@ -12,6 +12,7 @@ from .actions import format_action
 from .devices import DEVICE_CHOICES
 from .images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
 from .trace import Step
+from .volumes import write_labelmap
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -38,9 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    segment = commands.add_parser("segment", help="segment a 2D image from a text instruction")
-    segment.add_argument("image", help="PNG/JPEG/BMP/TIFF image, greyscale or RGB")
+    segment = commands.add_parser("segment", help="segment a 2D image or a slice of a volume from a text instruction")
+    segment.add_argument(
+        "image", help="PNG/JPEG/BMP/TIFF image, or a volume: .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM folder"
+    )
     _add_run_options(segment)
+    _add_volume_options(segment)
     segment.set_defaults(handler=_segment)
 
     demo = commands.add_parser(
@@ -75,15 +79,51 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="MedSAM2 checkpoint file or Hugging Face id "
         "(default: $IBISAGENT_SAM2 or wanglab/MedSAM2:MedSAM2_latest.pt)",
     )
-    parser.add_argument("--out", help="mask PNG to write (default: IMAGE-STEM_mask.png in the current folder)")
+    parser.add_argument(
+        "--out",
+        help="mask to write: PNG for images, .nii.gz/.nrrd/.mha for volumes "
+        "(default: IMAGE-STEM_mask.png or IMAGE-STEM_mask.nii.gz in the current folder)",
+    )
     parser.add_argument("--trace", help="trace JSON to write (default: IMAGE-STEM_trace.json in the current folder)")
     parser.add_argument("--overlays", help="folder for the image the model saw at each turn")
-    parser.add_argument("--initial-mask", help="mask PNG to refine instead of starting from nothing")
+    parser.add_argument(
+        "--initial-mask", help="mask to refine instead of starting from nothing (PNG, or a labelmap for volumes)"
+    )
     parser.add_argument("--max-turns", type=_positive_int, default=20, help="agent turns at most (default 20)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument(
         "--jsonl", action="store_true", help="print each step as a trace-schema JSON line instead of text"
     )
+
+
+def _add_volume_options(parser: argparse.ArgumentParser) -> None:
+    volume = parser.add_argument_group("volumes")
+    volume.add_argument(
+        "--slice", help="AXIS:INDEX, AXIS one of axial, coronal, sagittal (default: the middle axial slice)"
+    )
+    volume.add_argument(
+        "--window",
+        help="abdomen, lung, bone, brain, percentile or LEVEL,WIDTH (default: abdomen for CT, percentile otherwise)",
+    )
+    volume.add_argument("--propagate", action="store_true", help="grow the result through the volume with MedSAM2")
+    volume.add_argument("--range", help="A:B, the slices to propagate through (default: all)")
+    volume.add_argument(
+        "--stop-after-empty",
+        type=_non_negative_int,
+        default=3,
+        help="stop a direction after this many empty slices in a row (0: never; default 3)",
+    )
+    volume.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected part")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -101,10 +141,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     if not args.prompt.strip():
         raise UserError("--prompt is empty: say what to segment")
-    image, initial_mask = _read_inputs(args.image, args.initial_mask)
-    stem = Path(args.image).stem
-    out = Path(args.out or f"{stem}_mask.png")
-    trace_path = Path(args.trace or f"{stem}_trace.json")
+    case, image, initial_mask = _read_inputs(args)
+    out, trace_path = _output_paths(args, case is not None)
     policy, tool = _load_models(args)
     overlays = Path(args.overlays) if args.overlays else None
 
@@ -125,6 +163,8 @@ def _segment(args: argparse.Namespace) -> int:
         max_turns=args.max_turns,
         on_step=on_step,
         image_source=str(args.image),
+        geometry=case.geometry if case else None,
+        window=case.window.describe() if case else None,
     )
     exit_code = EXIT_OK
     try:
@@ -133,26 +173,109 @@ def _segment(args: argparse.Namespace) -> int:
         session.stop_reason = "cancelled"
         exit_code = EXIT_INTERRUPTED
     trace = session.trace()
-    write_mask(out, session.mask)
+    report = sys.stderr if args.jsonl else sys.stdout
+    if case is None:
+        write_mask(out, session.mask)
+    else:
+        result = case.place(session.mask)
+        if args.propagate and exit_code == EXIT_OK and trace.stop_reason != "error":
+            result, exit_code = _propagate(args, case, tool, session.mask, result, report)
+        write_labelmap(out, result, case.image)
     trace.save(trace_path)
     last_error = next((s.error for s in reversed(trace.steps) if s.error), None)
     summary = f"stopped: {trace.stop_reason}; mask {int(session.mask.sum())} px -> {out}; trace -> {trace_path}"
     if trace.answer:
         summary += f"\nanswer: {trace.answer}"
-    print(summary, file=sys.stderr if args.jsonl else sys.stdout, flush=True)
+    print(summary, file=report, flush=True)
     if trace.stop_reason == "error":
         print(f"ibisagent: the run failed: {last_error}", file=sys.stderr)
         return EXIT_FAILED
     return exit_code
 
 
-def _read_inputs(image_path: str, mask_path: str | None):  # -> tuple[np.ndarray, np.ndarray | None]
+def _propagate(args, case, tool, key_mask, key_only, report):  # -> tuple[np.ndarray, int]
+    """The propagated 3D mask, or the key slice alone when there is nothing to grow or it was interrupted."""
+    from tqdm import tqdm
+
+    from .propagation import MedSAM2Propagator
+
+    if not key_mask.any():
+        print("nothing to propagate: the key slice mask is empty", file=report, flush=True)
+        return key_only, EXIT_OK
+    first, last = _parse_range(args.range, case)
+    propagator = MedSAM2Propagator(tool.checkpoint, device=args.device)
+    with tqdm(total=last - first + 1, desc="propagating", unit="slice", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, index: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            bar.set_postfix_str(f"{case.geometry.axis} {index}")
+
+        try:
+            result = propagator.propagate(
+                case.windowed,
+                case.geometry,
+                key_mask,
+                first=first,
+                last=last,
+                stop_after_empty=args.stop_after_empty,
+                largest_component=args.largest_component,
+                on_progress=progress,
+            )
+        except KeyboardInterrupt:
+            print("propagation interrupted: writing the key slice only", file=sys.stderr)
+            return key_only, EXIT_INTERRUPTED
+    print(f"propagated through {len(result.visited)} slices: {int(result.mask.sum())} voxels", file=report)
+    return result.mask, EXIT_OK
+
+
+def _parse_range(text: str | None, case) -> tuple[int, int]:
+    count = case.geometry.count
+    if not text:
+        return 0, count - 1
     try:
-        image = read_rgb_image(image_path)
-        mask = read_mask(mask_path, image.shape[:2]) if mask_path else None
-    except ImageInputError as exc:
+        first, last = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise UserError(f"--range {text!r}: use A:B with whole slice numbers") from None
+    if not 0 <= first <= case.geometry.index <= last < count:
+        raise UserError(f"--range {text}: must lie in 0:{count - 1} and contain the key slice {case.geometry.index}")
+    return first, last
+
+
+def _output_paths(args: argparse.Namespace, volume: bool) -> tuple[Path, Path]:
+    from .volumes import VOLUME_SUFFIXES
+
+    source = Path(args.image)
+    stem = source.name
+    for suffix in (*VOLUME_SUFFIXES, *source.suffixes[-1:]):
+        stem = stem.removesuffix(suffix)
+    out = Path(args.out or f"{stem}_mask{'.nii.gz' if volume else '.png'}")
+    if volume and not out.name.lower().endswith(VOLUME_SUFFIXES):
+        raise UserError(f"--out {out}: a volume's mask is written as .nii.gz, .nii, .nrrd, .mha or .mhd")
+    if not volume and out.name.lower().endswith(VOLUME_SUFFIXES):
+        raise UserError(f"--out {out}: a 2D image's mask is written as PNG")
+    return out, Path(args.trace or f"{stem}_trace.json")
+
+
+def _read_inputs(args: argparse.Namespace):  # -> tuple[VolumeCase | None, np.ndarray, np.ndarray | None]
+    from .volume_case import VolumeCase
+    from .volumes import VolumeInputError, is_volume_path
+
+    try:
+        if is_volume_path(args.image):
+            case = VolumeCase.load(args.image, args.slice, args.window)
+            mask = case.slice_of_labelmap(args.initial_mask) if args.initial_mask else None
+            return case, case.slice_rgb(), mask
+        for flag, value in (("--slice", args.slice), ("--window", args.window), ("--range", args.range)):
+            if value:
+                raise UserError(f"{flag} applies to volumes; {args.image} is a 2D image")
+        if args.propagate:
+            raise UserError(f"--propagate applies to volumes; {args.image} is a 2D image")
+        image = read_rgb_image(args.image)
+        mask = read_mask(args.initial_mask, image.shape[:2]) if args.initial_mask else None
+        return None, image, mask
+    except (ImageInputError, VolumeInputError, ValueError) as exc:
         raise UserError(str(exc)) from exc
-    return image, mask
 
 
 def _load_models(args: argparse.Namespace):  # -> tuple[Policy, SegmentationTool]
@@ -205,9 +328,9 @@ def _tiny_models(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import demo_arguments
 
-    return run_demo(Path(args.workdir), args.device, segment=_segment)
+    return main(demo_arguments(Path(args.workdir), args.device))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,7 @@ at hand or downloadable, otherwise — said loudly — on tiny random-weight mod
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 SAMPLE_IMAGE = Path(__file__).with_name("samples") / "ct_thoracic_vertebra.png"
@@ -19,7 +17,8 @@ _BANNER = """\
 #############################################################################"""
 
 
-def run_demo(workdir: Path, device: str, segment: Callable[[argparse.Namespace], int]) -> int:
+def demo_arguments(workdir: Path, device: str) -> list[str]:
+    """The ``ibisagent segment`` arguments of the demo, after finding (or standing in for) the weights."""
     from .weights import WeightsUnavailable, mllm_spec, resolve_mllm_folder, resolve_sam2_file, sam2_spec
 
     print(
@@ -32,23 +31,25 @@ def run_demo(workdir: Path, device: str, segment: Callable[[argparse.Namespace],
         print(f"\n{_BANNER}\n\n{exc}\n", file=sys.stderr, flush=True)
         mllm, sam2 = _tiny_models(workdir / "tiny-models")
     out = workdir / "demo"
-    args = argparse.Namespace(
-        image=str(SAMPLE_IMAGE),
-        prompt=SAMPLE_PROMPT,
-        mllm=mllm,
-        mllm_model=None,
-        api_key=None,
-        sam2=sam2,
-        out=str(out / "mask.png"),
-        trace=str(out / "trace.json"),
-        overlays=str(out / "overlays"),
-        initial_mask=None,
-        max_turns=20,
-        device=device,
-        jsonl=False,
-    )
     print(f'segmenting {SAMPLE_IMAGE.name} with the instruction "{SAMPLE_PROMPT}"', flush=True)
-    return segment(args)
+    return [
+        "segment",
+        str(SAMPLE_IMAGE),
+        "--prompt",
+        SAMPLE_PROMPT,
+        "--mllm",
+        mllm,
+        "--sam2",
+        sam2,
+        "--out",
+        str(out / "mask.png"),
+        "--trace",
+        str(out / "trace.json"),
+        "--overlays",
+        str(out / "overlays"),
+        "--device",
+        device,
+    ]
 
 
 def _tiny_models(folder: Path) -> tuple[str, str]:

@@ -32,8 +32,8 @@ class CheckpointError(ValueError):
     """A MedSAM2 checkpoint that cannot be loaded into the MedSAM2 architecture."""
 
 
-def build_medsam2(checkpoint: str | Path | None, device: str, predictor: str = "image") -> Any:
-    """Build the MedSAM2 network (``predictor='video'`` for the propagation model) and load weights.
+def build_medsam2(checkpoint: str | Path | None, device: str, video: bool = False) -> Any:
+    """Build the MedSAM2 network (``video=True``: sam2's video predictor, for propagation) and load weights.
 
     The checkpoint is a ``{"model": state_dict}`` file as ``MedSAM2_latest.pt`` is; it is read with
     ``weights_only=True`` and must match the architecture key for key.
@@ -41,7 +41,7 @@ def build_medsam2(checkpoint: str | Path | None, device: str, predictor: str = "
     import sam2  # noqa: F401  (registers sam2's config module with hydra)
     from sam2.build_sam import build_sam2, build_sam2_video_predictor
 
-    build = build_sam2 if predictor == "image" else build_sam2_video_predictor
+    build = build_sam2_video_predictor if video else build_sam2
     model = build(MEDSAM2_CONFIG, ckpt_path=None, device="cpu", hydra_overrides_extra=list(MEDSAM2_OVERRIDES))
     if checkpoint is not None:
         load_checkpoint(model, Path(checkpoint))

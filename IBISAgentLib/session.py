@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .actions import Action, normalized_to_pixel, parse_response, pixel_to_normalized
+from .geometry import SliceGeometry
 from .interfaces import Click, Policy, PolicyRequest, SegmentationTool
 from .prompts import IBIS_V1, PromptProfile
 from .rendering import OverlayRenderer
@@ -57,6 +58,8 @@ class AgentSession:
         max_turns: int = DEFAULT_MAX_TURNS,
         on_step: Callable[[Step], None] | None = None,
         image_source: str | None = None,
+        geometry: SliceGeometry | None = None,
+        window: str | None = None,
     ) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
             raise ValueError(f"the image must be a non-empty (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
@@ -64,6 +67,8 @@ class AgentSession:
             raise ValueError("the instruction is empty: say what to segment")
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        if geometry is not None and (geometry.height, geometry.width) != image.shape[:2]:
+            raise ValueError(f"the image is {image.shape[:2]}, its slice geometry {(geometry.height, geometry.width)}")
         if initial_mask is not None and initial_mask.shape != image.shape[:2]:
             raise ValueError(f"the initial mask is {initial_mask.shape}, the image is {image.shape[:2]}")
         self.image = image
@@ -74,6 +79,8 @@ class AgentSession:
         self.max_turns = max_turns
         self.on_step = on_step
         self.image_source = image_source
+        self.geometry = geometry
+        self.window = window
         self.steps: list[Step] = []
         self.undone: list[Step] = []
         self.stop_reason: StopReason | None = None
@@ -111,6 +118,9 @@ class AgentSession:
             stop_reason=self.stop_reason,
             undone=list(self.undone),
             initial_mask_area=None if self._initial_mask is None else int(np.count_nonzero(self._initial_mask)),
+            slice=None
+            if self.geometry is None
+            else {"axis": self.geometry.axis, "index": self.geometry.index, "window": self.window or ""},
         )
 
     # -- agent -------------------------------------------------------------------------------------
@@ -271,6 +281,10 @@ class AgentSession:
 
     def _commit(self, step: Step, state: _State, started: float, policy_s: float, tool_s: float) -> Step:
         step.mask = state.mask
+        if self.geometry is not None and step.pixel is not None:
+            ijk = self.geometry.pixel_to_ijk(*step.pixel)
+            step.ijk = tuple(int(v) for v in ijk)
+            step.ras = tuple(float(v) for v in self.geometry.ijk_to_ras(ijk))
         total = time.perf_counter() - started
         step.timings_ms = {"policy": policy_s * 1e3, "tool": tool_s * 1e3, "loop": (total - policy_s - tool_s) * 1e3}
         self.steps.append(step)

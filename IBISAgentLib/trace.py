@@ -38,6 +38,8 @@ class Step:
     raw: str | None = None
     error: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    ijk: tuple[int, int, int] | None = None
+    ras: tuple[float, float, float] | None = None
     mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,6 +52,8 @@ class Step:
             "think": self.think,
             "action": action,
             "pixel": list(self.pixel) if self.pixel is not None else None,
+            "ijk": list(self.ijk) if self.ijk is not None else None,
+            "ras": [round(v, 6) for v in self.ras] if self.ras is not None else None,
             "score": self.score,
             "mask_area": self.mask_area,
             "answer": self.answer,
@@ -66,6 +70,8 @@ class Step:
             source=data["source"],
             action=Action(action["kind"], action.get("x"), action.get("y")) if action else None,
             pixel=tuple(data["pixel"]) if data.get("pixel") is not None else None,
+            ijk=tuple(data["ijk"]) if data.get("ijk") is not None else None,
+            ras=tuple(data["ras"]) if data.get("ras") is not None else None,
             score=data.get("score"),
             mask_area=data["mask_area"],
             think=data.get("think"),
@@ -93,6 +99,7 @@ class Trace:
     stop_reason: StopReason | None
     undone: list[Step] = field(default_factory=list)
     initial_mask_area: int | None = None
+    slice: dict[str, Any] | None = None  # {"axis", "index", "window"} when the image is a volume slice
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +107,7 @@ class Trace:
             "version": TRACE_VERSION,
             "instruction": self.instruction,
             "image": asdict(self.image),
+            "slice": self.slice,
             "models": dict(self.models),
             "initial_mask_area": self.initial_mask_area,
             "steps": [s.to_dict() for s in self.steps],
@@ -126,6 +134,7 @@ class Trace:
         return cls(
             instruction=data["instruction"],
             image=ImageInfo(**data["image"]),
+            slice=data.get("slice"),
             models=dict(data["models"]),
             steps=[Step.from_dict(s) for s in data["steps"]],
             answer=data.get("answer"),

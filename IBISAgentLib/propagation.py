@@ -1,0 +1,201 @@
+"""Slice-by-slice MedSAM2 propagation of a key-slice mask through a volume.
+
+MedSAM2's 3D procedure: prompt the key slice with the mask, propagate forward, reset, prompt again and
+propagate backward; the result is the union of both directions (logits > 0), optionally reduced to its
+largest connected component. Frames are rendered from the in-memory volume when the predictor asks for
+them and old per-frame memories are dropped, so memory stays flat however many slices there are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .devices import resolve_device
+from .geometry import SliceGeometry
+from .medsam2 import MEDSAM2_IMAGE_SIZE, build_medsam2
+
+# Frames a propagation step can still look back at: 7 memory frames, and object pointers from up to
+# 16 frames (sam2's max_obj_ptrs_in_encoder). Older per-frame outputs are never read again.
+_FRAMES_KEPT = 16
+
+
+class PropagationCancelled(Exception):
+    """The propagation was cancelled; nothing was returned."""
+
+
+@dataclass
+class PropagationResult:
+    mask: np.ndarray  # (k, j, i) bool, on the volume's grid
+    visited: list[int] = field(default_factory=list)  # slice indices in the order they were segmented
+    cancelled: bool = False
+
+
+class SliceFrames(Sequence):
+    """The slices of a range as normalized 512 x 512 tensors, rendered only when asked for."""
+
+    def __init__(self, volume: np.ndarray, geometry: SliceGeometry, first: int, last: int, transforms: Any) -> None:
+        self.volume, self.geometry, self.first, self.last = volume, geometry, first, last
+        self.transforms = transforms
+        self.rendered = 0
+
+    def __len__(self) -> int:
+        return self.last - self.first + 1
+
+    def __getitem__(self, frame: int) -> Any:  # a (3, 512, 512) float tensor
+        if not 0 <= frame < len(self):
+            raise IndexError(frame)
+        plane = self.geometry.at(self.first + frame).extract(self.volume)
+        self.rendered += 1
+        return self.transforms(np.repeat(plane[:, :, None], 3, axis=2))
+
+
+def in_memory_state(predictor: Any, frames: Sequence[Any], height: int, width: int) -> dict[str, Any]:
+    """The inference state sam2's ``init_state`` builds, over any frame sequence instead of a JPEG folder
+    or mp4, and without its frame-0 warm-up (the key slice is rarely frame 0)."""
+    from collections import OrderedDict
+
+    return {
+        "images": frames,
+        "num_frames": len(frames),
+        "offload_video_to_cpu": False,
+        "offload_state_to_cpu": False,
+        "video_height": height,
+        "video_width": width,
+        "device": predictor.device,
+        "storage_device": predictor.device,
+        "point_inputs_per_obj": {},
+        "mask_inputs_per_obj": {},
+        "cached_features": {},
+        "constants": {},
+        "obj_id_to_idx": OrderedDict(),
+        "obj_idx_to_id": OrderedDict(),
+        "obj_ids": [],
+        "output_dict_per_obj": {},
+        "temp_output_dict_per_obj": {},
+        "frames_tracked_per_obj": {},
+    }
+
+
+class MedSAM2Propagator:
+    """Grows a key-slice mask into a 3D mask with MedSAM2's video predictor."""
+
+    def __init__(self, checkpoint: str | Path | None, device: str = "auto") -> None:
+        from sam2.utils.transforms import SAM2Transforms
+
+        self.device = resolve_device(device)
+        self.predictor = build_medsam2(checkpoint, self.device, video=True)
+        # The image tool's own preprocessing, so propagation sees slices exactly as the agent's tool does.
+        self.transforms = SAM2Transforms(resolution=MEDSAM2_IMAGE_SIZE, mask_threshold=0.0)
+
+    def propagate(
+        self,
+        volume: np.ndarray,
+        key: SliceGeometry,
+        key_mask: np.ndarray,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        stop_after_empty: int = 3,
+        largest_component: bool = False,
+        on_progress: Callable[[int, int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+        partial: bool = False,
+    ) -> PropagationResult:
+        """Propagate ``key_mask`` (the key slice's (rows, columns) mask) through slices first..last.
+
+        ``volume`` is the windowed uint8 (k, j, i) volume. A direction stops after ``stop_after_empty``
+        consecutive empty slices (0: never). ``on_progress(done, total, slice_index)`` is called after
+        every slice. On cancel it raises ``PropagationCancelled``, or returns what is done with
+        ``cancelled=True`` when ``partial`` is set.
+        """
+        import torch
+
+        first = 0 if first is None else first
+        last = key.count - 1 if last is None else last
+        if not 0 <= first <= key.index <= last < key.count:
+            raise ValueError(
+                f"range {first}:{last} must lie in 0..{key.count - 1} and contain the key slice {key.index}"
+            )
+        if key_mask.shape != (key.height, key.width):
+            raise ValueError(f"key mask shape {key_mask.shape} is not the slice's {(key.height, key.width)}")
+        if volume.dtype != np.uint8 or volume.shape != key.size[::-1]:
+            raise ValueError(f"expected the windowed uint8 volume of shape {key.size[::-1]}")
+        if not key_mask.any():
+            raise ValueError("the key slice mask is empty: there is nothing to propagate")
+
+        frames = SliceFrames(volume, key, first, last, self.transforms)
+        result = PropagationResult(mask=np.zeros(volume.shape, dtype=bool))
+        key_frame = key.index - first
+        total = len(frames)
+        cancel = cancel or threading.Event()
+        # sam2 draws its own progress bar on stderr for every direction; ours is on_progress.
+        with torch.inference_mode(), self._autocast(), _quiet_stderr():
+            state = in_memory_state(self.predictor, frames, key.height, key.width)
+            for reverse in (False, True):
+                self.predictor.reset_state(state)
+                self.predictor.add_new_mask(state, frame_idx=key_frame, obj_id=1, mask=key_mask)
+                empty_run = 0
+                for frame, _, logits in self.predictor.propagate_in_video(
+                    state, start_frame_idx=key_frame, reverse=reverse
+                ):
+                    index = first + frame
+                    plane = (logits[0, 0] > 0).cpu().numpy()
+                    target = key.at(index).extract(result.mask)
+                    target |= plane
+                    self._forget_old_frames(state, frame, reverse)
+                    if frame != key_frame or not reverse:
+                        result.visited.append(index)
+                        if on_progress is not None:
+                            on_progress(len(result.visited), total, index)
+                    if cancel.is_set():
+                        if not partial:
+                            raise PropagationCancelled()
+                        result.cancelled = True
+                        return result
+                    if frame != key_frame:
+                        empty_run = 0 if plane.any() else empty_run + 1
+                        if stop_after_empty and empty_run >= stop_after_empty:
+                            break
+        if largest_component:
+            result.mask = keep_largest_component(result.mask)
+        return result
+
+    @staticmethod
+    def _forget_old_frames(state: dict[str, Any], frame: int, reverse: bool) -> None:
+        for outputs in state["output_dict_per_obj"].values():
+            stored = outputs["non_cond_frame_outputs"]
+            for old in [f for f in stored if (f - frame if reverse else frame - f) > _FRAMES_KEPT]:
+                del stored[old]
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Any:
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        yield
+
+
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 3D connected component (face-connected) of a mask."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))

@@ -1,0 +1,73 @@
+"""Real medical volumes that ship inside registry packages, and small phantoms built from them.
+
+- nilearn's MNI ICBM152 2009 template: a real T1 MR brain (197 x 233 x 189, 1 mm) with grey- and
+  white-matter probability maps on the same grid (installed with --no-deps by scripts/install.sh).
+- pydicom's CT_small.dcm: one real axial CT slice (128 x 128) as a DICOM file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the test data package {name} is not installed: run scripts/install.sh")
+    return Path(spec.submodule_search_locations[0])
+
+
+def mni_path(kind: str = "t1") -> Path:
+    return _package_dir("nilearn") / "datasets" / "data" / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def ct_small_path() -> Path:
+    return _package_dir("pydicom") / "data" / "test_files" / "CT_small.dcm"
+
+
+def mni_crop(size: tuple[int, int, int] = (48, 56, 10), start: tuple[int, int, int] = (74, 90, 85)) -> sitk.Image:
+    """A small block of the real T1 (its geometry follows the crop, as SimpleITK computes it)."""
+    return sitk.RegionOfInterest(sitk.ReadImage(str(mni_path("t1"))), size, start)
+
+
+def write_dicom_series(image: sitk.Image, folder: Path) -> None:
+    """Write a 3D image as a CT DICOM series, one file per k slice, with its true geometry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.Cast(image, sitk.sitkInt16)
+    direction = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1." + str(abs(hash(folder)) % 10**12)
+    for k in range(image.GetDepth()):
+        plane = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": "CT",
+            "0020|000e": series_uid,
+            "0020|000d": series_uid + ".0",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (*direction[0::3], *direction[1::3])),
+            "0028|0030": f"{image.GetSpacing()[1]:.6f}\\{image.GetSpacing()[0]:.6f}",
+            "0018|0050": f"{image.GetSpacing()[2]:.6f}",
+            "0008|0018": f"{series_uid}.{k + 1}",
+        }
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(plane)
+
+
+def ct_phantom(shape: tuple[int, int, int] = (6, 40, 48)) -> np.ndarray:
+    """Hounsfield units: air around a soft-tissue body with a bone core (k, j, i)."""
+    volume = np.full(shape, -1000, dtype=np.int16)
+    j, i = np.ogrid[: shape[1], : shape[2]]
+    body = ((j - shape[1] / 2) / (shape[1] * 0.4)) ** 2 + ((i - shape[2] / 2) / (shape[2] * 0.4)) ** 2 <= 1
+    bone = ((j - shape[1] / 2) / (shape[1] * 0.1)) ** 2 + ((i - shape[2] / 2) / (shape[2] * 0.1)) ** 2 <= 1
+    volume[np.broadcast_to(body, shape)] = 40
+    volume[np.broadcast_to(bone, shape)] = 900
+    return volume
