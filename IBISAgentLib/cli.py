@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import __version__
 from .actions import format_action
 from .devices import DEVICE_CHOICES
 from .images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
+from .prompts import IBIS_V1
+from .remote import RemoteError
+from .rendering import overlay_mask
 from .trace import Step
 from .volumes import write_labelmap
 
@@ -56,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     demo.set_defaults(handler=_demo)
 
+    for plugin in entry_points(group="ibisagent.commands"):
+        plugin.load()(commands)
+
     dev = commands.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
     tiny = dev.add_parser("tiny-models", help="write tiny random-weight models for offline tests")
     tiny.add_argument("directory")
@@ -91,6 +98,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-turns", type=_positive_int, default=20, help="agent turns at most (default 20)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    parser.add_argument("--server", help="run on an IBISAgent server at this URL instead of in this process")
+    parser.add_argument("--token", help="the server's bearer token (default: $IBISAGENT_TOKEN)")
+    parser.add_argument("--ca-bundle", help="CA certificate file to verify the server's TLS certificate with")
     parser.add_argument(
         "--jsonl", action="store_true", help="print each step as a trace-schema JSON line instead of text"
     )
@@ -137,49 +147,49 @@ def _positive_int(text: str) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .session import AgentSession
-
     if not args.prompt.strip():
         raise UserError("--prompt is empty: say what to segment")
     case, image, initial_mask = _read_inputs(args)
     out, trace_path = _output_paths(args, case is not None)
-    policy, tool = _load_models(args)
+    backend = _backend(args)
     overlays = Path(args.overlays) if args.overlays else None
 
     def on_step(step: Step) -> None:
         _print_step(step, args.jsonl)
         if overlays is not None and step.mask is not None:
-            from .rendering import overlay_mask
-
-            picture = overlay_mask(image, step.mask, session.profile.overlay_color, session.profile.overlay_alpha)
+            picture = overlay_mask(image, step.mask, IBIS_V1.overlay_color, IBIS_V1.overlay_alpha)
             write_rgb(overlays / f"step_{step.turn:02d}.png", picture)
 
-    session = AgentSession(
-        image,
-        args.prompt,
-        policy,
-        tool,
-        initial_mask=initial_mask,
-        max_turns=args.max_turns,
-        on_step=on_step,
-        image_source=str(args.image),
-        geometry=case.geometry if case else None,
-        window=case.window.describe() if case else None,
-    )
     exit_code = EXIT_OK
-    try:
-        session.run()
-    except KeyboardInterrupt:
-        session.stop_reason = "cancelled"
-        exit_code = EXIT_INTERRUPTED
-    trace = session.trace()
     report = sys.stderr if args.jsonl else sys.stdout
+    try:
+        session = backend.open_session(
+            case if case is not None else image,
+            args.prompt,
+            initial_mask=initial_mask,
+            max_turns=args.max_turns,
+            on_step=on_step,
+            image_source=str(args.image),
+        )
+        try:
+            session.run()
+        except KeyboardInterrupt:
+            session.cancel()
+            session.stop_reason = "cancelled"
+            exit_code = EXIT_INTERRUPTED
+        trace = session.trace()
+        if case is None:
+            result = session.mask
+        else:
+            result = case.place(session.mask)
+            if args.propagate and exit_code == EXIT_OK and trace.stop_reason != "error":
+                result, exit_code = _propagate(args, case, backend, session, result, report)
+    except RemoteError as exc:
+        print(f"ibisagent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if case is None:
-        write_mask(out, session.mask)
+        write_mask(out, result)
     else:
-        result = case.place(session.mask)
-        if args.propagate and exit_code == EXIT_OK and trace.stop_reason != "error":
-            result, exit_code = _propagate(args, case, tool, session.mask, result, report)
         write_labelmap(out, result, case.image)
     trace.save(trace_path)
     last_error = next((s.error for s in reversed(trace.steps) if s.error), None)
@@ -193,17 +203,14 @@ def _segment(args: argparse.Namespace) -> int:
     return exit_code
 
 
-def _propagate(args, case, tool, key_mask, key_only, report):  # -> tuple[np.ndarray, int]
+def _propagate(args, case, backend, session, key_only, report):  # -> tuple[np.ndarray, int]
     """The propagated 3D mask, or the key slice alone when there is nothing to grow or it was interrupted."""
     from tqdm import tqdm
 
-    from .propagation import MedSAM2Propagator
-
-    if not key_mask.any():
+    if not session.mask.any():
         print("nothing to propagate: the key slice mask is empty", file=report, flush=True)
         return key_only, EXIT_OK
     first, last = _parse_range(args.range, case)
-    propagator = MedSAM2Propagator(tool.checkpoint, device=args.device)
     with tqdm(total=last - first + 1, desc="propagating", unit="slice", file=sys.stderr) as bar:
 
         def progress(done: int, total: int, index: int) -> None:
@@ -212,10 +219,8 @@ def _propagate(args, case, tool, key_mask, key_only, report):  # -> tuple[np.nda
             bar.set_postfix_str(f"{case.geometry.axis} {index}")
 
         try:
-            result = propagator.propagate(
-                case.windowed,
-                case.geometry,
-                key_mask,
+            mask = backend.propagate(
+                session,
                 first=first,
                 last=last,
                 stop_after_empty=args.stop_after_empty,
@@ -225,8 +230,8 @@ def _propagate(args, case, tool, key_mask, key_only, report):  # -> tuple[np.nda
         except KeyboardInterrupt:
             print("propagation interrupted: writing the key slice only", file=sys.stderr)
             return key_only, EXIT_INTERRUPTED
-    print(f"propagated through {len(result.visited)} slices: {int(result.mask.sum())} voxels", file=report)
-    return result.mask, EXIT_OK
+    print(f"propagated through {bar.n} slices: {int(mask.sum())} voxels", file=report)
+    return mask, EXIT_OK
 
 
 def _parse_range(text: str | None, case) -> tuple[int, int]:
@@ -276,6 +281,21 @@ def _read_inputs(args: argparse.Namespace):  # -> tuple[VolumeCase | None, np.nd
         return None, image, mask
     except (ImageInputError, VolumeInputError, ValueError) as exc:
         raise UserError(str(exc)) from exc
+
+
+def _backend(args: argparse.Namespace):  # -> Backend
+    if args.server:
+        from .remote import RemoteBackend
+
+        print(f"connecting to {args.server} ...", file=sys.stderr, flush=True)
+        try:
+            return RemoteBackend(args.server, token=args.token, verify=args.ca_bundle or True)
+        except RemoteError as exc:
+            raise UserError(str(exc)) from exc
+    from .backends import LocalBackend
+
+    policy_factory, tool = _load_models(args)
+    return LocalBackend(policy_factory, tool, device=args.device)
 
 
 def _load_models(args: argparse.Namespace):  # -> tuple[Policy, SegmentationTool]

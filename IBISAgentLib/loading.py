@@ -19,7 +19,9 @@ API_KEY_ENV = "IBISAGENT_API_KEY"
 
 def load_models(
     mllm: str, sam2: str, device: str = "auto", model_name: str | None = None, api_key: str | None = None
-) -> tuple[Policy, SegmentationTool]:
+) -> tuple[Callable[[], Policy], SegmentationTool]:
+    """A policy factory and the MedSAM2 tool. Models load here, once; the factory hands every session
+    the shared model, except replays, which are per session (each replays the file from its start)."""
     problems: list[str] = []
     make_policy = checkpoint = None
     try:
@@ -34,16 +36,24 @@ def load_models(
         raise WeightsUnavailable("\n\n".join(problems))
     from .medsam2 import MedSAM2Tool
 
-    return make_policy(), MedSAM2Tool(checkpoint, device=device)
+    tool = MedSAM2Tool(checkpoint, device=device)
+    policy = make_policy()
+    if spec_is_replay(mllm):
+        return make_policy, tool
+    return lambda: policy, tool
+
+
+def spec_is_replay(spec: str) -> bool:
+    return spec.startswith("replay:")
 
 
 def _policy_factory(spec: str, device: str, model_name: str | None, api_key: str | None) -> Callable[[], Policy]:
     """``replay:FILE.json``, ``http(s)://host/v1`` (OpenAI-compatible), a local folder or a hub id."""
-    if spec.startswith("replay:"):
+    if spec_is_replay(spec):
         from .policies.replay import ReplayPolicy
 
-        policy = ReplayPolicy.from_file(spec.removeprefix("replay:"))
-        return lambda: policy
+        outputs = ReplayPolicy.from_file(spec.removeprefix("replay:")).outputs
+        return lambda: ReplayPolicy(outputs, source=Path(spec.removeprefix("replay:")).name)
     if spec.startswith(("http://", "https://")):
         from .policies.openai_http import OpenAIChatPolicy
 

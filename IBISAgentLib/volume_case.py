@@ -22,17 +22,26 @@ class VolumeCase:
     geometry: SliceGeometry  # the key slice
 
     @classmethod
-    def load(cls, path: str | Path, slice_spec: str | None = None, window: str | None = None) -> VolumeCase:
+    def load(cls, path: str | Path, slice_spec: str | None = None, window: str | Window | None = None) -> VolumeCase:
         """Raises VolumeInputError (bad file) or ValueError (bad slice or window) with a one-line reason."""
         image = read_volume(path)
-        voxels = volume_array(image)
         try:
-            check_finite(voxels)
+            check_finite(volume_array(image))
         except ValueError as exc:
             raise VolumeInputError(f"{path}: {exc}") from exc
+        return cls.of(image, slice_spec, window)
+
+    @classmethod
+    def of(cls, image: sitk.Image, slice_spec: str | None = None, window: str | Window | None = None) -> VolumeCase:
+        """A case over an image already in memory (the server builds its cases from uploads)."""
+        voxels = volume_array(image)
         chosen = choose_window(voxels, window)
         axis, index = parse_slice(slice_spec or "axial")
         return cls(image, chosen, apply_window(voxels, chosen), SliceGeometry.of(image, axis, index))
+
+    @property
+    def slice_spec(self) -> str:
+        return f"{self.geometry.axis}:{self.geometry.index}"
 
     def slice_rgb(self) -> np.ndarray:
         return to_rgb_uint8(np.ascontiguousarray(self.geometry.extract(self.windowed)))

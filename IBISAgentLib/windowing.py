@@ -44,8 +44,12 @@ def looks_like_ct(volume: np.ndarray) -> bool:
     return bool(low <= _CT_AIR_BELOW and high >= _CT_TISSUE_ABOVE)
 
 
-def choose_window(volume: np.ndarray, request: str | None = None) -> Window:
-    """``request``: a preset name, ``LEVEL,WIDTH``, ``percentile``, or None to decide from the data."""
+def choose_window(volume: np.ndarray, request: str | Window | None = None) -> Window:
+    """``request``: a Window, a preset name, ``LEVEL,WIDTH``, ``percentile``, or None to decide from the data."""
+    if isinstance(request, Window):
+        if not (np.isfinite(request.level) and np.isfinite(request.width) and request.width > 0):
+            raise ValueError(f"window {request.describe()}: the width must be a positive number")
+        return request
     if request:
         text = request.strip().lower()
         if text in CT_PRESETS:

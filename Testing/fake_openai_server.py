@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeOpenAIServer:
-    def __init__(self, models: list[str] | None = None) -> None:
+    def __init__(self, models: list[str] | None = None, chunk_delay: float = 0.0) -> None:
         self.models = models if models is not None else ["ibis-7b"]
+        self.chunk_delay = chunk_delay
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.replies: list[tuple[int, str]] = []  # (status, content) answered in order; then 200 "Terminate"
@@ -43,6 +45,8 @@ class FakeOpenAIServer:
                 for i in range(0, len(content), 7):
                     chunk = {"choices": [{"index": 0, "delta": {"content": content[i : i + 7]}}]}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                    time.sleep(server.chunk_delay)
                 self.wfile.write(b"data: [DONE]\n\n")
 
             def _send(self, status, payload):

@@ -22,6 +22,12 @@ LIGHT_MODULES = (
     "IBISAgentLib.medsam2",
     "IBISAgentLib.policies",
     "IBISAgentLib.cli",
+    "IBISAgentLib.backends",
+    "IBISAgentLib.remote",
+    "IBISAgentLib.protocol",
+    "IBISAgentLib.volume_case",
+    "IBISAgentLib.propagation",
+    "IBISAgentLib.geometry",
 )
 
 

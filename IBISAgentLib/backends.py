@@ -1,0 +1,143 @@
+"""Backends open agent sessions. The local backend runs them in this process; the remote one
+(``remote.py``) runs the very same sessions on a backend_server. The CLI and the Slicer module talk only
+to a backend, so switching between the two is one setting."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .interfaces import Policy, SegmentationTool
+from .session import DEFAULT_MAX_TURNS, AgentSession
+from .trace import Step, Trace
+from .volume_case import VolumeCase
+
+
+class Session(Protocol):
+    """What a backend's session offers (AgentSession's interface)."""
+
+    steps: list[Step]
+    stop_reason: str | None
+    answer: str | None
+    on_step: Callable[[Step], None] | None
+
+    @property
+    def mask(self) -> np.ndarray: ...
+
+    def run(self) -> Trace: ...
+
+    def step(self) -> Step | None: ...
+
+    def add_click(self, x: int, y: int, positive: bool) -> Step: ...
+
+    def undo(self) -> Step | None: ...
+
+    def cancel(self) -> None: ...
+
+    def trace(self) -> Trace: ...
+
+
+class Backend(Protocol):
+    def open_session(
+        self,
+        source: np.ndarray | VolumeCase,
+        instruction: str,
+        *,
+        initial_mask: np.ndarray | None = None,
+        max_turns: int = DEFAULT_MAX_TURNS,
+        on_step: Callable[[Step], None] | None = None,
+        image_source: str | None = None,
+    ) -> Session: ...
+
+    def propagate(
+        self,
+        session: Session,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        stop_after_empty: int = 3,
+        largest_component: bool = False,
+        on_progress: Callable[[int, int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> np.ndarray: ...
+
+
+class LocalBackend:
+    """Sessions in this process. ``policy_factory`` gives each session its policy (a shared model, or a
+    fresh replay); the propagator is built on first use from the tool's checkpoint."""
+
+    def __init__(self, policy_factory: Callable[[], Policy], tool: SegmentationTool, device: str = "auto") -> None:
+        self.policy_factory = policy_factory
+        self.tool = tool
+        self.device = device
+        self._propagator = None
+        self._cases: weakref.WeakKeyDictionary[AgentSession, VolumeCase] = weakref.WeakKeyDictionary()
+
+    def open_session(
+        self,
+        source: np.ndarray | VolumeCase,
+        instruction: str,
+        *,
+        initial_mask: np.ndarray | None = None,
+        max_turns: int = DEFAULT_MAX_TURNS,
+        on_step: Callable[[Step], None] | None = None,
+        image_source: str | None = None,
+    ) -> AgentSession:
+        case = source if isinstance(source, VolumeCase) else None
+        session = AgentSession(
+            case.slice_rgb() if case else source,
+            instruction,
+            self.policy_factory(),
+            self.tool,
+            initial_mask=initial_mask,
+            max_turns=max_turns,
+            on_step=on_step,
+            image_source=image_source,
+            geometry=case.geometry if case else None,
+            window=case.window.describe() if case else None,
+        )
+        if case is not None:
+            self._cases[session] = case
+        return session
+
+    def propagate(
+        self,
+        session: Session,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        stop_after_empty: int = 3,
+        largest_component: bool = False,
+        on_progress: Callable[[int, int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> np.ndarray:
+        """The session's mask grown through its volume, as a (k, j, i) bool array on the volume grid."""
+        case = self._cases.get(session)  # type: ignore[arg-type]
+        if case is None:
+            raise ValueError("propagation needs a session on a volume slice")
+        result = self.propagator.propagate(
+            case.windowed,
+            case.geometry,
+            session.mask,
+            first=first,
+            last=last,
+            stop_after_empty=stop_after_empty,
+            largest_component=largest_component,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
+        return result.mask
+
+    @property
+    def propagator(self):  # -> MedSAM2Propagator
+        if self._propagator is None:
+            from .propagation import MedSAM2Propagator
+
+            checkpoint = getattr(self.tool, "checkpoint", None)
+            self._propagator = MedSAM2Propagator(Path(checkpoint) if checkpoint else None, device=self.device)
+        return self._propagator

@@ -1,0 +1,104 @@
+"""Propagation per-slice time and peak memory at 512 x 512, ours vs sam2's stock video predictor.
+
+Real-size MedSAM2 with random weights (the released weights cost the same compute). The stock
+predictor is fed the same frames all at once, as its own loader would prepare them (every slice
+resized and normalized up front); ours renders each slice when the predictor asks and drops per-frame
+memories it can no longer use. Each run is a fresh process so peak RSS is its own.
+Goals (DESIGN.md section 7): our peak memory grows <= 1.2x from 64 to 256 slices; per-slice time
+<= 1.05x the stock predictor's.
+
+    .venv/bin/python Testing/Benchmarks/bench_propagation.py [--slices 64 128 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def worker(mode: str, slices: int, checkpoint: str) -> dict[str, float]:
+    import SimpleITK as sitk
+    import torch
+
+    from IBISAgentLib.geometry import SliceGeometry
+    from IBISAgentLib.propagation import MedSAM2Propagator, in_memory_state
+
+    torch.set_num_threads(torch.get_num_threads())
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 256, (slices, 512, 512), dtype=np.uint8)
+    key = SliceGeometry.of(sitk.Image([512, 512, slices], sitk.sitkUInt8), "axial", slices // 2)
+    mask = np.zeros((512, 512), bool)
+    mask[200:300, 180:320] = True
+    propagator = MedSAM2Propagator(checkpoint, device="cpu")
+    started = time.perf_counter()
+    if mode == "ours":
+        visited = len(propagator.propagate(volume, key, mask, stop_after_empty=0).visited)
+    else:
+        predictor = propagator.predictor
+        with torch.inference_mode():
+            frames = torch.stack(
+                [propagator.transforms(np.repeat(volume[k][:, :, None], 3, axis=2)) for k in range(slices)]
+            )
+            state = in_memory_state(predictor, frames, 512, 512)
+            result = np.zeros(volume.shape, bool)
+            visited = 0
+            for reverse in (False, True):
+                predictor.reset_state(state)
+                predictor.add_new_mask(state, frame_idx=key.index, obj_id=1, mask=mask)
+                for frame, _, logits in predictor.propagate_in_video(state, start_frame_idx=key.index, reverse=reverse):
+                    result[frame] |= (logits[0, 0] > 0).numpy()
+                    visited += 1
+            visited -= 1  # the key slice is yielded by both directions
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "per_slice": seconds / visited, "peak_mb": peak_mb, "visited": visited}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--worker", nargs=3, metavar=("MODE", "SLICES", "CHECKPOINT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        mode, slices, checkpoint = args.worker
+        print(json.dumps(worker(mode, int(slices), checkpoint)))
+        return
+
+    from IBISAgentLib.tiny_models import _build_random_medsam2
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Path(folder) / "medsam2.pt"
+        _build_random_medsam2(checkpoint)
+        for slices in args.slices:
+            for mode in ("stock", "ours"):
+                output = subprocess.run(
+                    [sys.executable, __file__, "--worker", mode, str(slices), str(checkpoint)],
+                    capture_output=True, text=True, check=True,
+                ).stdout  # fmt: skip
+                rows.append((slices, mode, json.loads(output.strip().splitlines()[-1])))
+                print(f"done: {slices} slices, {mode}", file=sys.stderr, flush=True)
+    print("| slices | predictor | per-slice s | total s | peak RSS MB |")
+    print("|-------:|-----------|------------:|--------:|------------:|")
+    for slices, mode, r in rows:
+        print(f"| {slices} | {mode} | {r['per_slice']:.3f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |")
+    ours = {s: r for s, m, r in rows if m == "ours"}
+    stock = {s: r for s, m, r in rows if m == "stock"}
+    smallest, largest = min(ours), max(ours)
+    print(
+        f"our peak memory {largest} vs {smallest} slices: {ours[largest]['peak_mb'] / ours[smallest]['peak_mb']:.2f}x"
+    )
+    for s in sorted(ours):
+        print(f"per-slice time ours / stock at {s} slices: {ours[s]['per_slice'] / stock[s]['per_slice']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()

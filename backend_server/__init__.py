@@ -1,0 +1,1 @@
+"""IBISAgent backend server: IBISAgentLib sessions over HTTP (FastAPI + uvicorn)."""

@@ -1,0 +1,100 @@
+"""``ibisagent serve`` and ``python -m backend_server``: load the models once, then serve HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from typing import Any
+
+from .config import ServerConfig
+
+TOKEN_ENV = "IBISAGENT_TOKEN"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ServerConfig()
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--token", help=f"bearer token clients must send (default: ${TOKEN_ENV})")
+    parser.add_argument(
+        "--allow-no-token",
+        action="store_true",
+        help="listen on a non-loopback address without a token (only behind an authenticating proxy)",
+    )
+    parser.add_argument("--mllm", help="as for ibisagent segment (default: $IBISAGENT_MLLM or the released IBIS)")
+    parser.add_argument("--mllm-model", help="model name at an http(s) endpoint")
+    parser.add_argument("--api-key", help="API key for an http(s) endpoint")
+    parser.add_argument("--sam2", help="as for ibisagent segment (default: $IBISAGENT_SAM2 or the released MedSAM2)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions)
+    parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout, help="seconds (default 900)")
+    parser.add_argument("--max-queue", type=int, default=defaults.max_queue, help="model jobs waiting at most")
+    parser.add_argument(
+        "--max-upload-mb", type=int, default=defaults.max_upload_bytes >> 20, help="largest upload in MiB"
+    )
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def register(commands: Any) -> None:
+    """Adds ``serve`` to the ``ibisagent`` command (entry point group ``ibisagent.commands``)."""
+    parser = commands.add_parser("serve", help="serve agent sessions over HTTP for remote clients (3D Slicer, CLI)")
+    add_arguments(parser)
+    parser.set_defaults(handler=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from IBISAgentLib.backends import LocalBackend
+    from IBISAgentLib.loading import load_models
+    from IBISAgentLib.weights import WeightsUnavailable, mllm_spec, sam2_spec
+
+    from .app import create_app
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token and not _is_loopback(args.host) and not args.allow_no_token:
+        print(
+            f"ibisagent serve: refusing to listen on {args.host} without a token: set --token or {TOKEN_ENV} "
+            "(or --allow-no-token behind an authenticating reverse proxy)",
+            file=sys.stderr,
+        )
+        return 2
+    mllm, sam2 = mllm_spec(args.mllm), sam2_spec(args.sam2)
+    print(f"loading policy {mllm} and MedSAM2 {sam2} ...", file=sys.stderr, flush=True)
+    try:
+        policy_factory, tool = load_models(mllm, sam2, args.device, args.mllm_model, args.api_key)
+    except (WeightsUnavailable, ValueError) as exc:
+        print(f"ibisagent serve: error: {exc}", file=sys.stderr)
+        return 2
+    backend = LocalBackend(policy_factory, tool, device=args.device)
+    backend.propagator  # noqa: B018  (models load once, at start-up)
+    config = ServerConfig(
+        token=token,
+        max_sessions=args.max_sessions,
+        idle_timeout=args.idle_timeout,
+        max_queue=args.max_queue,
+        max_upload_bytes=args.max_upload_mb << 20,
+    )
+    models = {"policy": policy_factory().description, "tool": tool.description}
+    app = create_app(backend, config, models)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend_server", description="IBISAgent backend server")
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
