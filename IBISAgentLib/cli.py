@@ -60,6 +60,33 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     demo.set_defaults(handler=_demo)
 
+    synth = commands.add_parser("synth", help="synthesize SFT and RL training data with the oracle clicker")
+    synth.add_argument(
+        "--dataset", required=True, help="manifest JSONL (image, mask, instruction|target, modality, slice)"
+    )
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--teacher", help="OpenAI-compatible endpoint http(s)://HOST/v1 that writes the reasoning")
+    synth.add_argument("--teacher-model", help="model name at the teacher endpoint")
+    synth.add_argument("--tool", choices=("medsam2", "classical"), default="medsam2")
+    synth.add_argument("--sam2", help="MedSAM2 checkpoint for --tool medsam2 (default as for segment)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    synth.set_defaults(handler=_synth)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model or the oracle on a labelled dataset")
+    evaluate.add_argument("--dataset", required=True, help="manifest JSONL")
+    who = evaluate.add_mutually_exclusive_group(required=True)
+    who.add_argument("--mllm", help="the model, as for segment")
+    who.add_argument("--policy", choices=("oracle",), help="the oracle clicker instead of a model")
+    evaluate.add_argument("--tool", choices=("medsam2", "classical"), default="medsam2")
+    evaluate.add_argument("--sam2", help="MedSAM2 checkpoint for --tool medsam2")
+    evaluate.add_argument("--report", required=True, help="folder for results.jsonl, report.json and report.md")
+    evaluate.add_argument("--max-turns", type=_positive_int, default=20)
+    evaluate.add_argument("--mllm-model")
+    evaluate.add_argument("--api-key")
+    evaluate.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    evaluate.set_defaults(handler=_eval)
+
     for plugin in entry_points(group="ibisagent.commands"):
         plugin.load()(commands)
 
@@ -337,6 +364,86 @@ def _print_step(step: Step, as_json: bool) -> None:
     if step.error:
         lines.append(f"  ! {step.error}")
     print("\n".join(lines), flush=True)
+
+
+def _training_tool(args: argparse.Namespace):  # -> SegmentationTool
+    if args.tool == "classical":
+        from .classical_tool import RandomWalkerTool
+
+        return RandomWalkerTool()
+    from .medsam2 import CheckpointError, MedSAM2Tool
+    from .weights import WeightsUnavailable, resolve_sam2_file, sam2_spec
+
+    try:
+        return MedSAM2Tool(resolve_sam2_file(sam2_spec(args.sam2)), device=args.device)
+    except (WeightsUnavailable, CheckpointError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _manifest(path: str):  # -> list[dict]
+    from .training.manifest import ManifestError, read_manifest
+
+    try:
+        return read_manifest(path)
+    except ManifestError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .training.manifest import ManifestError, load_sample
+    from .training.synthesis import Teacher, synthesize
+
+    records = _manifest(args.dataset)
+    try:
+        samples = [load_sample(r) for r in records]
+    except ManifestError as exc:
+        raise UserError(str(exc)) from exc
+    tool = _training_tool(args)
+    teacher = Teacher(args.teacher, args.teacher_model) if args.teacher else None
+    tool_name = "classical" if args.tool == "classical" else str(getattr(tool, "checkpoint", "classical"))
+    with tqdm(total=len(samples), desc="synthesizing", unit="sample", file=sys.stderr) as bar:
+        paths = synthesize(
+            samples, tool, Path(args.out), teacher, tool_name, args.seed, progress=lambda n: bar.update(1)
+        )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .training.evaluation import evaluate
+    from .training.manifest import ManifestError, load_sample
+    from .training.oracle import OraclePolicy
+
+    records = _manifest(args.dataset)
+    tool = _training_tool(args)
+    if args.policy == "oracle":
+        policy_for = lambda sample: OraclePolicy(sample.ground_truth)  # noqa: E731
+    else:
+        from .loading import load_policy_factory
+        from .weights import WeightsUnavailable
+
+        try:
+            factory = load_policy_factory(args.mllm, args.device, args.mllm_model, args.api_key)
+        except (WeightsUnavailable, ValueError) as exc:
+            raise UserError(str(exc)) from exc
+        policy_for = lambda sample: factory()  # noqa: E731
+    with tqdm(total=len(records), desc="evaluating", unit="sample", file=sys.stderr) as bar:
+        try:
+            report = evaluate(records, load_sample, policy_for, tool, Path(args.report), args.max_turns,
+                              progress=lambda done, total: bar.update(done - bar.n))  # fmt: skip
+        except ManifestError as exc:
+            raise UserError(str(exc)) from exc
+    summary = report["summary"]
+    print(
+        f"{summary['samples']} samples: Dice {summary['dice']:.4f}, IoU {summary['iou']:.4f}, F1 {summary['f1']:.4f}, "
+        f"NoC@85 {summary['noc85']:.2f}, NoC@90 {summary['noc90']:.2f} -> {Path(args.report) / 'report.md'}"
+    )
+    return EXIT_OK
 
 
 def _tiny_models(args: argparse.Namespace) -> int:

@@ -26,8 +26,8 @@ def read_rgb_image(path: str | Path) -> np.ndarray:
     return to_rgb_uint8(array)
 
 
-def read_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """Read a mask (any non-zero pixel is inside) that must have the image's (H, W)."""
+def read_mask(path: str | Path, shape: tuple[int, int], label: int | None = None) -> np.ndarray:
+    """Read a mask that must have the image's (H, W): pixels equal to ``label``, or any non-zero pixel."""
     array = _read(path, "mask")
     if array.ndim == 3:
         array = array.max(axis=2)
@@ -35,7 +35,7 @@ def read_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
         raise ImageInputError(
             f"{path}: mask is {array.shape[1]}x{array.shape[0]} pixels but the image is {shape[1]}x{shape[0]}"
         )
-    return array > 0
+    return array > 0 if label is None else array == label
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:

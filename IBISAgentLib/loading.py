@@ -21,7 +21,8 @@ def load_models(
     mllm: str, sam2: str, device: str = "auto", model_name: str | None = None, api_key: str | None = None
 ) -> tuple[Callable[[], Policy], SegmentationTool]:
     """A policy factory and the MedSAM2 tool. Models load here, once; the factory hands every session
-    the shared model, except replays, which are per session (each replays the file from its start)."""
+    the shared model, except replays, which are per session (each replays the file from its start).
+    Both specs are checked before either model loads, and both problems are reported together."""
     problems: list[str] = []
     make_policy = checkpoint = None
     try:
@@ -37,10 +38,21 @@ def load_models(
     from .medsam2 import MedSAM2Tool
 
     tool = MedSAM2Tool(checkpoint, device=device)
+    return _shared_unless_replay(mllm, make_policy), tool
+
+
+def load_policy_factory(
+    mllm: str, device: str = "auto", model_name: str | None = None, api_key: str | None = None
+) -> Callable[[], Policy]:
+    """The policy factory alone (for evaluation with a tool of one's choice)."""
+    return _shared_unless_replay(mllm, _policy_factory(mllm, device, model_name, api_key))
+
+
+def _shared_unless_replay(spec: str, make_policy: Callable[[], Policy]) -> Callable[[], Policy]:
+    if spec_is_replay(spec):
+        return make_policy
     policy = make_policy()
-    if spec_is_replay(mllm):
-        return make_policy, tool
-    return lambda: policy, tool
+    return lambda: policy
 
 
 def spec_is_replay(spec: str) -> bool:

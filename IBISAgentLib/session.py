@@ -201,6 +201,10 @@ class AgentSession:
                     return self._fail(started, f"segmentation tool failed: {exc}", policy_s, 0.0)
         return self._commit(step, new_state, started, policy_s, tool_s)
 
+    def next_request(self) -> PolicyRequest:
+        """What the policy will be shown on the next agent turn (for rollouts and audits)."""
+        return self._request(self._states[-1])
+
     def cancel(self) -> None:
         """Ask a running ``run()``/``step()`` to stop; safe to call from any thread."""
         self._cancel.set()

@@ -40,8 +40,9 @@ def read_volume(path: str | Path) -> sitk.Image:
     return _checked(image, path)
 
 
-def read_labelmap(path: str | Path, reference: sitk.Image) -> np.ndarray:
-    """A labelmap on exactly the reference grid, as a (z, y, x) bool array (any non-zero label is inside)."""
+def read_labelmap(path: str | Path, reference: sitk.Image, label: int | None = None) -> np.ndarray:
+    """A labelmap on exactly the reference grid, as a (z, y, x) bool array: voxels equal to ``label``, or
+    any non-zero voxel when no label is given."""
     labels = read_volume(path)
     if labels.GetSize() != reference.GetSize():
         raise VolumeInputError(
@@ -54,7 +55,8 @@ def read_labelmap(path: str | Path, reference: sitk.Image) -> np.ndarray:
     ):
         if not np.allclose(ours, theirs, atol=1e-4):
             raise VolumeInputError(f"{path}: labelmap {name} {ours} differs from the volume's {theirs}")
-    return sitk.GetArrayViewFromImage(labels) != 0
+    values = sitk.GetArrayViewFromImage(labels)
+    return values != 0 if label is None else values == label
 
 
 def write_labelmap(path: str | Path, mask: np.ndarray, reference: sitk.Image) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,23 @@ def ct_phantom(shape: tuple[int, int, int] = (6, 40, 48)) -> np.ndarray:
     volume[np.broadcast_to(body, shape)] = 40
     volume[np.broadcast_to(bone, shape)] = 900
     return volume
+
+
+def mni_tissue_dataset(folder: Path) -> Path:
+    """A manifest over the real MNI T1 with grey/white-matter labelmaps (the template's own tissue
+    probability maps above 0.5), three slices in two orientations."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.ReadImage(str(mni_path("t1"))), str(folder / "t1.nii.gz"))
+    for kind in ("wm", "gm"):
+        probability = sitk.ReadImage(str(mni_path(kind)))
+        sitk.WriteImage(sitk.BinaryThreshold(probability, 129, 255, 1, 0), str(folder / f"{kind}.nii.gz"))
+    base = {"image": "t1.nii.gz", "modality": "MR"}
+    rows = [
+        base | {"id": "wm-axial", "mask": "wm.nii.gz", "target": "cerebral white matter", "slice": "axial:100"},
+        base | {"id": "gm-axial", "mask": "gm.nii.gz", "target": "cortical grey matter", "slice": "axial:100"},
+        base
+        | {"id": "wm-coronal", "mask": "wm.nii.gz", "instruction": "Segment the white matter.", "slice": "coronal:120"},
+    ]
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest

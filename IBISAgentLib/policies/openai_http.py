@@ -42,13 +42,12 @@ class OpenAIChatPolicy:
         self.description = f"{self.model} at {self.base_url}"
 
     def generate(self, request: PolicyRequest, cancel: threading.Event) -> str:
-        body = {
-            "model": self.model,
-            "messages": self._messages(request),
-            "max_tokens": request.max_new_tokens,
-            "temperature": 0.0,
-            "stream": True,
-        }
+        return self.chat(self._messages(request), request.max_new_tokens, cancel)
+
+    def chat(self, messages: list[dict[str, Any]], max_tokens: int, cancel: threading.Event | None = None) -> str:
+        """Greedy completion of any chat messages (OpenAI format), streamed so ``cancel`` is prompt."""
+        cancel = cancel or threading.Event()
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
         response = self._send("POST", "/chat/completions", json=body, stream=True)
         parts: list[str] = []
         with response:
@@ -102,17 +101,20 @@ class OpenAIChatPolicy:
     @staticmethod
     def _messages(request: PolicyRequest) -> list[dict[str, Any]]:
         def user(text: str, image: np.ndarray) -> dict[str, Any]:
-            url = "data:image/png;base64," + _png_base64(image, request.max_pixels, request.min_pixels)
-            return {
-                "role": "user",
-                "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}],
-            }
+            picture = image_part(image, request.max_pixels, request.min_pixels)
+            return {"role": "user", "content": [picture, {"type": "text", "text": text}]}
 
         messages: list[dict[str, Any]] = [{"role": "system", "content": request.system_prompt}]
         for past_text, past_image, past_answer in request.history:
             messages += [user(past_text, past_image), {"role": "assistant", "content": past_answer}]
         messages.append(user(request.user_text, request.image))
         return messages
+
+
+def image_part(image: np.ndarray, max_pixels: int, min_pixels: int) -> dict[str, Any]:
+    """An OpenAI ``image_url`` content part holding ``image`` as a base64 PNG."""
+    url = "data:image/png;base64," + _png_base64(image, max_pixels, min_pixels)
+    return {"type": "image_url", "image_url": {"url": url}}
 
 
 def _png_base64(image: np.ndarray, max_pixels: int, min_pixels: int) -> str:
