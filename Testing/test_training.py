@@ -216,3 +216,26 @@ def test_rollout_env_runs_the_same_loop_as_the_cli(square, tmp_path):
         for step in trace["steps"]:
             step.pop("timings_ms")
     assert json.dumps(actual, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+def test_verl_loads_our_reward_file_standalone(square, tmp_path):
+    """verl imports custom_reward_function.path with spec_from_file_location, outside any package."""
+    import importlib.util
+
+    from IBISAgentLib.images import write_mask, write_rgb
+    from IBISAgentLib.training import verl_reward
+
+    spec = importlib.util.spec_from_file_location("custom_module", verl_reward.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    image, truth = square
+    write_rgb(tmp_path / "i.png", image)
+    write_mask(tmp_path / "m.png", truth)
+    info = {
+        "image": str(tmp_path / "i.png"),
+        "mask": str(tmp_path / "m.png"),
+        "clicks": [],
+        "step": 1,
+        "tool": "classical",
+    }
+    assert module.compute_score("ibisagent", click_text("positive", 45 / 96, 50 / 96), None, info)["answer"] == 3
