@@ -1,0 +1,594 @@
+"""IBISAgent for 3D Slicer: a thin adapter between Slicer's scene and IBISAgentLib's InteractionController.
+
+Everything that decides or computes lives in IBISAgentLib; this file turns widgets and markups into
+controller calls and controller events into segments, markups and text. Model work runs off the GUI
+thread; its results arrive through the controller's queue, drained by a QTimer on the main thread.
+"""
+
+import logging
+import os
+from urllib.parse import urlparse
+
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+SETTINGS = "IBISAgent/"
+VIEW_NAMES = ("Red", "Yellow", "Green")
+POLL_MS = 100
+# What a local run needs besides Slicer's own packages (numpy, SimpleITK and requests are never replaced).
+LOCAL_REQUIREMENTS = ("transformers>=5,<6", "qwen-vl-utils", "hydra-core", "iopath", "huggingface_hub", "scipy", "tqdm")
+SAM2_REQUIREMENT = "sam2==1.1.0"
+
+
+class IBISAgent(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "IBISAgent"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Markups", "Segmentations"]
+        self.parent.contributors = ["IBISAgent developers"]
+        self.parent.helpText = (
+            "Type what to segment. A multimodal model reasons about the slice and clicks; MedSAM2 segments. "
+            "Correct with your own clicks, undo any step, and propagate the result through the volume."
+        )
+        self.parent.acknowledgementText = (
+            "IBISAgent (CVPR 2026) by its authors; MedSAM2 by Ma et al.; SAM 2 by Meta. This module runs their "
+            "released weights through IBISAgentLib."
+        )
+
+
+class IBISAgentWidget(ScriptedLoadableModuleWidget):
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/IBISAgent.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = IBISAgentLogic()
+        self.controller = None
+        self.controllerKey = None
+        self.pendingAfterOpen = None
+        self.placing = None  # True / False while a positive / negative correction is being placed
+
+        self.ui.runButton.connect("clicked(bool)", self.onRun)
+        self.ui.stepButton.connect("clicked(bool)", self.onStep)
+        self.ui.continueButton.connect("clicked(bool)", self.onContinue)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndo)
+        self.ui.positiveClickButton.connect("toggled(bool)", lambda on: self.onPlace(True, on))
+        self.ui.negativeClickButton.connect("toggled(bool)", lambda on: self.onPlace(False, on))
+        self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
+        self.ui.exportTraceButton.connect("clicked(bool)", self.onExportTrace)
+        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self.ui.backendSelector.connect("currentIndexChanged(int)", self.onBackendChanged)
+
+        self.shortcuts = []
+        for keys, positive in (("Ctrl+Alt+P", True), ("Ctrl+Alt+N", False)):
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+            shortcut.connect("activated()", lambda positive=positive: self.onShortcut(positive))
+            self.shortcuts.append(shortcut)
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+        self.loadSettings()
+        self.updateButtons()
+
+    def cleanup(self):
+        self.timer.stop()
+        if self.controller is not None:
+            self.controller.cancel()
+        for shortcut in self.shortcuts:
+            shortcut.setParent(None)
+        self.logic.stopPlacing()
+
+    # -- settings ----------------------------------------------------------------------------------
+
+    def loadSettings(self):
+        settings = qt.QSettings()
+        self.ui.backendSelector.currentIndex = int(settings.value(SETTINGS + "backend", 0))
+        self.ui.serverUrlEdit.text = settings.value(SETTINGS + "serverUrl", "")
+        self.ui.mllmEdit.text = settings.value(SETTINGS + "mllm", "")
+        self.ui.sam2Edit.text = settings.value(SETTINGS + "sam2", "")
+        self.onBackendChanged(self.ui.backendSelector.currentIndex)
+
+    def saveSettings(self):
+        settings = qt.QSettings()
+        settings.setValue(SETTINGS + "backend", self.ui.backendSelector.currentIndex)
+        settings.setValue(SETTINGS + "serverUrl", self.ui.serverUrlEdit.text)
+        settings.setValue(SETTINGS + "mllm", self.ui.mllmEdit.text)
+        settings.setValue(SETTINGS + "sam2", self.ui.sam2Edit.text)
+
+    def onBackendChanged(self, index):
+        remote = index == 1
+        for widget in (self.ui.serverUrlEdit, self.ui.tokenEdit, self.ui.testConnectionButton):
+            widget.enabled = remote
+        for widget in (self.ui.mllmEdit, self.ui.sam2Edit):
+            widget.enabled = not remote
+
+    # -- commands ----------------------------------------------------------------------------------
+
+    def onRun(self):
+        if self.controller is not None and self.controller.state.busy:
+            self.controller.cancel()
+            self.ui.statusLabel.text = "Cancelling…"
+            return
+        self.startSession("run")
+
+    def onStep(self):
+        if self.controller is not None and self.controller.session is not None and not self.controller.state.busy:
+            self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
+            self.guarded(self.controller.step)
+        else:
+            self.startSession("step")
+
+    def onContinue(self):
+        if self.controller is None or self.controller.session is None:
+            slicer.util.errorDisplay("Run the agent first; Continue resumes its session.")
+            return
+        self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
+        self.guarded(self.controller.run)
+
+    def onUndo(self):
+        if self.controller is not None and self.controller.session is not None:
+            self.guarded(self.controller.undo)
+
+    def onPropagate(self):
+        if self.controller is None or self.controller.session is None:
+            slicer.util.errorDisplay("Segment a slice first: propagation grows that result through the volume.")
+            return
+        self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
+        first, last = self.ui.rangeFirstSpinBox.value, self.ui.rangeLastSpinBox.value
+        self.guarded(
+            lambda: self.controller.propagate(
+                first=first if last > first else None,
+                last=last if last > first else None,
+                stop_after_empty=self.ui.stopAfterEmptySpinBox.value,
+                largest_component=self.ui.largestComponentCheckBox.checked,
+            )
+        )
+
+    def onPlace(self, positive, on):
+        other = self.ui.negativeClickButton if positive else self.ui.positiveClickButton
+        if on:
+            other.checked = False
+            self.placing = positive
+            self.logic.startPlacing(self.onPointPlaced)
+        elif self.placing == positive:
+            self.placing = None
+            self.logic.stopPlacing()
+
+    def onShortcut(self, positive):
+        button = self.ui.positiveClickButton if positive else self.ui.negativeClickButton
+        button.checked = not button.checked
+
+    def onPointPlaced(self, ras):
+        if self.controller is None or self.controller.session is None or self.placing is None:
+            slicer.util.errorDisplay("Start the agent on a slice first; corrections go into its session.")
+            return
+        self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
+        positive = self.placing
+        self.guarded(lambda: self.controller.click(ras, positive))
+
+    def onExportTrace(self):
+        if self.controller is None or self.controller.session is None:
+            slicer.util.errorDisplay("There is no agent session to export yet.")
+            return
+        path = qt.QFileDialog.getSaveFileName(None, "Export IBISAgent trace", "trace.json", "JSON (*.json)")
+        if path:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(self.controller.trace_json())
+
+    def onTestConnection(self):
+        from IBISAgentLib.remote import RemoteBackend, RemoteError
+
+        try:
+            backend = RemoteBackend(self.ui.serverUrlEdit.text.strip(), token=self.ui.tokenEdit.text or None)
+        except RemoteError as exc:
+            slicer.util.errorDisplay(f"Cannot use the server: {exc}")
+            return
+        models = backend.server.get("models", {})
+        slicer.util.infoDisplay(f"Connected. Model: {models.get('policy')}; tool: {models.get('tool')}.")
+        self.saveSettings()
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    def startSession(self, then):
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        instruction = self.ui.instructionEdit.text.strip()
+        if volumeNode is None:
+            slicer.util.errorDisplay("Select the volume to segment.")
+            return
+        if not instruction:
+            slicer.util.errorDisplay("Type what to segment, for example 'segment the liver tumor'.")
+            return
+        if self.ui.segmentSelector.currentNode() is None or not self.ui.segmentSelector.currentSegmentID():
+            slicer.util.errorDisplay("Select the segment that receives the result (or add an empty one).")
+            return
+        try:
+            case = self.logic.caseFromView(volumeNode, VIEW_NAMES[self.ui.viewSelector.currentIndex])
+            backendFactory = self.backendFactory()
+        except (ValueError, RuntimeError) as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        if backendFactory is None:
+            return
+        from IBISAgentLib.controller import InteractionController
+
+        self.saveSettings()
+        key = self.backendKey()
+        if self.controller is None or key != self.controllerKey:
+            self.controller = InteractionController(backendFactory)
+            self.controllerKey = key
+        self.logic.snapshotSegment(self.ui.segmentSelector, volumeNode)
+        self.logic.clearMarkers()
+        self.ui.reasoningText.plainText = ""
+        self.ui.rangeFirstSpinBox.value, self.ui.rangeLastSpinBox.value = 0, case.geometry.count - 1
+        self.pendingAfterOpen = then
+        self.guarded(lambda: self.controller.open(case, instruction, max_turns=self.ui.maxTurnsSpinBox.value))
+
+    def backendKey(self):
+        """What the backend depends on: a new one is built when any of it changes."""
+        ui = self.ui
+        return (
+            ui.backendSelector.currentIndex,
+            ui.serverUrlEdit.text,
+            ui.tokenEdit.text,
+            ui.mllmEdit.text,
+            ui.sam2Edit.text,
+        )
+
+    def backendFactory(self):
+        """A callable that builds the chosen backend (run by the controller off the GUI thread), or None."""
+        if self.ui.backendSelector.currentIndex == 1:
+            url, token = self.ui.serverUrlEdit.text.strip(), self.ui.tokenEdit.text or None
+            if not url:
+                raise ValueError("Enter the IBISAgent server URL, or choose 'This computer'.")
+            if not self.logic.consentToUpload(url):
+                return None
+            from IBISAgentLib.remote import RemoteBackend
+
+            return lambda: RemoteBackend(url, token=token)
+        if not self.logic.ensureLocalDependencies():
+            return None
+        mllm, sam2 = self.ui.mllmEdit.text.strip() or None, self.ui.sam2Edit.text.strip() or None
+
+        def local():
+            from IBISAgentLib.backends import LocalBackend
+            from IBISAgentLib.loading import load_models
+            from IBISAgentLib.weights import mllm_spec, sam2_spec
+
+            policies, tool = load_models(mllm_spec(mllm), sam2_spec(sam2))
+            return LocalBackend(policies, tool)
+
+        return local
+
+    def guarded(self, call):
+        from IBISAgentLib.controller import ControllerBusy
+
+        try:
+            call()
+        except ControllerBusy as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        self.timer.start()
+        self.updateButtons()
+
+    # -- events (main thread) ----------------------------------------------------------------------
+
+    def onPoll(self):
+        if self.controller is None:
+            return
+        volumeNode = self.ui.inputVolumeSelector.currentNode()
+        for event in self.controller.poll():
+            if event.mask is not None and event.kind in ("step", "undone", "finished", "propagated"):
+                self.logic.writeSegment(self.ui.segmentSelector, volumeNode, event.mask)
+            if event.kind == "revert":
+                self.logic.restoreSegment(self.ui.segmentSelector, volumeNode)
+            if event.kind == "error":
+                slicer.util.errorDisplay(f"IBISAgent: {event.message}")
+            if event.kind == "progress":
+                done, total = event.progress
+                self.ui.propagationProgressBar.maximum = total
+                self.ui.propagationProgressBar.value = done
+            if event.kind == "idle" and self.pendingAfterOpen:
+                then, self.pendingAfterOpen = self.pendingAfterOpen, None
+                if self.controller.session is not None:
+                    self.guarded(self.controller.run if then == "run" else self.controller.step)
+        state = self.controller.state
+        self.logic.showMarkers(state.markers)
+        self.ui.reasoningText.plainText = "\n".join(state.log)
+        if self.controller.session is not None and not state.busy:
+            self.logic.storeTrace(self.controller.trace_json())
+        self.ui.statusLabel.text = (
+            "Working…" if state.busy else f"Stopped: {state.stop_reason}" if state.stop_reason else "Ready."
+        )
+        if not state.busy and not self.pendingAfterOpen:
+            self.timer.stop()
+        self.updateButtons()
+
+    def updateButtons(self):
+        busy = self.controller is not None and self.controller.state.busy
+        self.ui.runButton.text = "Cancel" if busy else "Run"
+        for button in (self.ui.stepButton, self.ui.continueButton, self.ui.undoButton, self.ui.propagateButton):
+            button.enabled = not busy
+
+
+class IBISAgentLogic(ScriptedLoadableModuleLogic):
+    """MRML side effects only: segments, markups, the stored trace, installs and consent."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.markupNodes = {}
+        self.placementNode = None
+        self.placementObserver = None
+        self.snapshot = None
+
+    # -- volume ------------------------------------------------------------------------------------
+
+    def caseFromView(self, volumeNode, viewName):
+        """The volume as IBISAgentLib sees it, on the slice the view shows, windowed as the view shows it."""
+        import numpy as np
+        import sitkUtils
+
+        from IBISAgentLib.geometry import SliceGeometry
+        from IBISAgentLib.volume_case import VolumeCase
+        from IBISAgentLib.windowing import Window
+
+        sliceNode = slicer.app.layoutManager().sliceWidget(viewName).mrmlSliceNode()
+        orientation = sliceNode.GetOrientation().lower()
+        if orientation not in ("axial", "coronal", "sagittal"):
+            raise ValueError(f"The {viewName} view is {orientation}: set it to Axial, Coronal or Sagittal.")
+        image = sitkUtils.PullVolumeFromSlicer(volumeNode)
+        sliceToRas = sliceNode.GetSliceToRAS()
+        center = np.array([sliceToRas.GetElement(i, 3) for i in range(3)])
+        geometry = SliceGeometry.of(image, orientation)
+        index = round(float(geometry.ras_to_ijk(center)[geometry.normal_axis]))
+        if not 0 <= index < geometry.count:
+            raise ValueError(f"The {viewName} view does not show the volume: move it onto the volume first.")
+        display = volumeNode.GetDisplayNode()
+        window = Window(display.GetLevel(), display.GetWindow(), "as displayed") if display else None
+        return VolumeCase.of(image, f"{orientation}:{index}", window)
+
+    # -- segments ----------------------------------------------------------------------------------
+
+    def snapshotSegment(self, segmentSelector, volumeNode):
+        """Keep the target segment as it is, so a failed or cancelled operation can put it back."""
+        segmentationNode, segmentId = segmentSelector.currentNode(), segmentSelector.currentSegmentID()
+        self.snapshot = (
+            segmentationNode,
+            segmentId,
+            slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode).copy(),
+        )
+
+    def restoreSegment(self, segmentSelector, volumeNode):
+        if self.snapshot is not None:
+            segmentationNode, segmentId, labels = self.snapshot
+            slicer.util.updateSegmentBinaryLabelmapFromArray(labels, segmentationNode, segmentId, volumeNode)
+
+    def writeSegment(self, segmentSelector, volumeNode, mask):
+        """The result into the selected segment only; other segments are not touched."""
+        segmentationNode, segmentId = segmentSelector.currentNode(), segmentSelector.currentSegmentID()
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype("uint8"), segmentationNode, segmentId, volumeNode)
+
+    # -- markups -----------------------------------------------------------------------------------
+
+    def showMarkers(self, markers):
+        from IBISAgentLib.controller import COLORS
+
+        for key, color in COLORS.items():
+            node = self.markupNodes.get(key)
+            wanted = [m for m in markers if (m.source, m.positive) == key]
+            if node is None and not wanted:
+                continue
+            if node is None:
+                node = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLMarkupsFiducialNode", f"IBISAgent {key[0]} {'+' if key[1] else '−'}"
+                )
+                node.CreateDefaultDisplayNodes()
+                node.GetDisplayNode().SetSelectedColor(color)
+                node.GetDisplayNode().SetColor(color)
+                node.GetDisplayNode().SetTextScale(2.5)
+                node.SetLocked(True)
+                self.markupNodes[key] = node
+            if node.GetNumberOfControlPoints() == len(wanted):
+                continue
+            node.RemoveAllControlPoints()
+            for marker in wanted:
+                node.AddControlPoint(*marker.ras, marker.label)
+
+    def clearMarkers(self):
+        for node in self.markupNodes.values():
+            node.RemoveAllControlPoints()
+
+    def startPlacing(self, callback):
+        self.stopPlacing()
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "IBISAgent correction")
+        node.CreateDefaultDisplayNodes()
+
+        def placed(caller, event):
+            count = caller.GetNumberOfControlPoints()
+            if count:
+                ras = tuple(caller.GetNthControlPointPositionWorld(count - 1))
+                caller.RemoveAllControlPoints()
+                callback(ras)
+
+        self.placementObserver = node.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, placed)
+        self.placementNode = node
+        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+        selectionNode.SetReferenceActivePlaceNodeID(node.GetID())
+        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+        interactionNode.SetPlaceModePersistence(1)
+        interactionNode.SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.Place)
+
+    def stopPlacing(self):
+        if self.placementNode is not None:
+            self.placementNode.RemoveObserver(self.placementObserver)
+            slicer.mrmlScene.RemoveNode(self.placementNode)
+            self.placementNode = None
+            interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+            interactionNode.SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.ViewTransform)
+
+    # -- the record --------------------------------------------------------------------------------
+
+    def storeTrace(self, text):
+        """The trace (reasoning, clicks, answers) as a text node, saved with the scene."""
+        node = slicer.mrmlScene.GetFirstNodeByName("IBISAgent trace")
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTextNode", "IBISAgent trace")
+            node.SetAttribute("IBISAgent.schema", "ibisagent-trace")
+        node.SetText(text)
+
+    # -- installs and consent ----------------------------------------------------------------------
+
+    def ensureLocalDependencies(self):
+        """Installs what a local run needs after one confirmation; False when the user declines."""
+        import importlib.util
+
+        missing = [
+            name
+            for name in ("torch", "transformers", "qwen_vl_utils", "sam2", "hydra", "iopath")
+            if importlib.util.find_spec(name) is None
+        ]
+        if not missing:
+            return True
+        listing = "PyTorch (through the PyTorch extension), " + ", ".join(LOCAL_REQUIREMENTS) + f", {SAM2_REQUIREMENT}"
+        if not slicer.util.confirmOkCancelDisplay(
+            f"Running IBISAgent on this computer needs: {listing}.\nInstall them now? (a few minutes; Slicer's own "
+            "numpy, SimpleITK and requests are kept)",
+            "IBISAgent: install dependencies",
+        ):
+            return False
+        import PyTorchUtils
+
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            slicer.util.errorDisplay("PyTorch was not installed; IBISAgent cannot run locally. Use a server instead.")
+            return False
+        constraints = self.keepSlicerPackages()
+        slicer.util.pip_install(" ".join(LOCAL_REQUIREMENTS) + f" -c {constraints}")
+        os.environ["SAM2_BUILD_CUDA"] = "0"
+        slicer.util.pip_install(f"--no-build-isolation --no-deps {SAM2_REQUIREMENT}")
+        return True
+
+    def keepSlicerPackages(self):
+        """A pip constraints file pinning the packages Slicer ships, so installs never replace them."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        path = os.path.join(slicer.app.temporaryPath, "ibisagent-constraints.txt")
+        pins = []
+        for package in ("numpy", "SimpleITK", "requests"):
+            try:
+                pins.append(f"{package}=={version(package)}")
+            except PackageNotFoundError:
+                continue
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(pins) + "\n")
+        return path
+
+    def consentToUpload(self, url):
+        """Asks once per server before images leave this computer for a non-local host."""
+        host = urlparse(url).hostname or ""
+        if host in ("localhost", "127.0.0.1", "::1"):
+            return True
+        settings = qt.QSettings()
+        key = SETTINGS + "consent/" + host
+        if settings.value(key, "") == "yes":
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+            f"IBISAgent will send the selected volume and your instruction to the server {host}. Make sure this is "
+            "allowed for these images. Continue?",
+            "IBISAgent: send images to a server",
+        ):
+            return False
+        settings.setValue(key, "yes")
+        return True
+
+
+class IBISAgentTest(ScriptedLoadableModuleTest):
+    """In-Slicer self-test with the tiny random-weight models and replayed model outputs."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_RunCorrectUndoPropagateSave()
+
+    def test_RunCorrectUndoPropagateSave(self):
+        import json
+        import tempfile
+
+        import SampleData
+
+        from IBISAgentLib.backends import LocalBackend
+        from IBISAgentLib.controller import InteractionController
+        from IBISAgentLib.loading import load_models
+        from IBISAgentLib.tiny_models import build_tiny_models
+
+        self.delayDisplay("Building tiny models")
+        folder = tempfile.mkdtemp()
+        _, medsam2 = build_tiny_models(folder)
+        replay = os.path.join(folder, "outputs.json")
+        with open(replay, "w", encoding="utf-8") as handle:
+            json.dump(
+                [
+                    "<think>here</think><action>Positive Point (0.5000, 0.5000)</action>",
+                    "<think>done</think><action>Terminate</action><answer>Done.</answer>",
+                ],
+                handle,
+            )
+        volumeNode = SampleData.downloadSample("MRHead")
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentId = segmentationNode.GetSegmentation().AddEmptySegment("target", "target")
+        otherId = segmentationNode.GetSegmentation().AddEmptySegment("other", "other")
+        slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+
+        logic = IBISAgentLogic()
+        case = logic.caseFromView(volumeNode, "Red")
+        policies, tool = load_models(f"replay:{replay}", str(medsam2), "cpu")
+        controller = InteractionController(LocalBackend(policies, tool, device="cpu"))
+        controller.open(case, "segment the brain")
+        controller.wait()
+        controller.run()
+        masks = [e.mask for e in controller.wait() if e.mask is not None]
+        self.assertTrue(masks and masks[-1].any())
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            masks[-1].astype("uint8"), segmentationNode, segmentId, volumeNode
+        )
+        self.assertTrue(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode).any())
+        self.assertFalse(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, otherId, volumeNode).any())
+
+        self.delayDisplay("Correcting and undoing")
+        ras = tuple(case.geometry.ijk_to_ras([10.0, 10.0, float(case.geometry.index)]))
+        controller.click(ras, positive=False)
+        controller.wait()
+        self.assertEqual(controller.state.markers[-1].label, "2−")
+        controller.undo()
+        controller.wait()
+        self.assertEqual(len(controller.state.markers), 1)
+
+        self.delayDisplay("Propagating")
+        controller.propagate(first=case.geometry.index - 2, last=case.geometry.index + 2, stop_after_empty=0)
+        propagated = [e.mask for e in controller.wait() if e.kind == "propagated"]
+        self.assertEqual(len(propagated), 1)
+
+        self.delayDisplay("Saving and reloading the scene keeps the trace")
+        logic.storeTrace(controller.trace_json())
+        scenePath = os.path.join(folder, "scene.mrb")
+        self.assertTrue(slicer.util.saveScene(scenePath))
+        slicer.mrmlScene.Clear()
+        slicer.util.loadScene(scenePath)
+        stored = slicer.mrmlScene.GetFirstNodeByName("IBISAgent trace")
+        self.assertEqual(json.loads(stored.GetText())["instruction"], "segment the brain")
+        logging.info("IBISAgent self-test passed")
+        self.delayDisplay("Test passed")

@@ -1,0 +1,262 @@
+"""The clinician's workflow, free of any UI toolkit: the 3D Slicer module renders this controller's state
+and forwards clicks and button presses to it.
+
+Model work (agent turns, corrections, propagation) runs on one background thread; everything it
+produces comes back as events through a queue that the UI drains on its own thread with ``poll()``
+(Slicer: from a QTimer), which is also where the controller's visible state changes. A run that fails or
+is cancelled ends with a ``revert`` event: the UI puts the target segment back as it was before the run.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend, Session
+from .geometry import SliceGeometry
+from .propagation import PropagationCancelled
+from .trace import Step
+from .volume_case import VolumeCase
+
+# Markup colours (RGB 0-1): the agent's clicks in green/red, the clinician's in cyan/orange.
+COLORS = {
+    ("agent", True): (0.13, 0.80, 0.13),
+    ("agent", False): (0.90, 0.15, 0.15),
+    ("user", True): (0.10, 0.75, 0.95),
+    ("user", False): (1.00, 0.55, 0.00),
+}
+
+
+class ControllerBusy(RuntimeError):
+    """Another operation is still running; wait for it or cancel it."""
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A click to show: where (RAS, millimetres), its number and polarity as a label, its colour."""
+
+    number: int
+    positive: bool
+    source: str
+    ras: tuple[float, float, float]
+
+    @property
+    def label(self) -> str:
+        return f"{self.number}{'+' if self.positive else '−'}"
+
+    @property
+    def color(self) -> tuple[float, float, float]:
+        return COLORS[(self.source, self.positive)]
+
+
+@dataclass
+class Event:
+    kind: str  # opened, step, undone, finished, progress, propagated, revert, error
+    step: Step | None = None
+    message: str = ""
+    mask: np.ndarray | None = None  # (k, j, i) bool on the volume grid, for the target segment
+    progress: tuple[int, int] | None = None
+
+
+@dataclass
+class ControllerState:
+    markers: list[Marker] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    busy: bool = False
+    stop_reason: str | None = None
+    answer: str | None = None
+
+
+class InteractionController:
+    """``backend`` is a Backend, or a callable that builds one (on the worker thread, at the first ``open``:
+    loading models or connecting to a server never blocks the UI)."""
+
+    def __init__(self, backend: Backend | Callable[[], Backend]) -> None:
+        self.backend: Backend | None = None if callable(backend) and not hasattr(backend, "open_session") else backend
+        self._backend_factory = backend if self.backend is None else None
+        self.state = ControllerState()
+        self.case: VolumeCase | None = None
+        self.session: Session | None = None
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._cancel = threading.Event()
+
+    # -- commands (UI thread) ----------------------------------------------------------------------
+
+    def open(
+        self, case: VolumeCase, instruction: str, max_turns: int = 20, initial_mask: np.ndarray | None = None
+    ) -> None:
+        """Start a session on ``case``'s key slice (uploading the volume when the backend is remote)."""
+        self.case = case
+        self.state = ControllerState()
+
+        def job() -> None:
+            if self.backend is None:
+                self.backend = self._backend_factory()
+            self.session = self.backend.open_session(
+                case, instruction, initial_mask=initial_mask, max_turns=max_turns, on_step=self._on_step
+            )
+            self._events.put(Event("opened", message=f"{case.geometry.axis} slice {case.geometry.index}"))
+
+        self._launch(job)
+
+    def run(self) -> None:
+        self._launch(lambda: self._agent(self._session().run))
+
+    def step(self) -> None:
+        self._launch(lambda: self._agent(self._session().step))
+
+    def click(self, ras: tuple[float, float, float], positive: bool) -> None:
+        """A correction at a RAS point, which must lie on the agent's slice."""
+        column, row = self.ras_to_pixel(ras)
+        self._launch(lambda: self._session().add_click(column, row, positive))
+
+    def undo(self) -> None:
+        def job() -> None:
+            step = self._session().undo()
+            self._events.put(Event("undone", step=step, mask=self._slice_volume()))
+
+        self._launch(job)
+
+    def propagate(self, first: int | None = None, last: int | None = None, stop_after_empty: int = 3,
+                  largest_component: bool = False) -> None:  # fmt: skip
+        def job() -> None:
+            try:
+                mask = self.backend.propagate(
+                    self._session(), first=first, last=last, stop_after_empty=stop_after_empty,
+                    largest_component=largest_component, cancel=self._cancel,
+                    on_progress=lambda done, total, index: self._events.put(Event("progress", progress=(done, total))),
+                )  # fmt: skip
+            except PropagationCancelled:
+                self._events.put(Event("revert", message="propagation cancelled"))
+                return
+            self._events.put(Event("propagated", mask=mask, message=f"{int(mask.sum())} voxels"))
+
+        self._launch(job)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        if self.session is not None:
+            self.session.cancel()
+
+    # -- state (UI thread) -------------------------------------------------------------------------
+
+    def poll(self) -> list[Event]:
+        """Drain the events produced since the last call and apply them to ``state``."""
+        events = []
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            self._apply(event)
+            events.append(event)
+        return events
+
+    def wait(self, timeout: float = 600.0) -> list[Event]:
+        """Block until the running operation ends, then ``poll()`` (for scripts and tests)."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+        return self.poll()
+
+    def ras_to_pixel(self, ras: tuple[float, float, float]) -> tuple[int, int]:
+        geometry = self._geometry()
+        ijk = geometry.ras_to_ijk(np.asarray(ras, dtype=float))
+        if abs(ijk[geometry.normal_axis] - geometry.index) > 0.5:
+            raise ValueError(
+                f"the click is on {geometry.axis} slice {ijk[geometry.normal_axis]:.1f}, not on the agent's slice "
+                f"{geometry.index}: go back to that slice to correct it"
+            )
+        column, row = (round(v) for v in geometry.ijk_to_pixel(ijk))  # the voxel whose centre is nearest
+        if not (0 <= column < geometry.width and 0 <= row < geometry.height):
+            raise ValueError("the click is outside the volume")
+        return column, row
+
+    def trace_json(self) -> str:
+        return json.dumps(self._session().trace().to_dict(), indent=2, ensure_ascii=False)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _launch(self, job: Callable[[], Any]) -> None:
+        if self.state.busy:
+            raise ControllerBusy("IBISAgent is still working: wait for it or press Cancel")
+        if self._worker is not None:
+            self._worker.join()  # it has posted "idle" already and is only returning
+        self.state.busy = True
+        self._cancel.clear()
+
+        def guarded() -> None:
+            try:
+                job()
+            except Exception as exc:  # every failure reaches the UI as an event, never as a silent thread death
+                self._events.put(Event("error", message=str(exc) or exc.__class__.__name__))
+                self._events.put(Event("revert", message="the operation failed"))
+            finally:
+                self._events.put(Event("idle"))
+
+        self._worker = threading.Thread(target=guarded, name="ibisagent-controller", daemon=True)
+        self._worker.start()
+
+    def _agent(self, action: Callable[[], Any]) -> None:
+        session = self._session()
+        action()
+        if session.stop_reason in ("cancelled", "error"):
+            self._events.put(Event("revert", message=f"the run ended: {session.stop_reason}"))
+        self._events.put(Event("finished", message=session.stop_reason or "", mask=self._slice_volume()))
+
+    def _on_step(self, step: Step) -> None:
+        self._events.put(Event("step", step=step, mask=self._slice_volume(step.mask)))
+
+    def _slice_volume(self, mask: np.ndarray | None = None) -> np.ndarray | None:
+        if self.case is None or (self.session is None and mask is None):
+            return None
+        return self.case.place(self.session.mask if mask is None else mask)
+
+    def _apply(self, event: Event) -> None:
+        state = self.state
+        if event.kind == "idle":
+            state.busy = False
+        elif event.kind == "step" and event.step is not None:
+            step = event.step
+            if step.ijk is not None and step.action is not None and step.action.kind != "terminate":
+                number = len(state.markers) + 1
+                ras = tuple(float(v) for v in self._geometry().ijk_to_ras(np.asarray(step.ijk)))
+                state.markers.append(Marker(number, step.action.kind == "positive", step.source, ras))  # type: ignore[arg-type]
+            state.log.append(_describe(step))
+        elif event.kind == "undone" and event.step is not None:
+            if event.step.ijk is not None and event.step.action is not None and event.step.action.kind != "terminate":
+                state.markers.pop()
+            state.log.append(f"undone: step {event.step.turn}")
+        elif event.kind == "finished":
+            state.stop_reason = event.message
+            state.answer = self.session.answer if self.session is not None else None
+            state.log.append(f"stopped: {event.message}" + (f" — {state.answer}" if state.answer else ""))
+        elif event.kind in ("error", "revert"):
+            state.log.append(f"{event.kind}: {event.message}")
+
+    def _session(self) -> Session:
+        if self.session is None:
+            raise RuntimeError("no session: open one first")
+        return self.session
+
+    def _geometry(self) -> SliceGeometry:
+        if self.case is None:
+            raise RuntimeError("no volume: open a session first")
+        return self.case.geometry
+
+
+def _describe(step: Step) -> str:
+    who = "agent" if step.source == "agent" else "you"
+    if step.action is None:
+        return f"{step.turn}. {who}: {step.error or 'no action'}"
+    move = step.action.kind if step.action.kind == "terminate" else f"{step.action.kind} click"
+    text = f"{step.turn}. {who}: {move}"
+    if step.think:
+        text += f" — {step.think}"
+    return text

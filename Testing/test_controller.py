@@ -1,0 +1,142 @@
+"""The interaction controller the Slicer module renders, with the tiny models and replayed outputs."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from volume_data import mni_crop
+
+from IBISAgentLib.backends import LocalBackend
+from IBISAgentLib.controller import ControllerBusy, InteractionController
+from IBISAgentLib.loading import load_models
+from IBISAgentLib.volume_case import VolumeCase
+
+OUTPUTS = [
+    "<think>white matter here</think><action>Positive Point (0.5000, 0.5000)</action>",
+    "<think>too much</think><action>Negative Point (0.2000, 0.3000)</action>",
+    "<think>good</think><action>Terminate</action><answer>Done.</answer>",
+]
+
+
+@pytest.fixture()
+def controller(tiny_models, tmp_path):
+    replay = tmp_path / "outputs.json"
+    replay.write_text(json.dumps(OUTPUTS))
+    factory, tool = load_models(f"replay:{replay}", str(tiny_models[1]), "cpu")
+    return InteractionController(LocalBackend(factory, tool, device="cpu"))
+
+
+@pytest.fixture()
+def case():
+    image = mni_crop()
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # rotated in plane: RAS differs from IJK
+    return VolumeCase.of(image, "axial:4")
+
+
+def test_run_produces_markers_log_and_masks_for_the_segment(controller, case):
+    controller.open(case, "segment the white matter")
+    assert [e.kind for e in controller.wait()] == ["opened", "idle"]
+    controller.run()
+    events = controller.wait()
+    kinds = [e.kind for e in events]
+    assert kinds == ["step", "step", "step", "finished", "idle"]
+    markers = controller.state.markers
+    assert [m.label for m in markers] == ["1+", "2−"] and markers[0].color != markers[1].color
+    for marker, step in zip(markers, [e.step for e in events[:2]], strict=True):
+        lps = case.image.TransformIndexToPhysicalPoint([int(v) for v in step.ijk])
+        assert marker.ras == pytest.approx((-lps[0], -lps[1], lps[2]))
+        assert step.ijk[2] == 4
+    assert controller.state.stop_reason == "terminate" and controller.state.answer == "Done."
+    assert "white matter here" in controller.state.log[0]
+    mask = events[-2].mask
+    assert mask.shape == case.windowed.shape and mask[4].any() and mask.sum() == mask[4].sum()
+    assert not controller.state.busy
+
+
+def test_corrections_by_ras_undo_and_trace(controller, case):
+    controller.open(case, "x")
+    controller.wait()
+    controller.step()
+    controller.wait()
+    target = case.geometry.ijk_to_ras(np.array([10.0, 20.0, 4.0]))
+    controller.click(tuple(target), positive=False)
+    events = controller.wait()
+    step = events[0].step
+    assert step.source == "user" and list(step.ijk) == [10, 20, 4]
+    assert controller.state.markers[-1].label == "2−" and controller.state.markers[-1].source == "user"
+    controller.undo()
+    assert controller.wait()[0].kind == "undone" and len(controller.state.markers) == 1
+    trace = json.loads(controller.trace_json())
+    assert trace["slice"]["axis"] == "axial" and [s["source"] for s in trace["undone"]] == ["user"]
+
+
+def test_clicks_off_the_slice_are_refused(controller, case):
+    controller.open(case, "x")
+    controller.wait()
+    elsewhere = case.geometry.ijk_to_ras(np.array([10.0, 20.0, 7.0]))
+    with pytest.raises(ValueError, match="not on the agent's slice 4"):
+        controller.click(tuple(elsewhere), positive=True)
+
+
+def test_propagation_and_busy_guard(controller, case):
+    controller.open(case, "x")
+    controller.wait()
+    controller.step()
+    controller.wait()
+    controller.propagate(first=2, last=6, stop_after_empty=0)
+    with pytest.raises(ControllerBusy):
+        controller.step()
+    events = controller.wait()
+    assert [e.kind for e in events if e.kind == "progress"] == ["progress"] * 5
+    result = next(e for e in events if e.kind == "propagated").mask
+    assert [bool(result[k].any()) for k in range(10)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_cancel_and_failures_end_with_revert(controller, case, tiny_models):
+    controller.open(case, "x")
+    controller.wait()
+    controller.propagate(stop_after_empty=0)  # nothing to propagate yet: the key mask is empty
+    events = controller.wait()
+    assert [e.kind for e in events] == ["error", "revert", "idle"] and "empty" in events[0].message
+    controller.step()
+    controller.wait()
+    controller.propagate(stop_after_empty=0)
+    controller.cancel()
+    events = controller.wait()
+    assert "revert" in [e.kind for e in events] or "propagated" in [e.kind for e in events]
+
+
+def test_image_geometry_survives_slicer_style_pull(case):
+    """Slicer hands us volumes through sitkUtils (LPS SimpleITK images); the case keeps their grid."""
+    assert isinstance(case.image, sitk.Image) and case.windowed.dtype == np.uint8
+
+
+def test_the_backend_is_built_on_the_worker_at_first_open(tiny_models, tmp_path, case):
+    import threading
+
+    replay = tmp_path / "outputs.json"
+    replay.write_text(json.dumps(OUTPUTS))
+    built_on = []
+
+    def factory():
+        built_on.append(threading.current_thread().name)
+        policies, tool = load_models(f"replay:{replay}", str(tiny_models[1]), "cpu")
+        return LocalBackend(policies, tool, device="cpu")
+
+    controller = InteractionController(factory)
+    assert controller.backend is None
+    controller.open(case, "x")
+    assert [e.kind for e in controller.wait()] == ["opened", "idle"]
+    assert built_on == ["ibisagent-controller"] and controller.backend is not None
