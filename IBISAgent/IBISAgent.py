@@ -21,6 +21,7 @@ from slicer.ScriptedLoadableModule import (
 SETTINGS = "IBISAgent/"
 VIEW_NAMES = ("Red", "Yellow", "Green")
 POLL_MS = 100
+EFFECT_NAME = "IBISAgent"  # the Segment Editor effect in SegmentEditorIBISAgent/, which all writes go through
 # What a local run needs besides Slicer's own packages (numpy, SimpleITK and requests are never replaced).
 LOCAL_REQUIREMENTS = ("transformers>=5,<6", "qwen-vl-utils", "hydra-core", "iopath", "huggingface_hub", "scipy", "tqdm")
 SAM2_REQUIREMENT = "sam2==1.1.0"
@@ -245,28 +246,13 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
 
     def backendFactory(self):
         """A callable that builds the chosen backend (run by the controller off the GUI thread), or None."""
-        if self.ui.backendSelector.currentIndex == 1:
-            url, token = self.ui.serverUrlEdit.text.strip(), self.ui.tokenEdit.text or None
-            if not url:
-                raise ValueError("Enter the IBISAgent server URL, or choose 'This computer'.")
-            if not self.logic.consentToUpload(url):
-                return None
-            from IBISAgentLib.remote import RemoteBackend
-
-            return lambda: RemoteBackend(url, token=token)
-        if not self.logic.ensureLocalDependencies():
-            return None
-        mllm, sam2 = self.ui.mllmEdit.text.strip() or None, self.ui.sam2Edit.text.strip() or None
-
-        def local():
-            from IBISAgentLib.backends import LocalBackend
-            from IBISAgentLib.loading import load_models
-            from IBISAgentLib.weights import mllm_spec, sam2_spec
-
-            policies, tool = load_models(mllm_spec(mllm), sam2_spec(sam2))
-            return LocalBackend(policies, tool)
-
-        return local
+        return self.logic.backendFactory(
+            remote=self.ui.backendSelector.currentIndex == 1,
+            url=self.ui.serverUrlEdit.text.strip(),
+            token=self.ui.tokenEdit.text or None,
+            mllm=self.ui.mllmEdit.text.strip() or None,
+            sam2=self.ui.sam2Edit.text.strip() or None,
+        )
 
     def guarded(self, call):
         from IBISAgentLib.controller import ControllerBusy
@@ -331,6 +317,7 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
         self.placementNode = None
         self.placementObserver = None
         self.snapshot = None
+        self.editorWidget = None
 
     # -- volume ------------------------------------------------------------------------------------
 
@@ -363,21 +350,41 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
     def snapshotSegment(self, segmentSelector, volumeNode):
         """Keep the target segment as it is, so a failed or cancelled operation can put it back."""
         segmentationNode, segmentId = segmentSelector.currentNode(), segmentSelector.currentSegmentID()
-        self.snapshot = (
-            segmentationNode,
-            segmentId,
-            slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode).copy(),
-        )
+        self.snapshot = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode).copy()
 
     def restoreSegment(self, segmentSelector, volumeNode):
         if self.snapshot is not None:
-            segmentationNode, segmentId, labels = self.snapshot
-            slicer.util.updateSegmentBinaryLabelmapFromArray(labels, segmentationNode, segmentId, volumeNode)
+            self.writeSegment(segmentSelector, volumeNode, self.snapshot, restore=True)
 
-    def writeSegment(self, segmentSelector, volumeNode, mask):
-        """The result into the selected segment only; other segments are not touched."""
-        segmentationNode, segmentId = segmentSelector.currentNode(), segmentSelector.currentSegmentID()
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask.astype("uint8"), segmentationNode, segmentId, volumeNode)
+    def writeSegment(self, segmentSelector, volumeNode, mask, restore=False):
+        """The result into the selected segment only, through the Segment Editor: its masking settings apply
+        and each write is a step of its undo history. A restore puts the saved voxels back unmasked."""
+        editor = self.segmentEditor()
+        editor.setSegmentationNode(segmentSelector.currentNode())
+        editor.setSourceVolumeNode(volumeNode)
+        editor.setCurrentSegmentID(segmentSelector.currentSegmentID())
+        editor.setActiveEffectByName(EFFECT_NAME)
+        effect = editor.activeEffect()
+        if effect is None:
+            raise RuntimeError("The IBISAgent Segment Editor effect is not registered; restart Slicer.")
+        try:
+            effect.self().applyMask(mask, bypassMasking=restore)
+        finally:
+            editor.setActiveEffect(None)
+
+    def segmentEditor(self):
+        """A hidden Segment Editor sharing the Segment Editor module's parameter node (masking, undo)."""
+        if self.editorWidget is None:
+            self.editorWidget = slicer.qMRMLSegmentEditorWidget()
+            self.editorWidget.setMRMLScene(slicer.mrmlScene)
+            node = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
+            if node is None:
+                node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+                node.UnRegister(None)
+                node.SetSingletonTag("SegmentEditor")
+                node = slicer.mrmlScene.AddNode(node)
+            self.editorWidget.setMRMLSegmentEditorNode(node)
+        return self.editorWidget
 
     # -- markups -----------------------------------------------------------------------------------
 
@@ -447,7 +454,41 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
             node.SetAttribute("IBISAgent.schema", "ibisagent-trace")
         node.SetText(text)
 
-    # -- installs and consent ----------------------------------------------------------------------
+    # -- backends, installs and consent ------------------------------------------------------------
+
+    def backendFactory(self, remote, url=None, token=None, mllm=None, sam2=None):
+        """A callable that builds a backend on the controller's worker thread; None when the user declined
+        the install or the upload. Raises ValueError for settings that cannot work."""
+        if remote:
+            if not url:
+                raise ValueError("Enter the IBISAgent server URL, or choose 'This computer'.")
+            if not self.consentToUpload(url):
+                return None
+            from IBISAgentLib.remote import RemoteBackend
+
+            return lambda: RemoteBackend(url, token=token)
+        if not self.ensureLocalDependencies():
+            return None
+
+        def local():
+            from IBISAgentLib.backends import LocalBackend
+            from IBISAgentLib.loading import load_models
+            from IBISAgentLib.weights import mllm_spec, sam2_spec
+
+            policies, tool = load_models(mllm_spec(mllm), sam2_spec(sam2))
+            return LocalBackend(policies, tool)
+
+        return local
+
+    def backendFactoryFromSettings(self):
+        """The backend chosen in the module's "Models and server" panel (the token from IBISAGENT_TOKEN)."""
+        settings = qt.QSettings()
+        return self.backendFactory(
+            remote=int(settings.value(SETTINGS + "backend", 0)) == 1,
+            url=settings.value(SETTINGS + "serverUrl", "").strip(),
+            mllm=settings.value(SETTINGS + "mllm", "").strip() or None,
+            sam2=settings.value(SETTINGS + "sam2", "").strip() or None,
+        )
 
     def ensureLocalDependencies(self):
         """Installs what a local run needs after one confirmation; False when the user declines."""
@@ -562,11 +603,15 @@ class IBISAgentTest(ScriptedLoadableModuleTest):
         controller.run()
         masks = [e.mask for e in controller.wait() if e.mask is not None]
         self.assertTrue(masks and masks[-1].any())
-        slicer.util.updateSegmentBinaryLabelmapFromArray(
-            masks[-1].astype("uint8"), segmentationNode, segmentId, volumeNode
-        )
+        selector = _SegmentChoice(segmentationNode, segmentId)
+        logic.snapshotSegment(selector, volumeNode)
+        logic.writeSegment(selector, volumeNode, masks[-1])
         self.assertTrue(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode).any())
         self.assertFalse(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, otherId, volumeNode).any())
+
+        logic.restoreSegment(selector, volumeNode)
+        self.assertFalse(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode).any())
+        logic.writeSegment(selector, volumeNode, masks[-1])
 
         self.delayDisplay("Correcting and undoing")
         ras = tuple(case.geometry.ijk_to_ras([10.0, 10.0, float(case.geometry.index)]))
@@ -592,3 +637,16 @@ class IBISAgentTest(ScriptedLoadableModuleTest):
         self.assertEqual(json.loads(stored.GetText())["instruction"], "segment the brain")
         logging.info("IBISAgent self-test passed")
         self.delayDisplay("Test passed")
+
+
+class _SegmentChoice:
+    """Stands for the segment selector widget in the self-test: a segmentation node and a segment id."""
+
+    def __init__(self, segmentationNode, segmentId):
+        self.node, self.segmentId = segmentationNode, segmentId
+
+    def currentNode(self):
+        return self.node
+
+    def currentSegmentID(self):
+        return self.segmentId

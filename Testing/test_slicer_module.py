@@ -13,20 +13,30 @@ import jsonschema
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "IBISAgent" / "IBISAgent.py"
+EFFECT_DIR = REPO / "SegmentEditorIBISAgent"
+SLICER_FILES = (
+    MODULE,
+    EFFECT_DIR / "SegmentEditorIBISAgent.py",
+    EFFECT_DIR / "SegmentEditorIBISAgentLib" / "SegmentEditorEffect.py",
+)
 UI = REPO / "IBISAgent" / "Resources" / "UI" / "IBISAgent.ui"
 CHECKED = REPO / "IBISAgent" / "Testing" / "SlicerAPI.txt"
 ROOTS = ("slicer", "qt", "sitkUtils", "SampleData", "PyTorchUtils")
 # Methods of Slicer/Qt objects that are lowercase (C++ MRML/VTK methods are found by their capital letter).
 QT_METHODS = {"currentNode", "currentSegmentID", "setMRMLScene", "sliceWidget", "mrmlSliceNode", "installTorch",
-              "resourcePath", "delayDisplay"}  # fmt: skip
+              "resourcePath", "delayDisplay", "setMRMLSegmentEditorNode", "setSegmentationNode", "setSourceVolumeNode",
+              "setCurrentSegmentID", "setActiveEffectByName", "activeEffect", "setActiveEffect", "self",
+              "parameterSetNode", "saveStateForUndo", "modifySelectedSegmentByLabelmap", "addOptionsWidget",
+              "addLabeledOptionsWidget", "xyToRas", "setPythonSource", "register", "className", "logic"}  # fmt: skip
 
 
-def module_tree():
-    return ast.parse(MODULE.read_text(encoding="utf-8"))
+def module_tree(path=MODULE):
+    return ast.parse(path.read_text(encoding="utf-8"))
 
 
-def test_the_module_compiles():
-    py_compile.compile(str(MODULE), doraise=True)
+def test_the_module_and_the_effect_compile():
+    for path in (*SLICER_FILES, EFFECT_DIR / "SegmentEditorIBISAgentLib" / "__init__.py"):
+        py_compile.compile(str(path), doraise=True)
 
 
 def test_every_widget_the_module_uses_is_in_the_ui_file():
@@ -56,7 +66,7 @@ def _chain(node):
 
 def used_slicer_names():
     names = set()
-    for node in ast.walk(module_tree()):
+    for node in (n for path in SLICER_FILES for n in ast.walk(module_tree(path))):
         if isinstance(node, ast.Attribute):
             parts = _chain(node)
             if parts and parts[0] in ROOTS:
@@ -71,19 +81,23 @@ def used_slicer_names():
 
 def test_every_slicer_name_used_was_checked_in_slicers_source():
     checked = {line.split()[0] for line in CHECKED.read_text(encoding="utf-8").splitlines() if line and line[0] != "#"}
-    missing = used_slicer_names() - checked
+    ours = {n.name for path in SLICER_FILES for n in ast.walk(module_tree(path)) if isinstance(n, ast.ClassDef)}
+    missing = used_slicer_names() - checked - ours
     assert not missing, f"read these in Slicer's source, then list them in {CHECKED.name}: {sorted(missing)}"
 
 
 def test_cmake_lists_name_existing_files():
+    for folder in ("IBISAgent", "SegmentEditorIBISAgent"):
+        text = (REPO / folder / "CMakeLists.txt").read_text()
+        listed = re.findall(r"^\s+(\$\{MODULE_NAME\}\S*|Resources/\S+)$", text, re.MULTILINE)
+        assert listed
+        for entry in listed:
+            assert (REPO / folder / entry.replace("${MODULE_NAME}", folder)).is_file(), entry
     text = (REPO / "IBISAgent" / "CMakeLists.txt").read_text()
-    listed = re.findall(r"^\s+(\$\{MODULE_NAME\}\.py|Resources/\S+)$", text, re.MULTILINE)
-    assert listed
-    for entry in listed:
-        assert (REPO / "IBISAgent" / entry.replace("${MODULE_NAME}", "IBISAgent")).is_file(), entry
     top = (REPO / "CMakeLists.txt").read_text()
     for required in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(IBISAgent)",
                      "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})",
+                     "add_subdirectory(SegmentEditorIBISAgent)",
                      'set(EXTENSION_DEPENDS "PyTorch")'):  # fmt: skip
         assert required in top, required
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text and "WITH_GENERIC_TESTS" in text
@@ -113,3 +127,13 @@ def test_extensions_index_entry_follows_the_catalog_schema():
     jsonschema.validate(entry, CATALOG_ENTRY_SCHEMA)
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
     assert entry["build_dependencies"] == ["PyTorch"]
+
+
+def test_the_effect_is_registered_at_startup_and_writes_undoably():
+    register = (EFFECT_DIR / "SegmentEditorIBISAgent.py").read_text()
+    assert 'slicer.app.connect("startupCompleted()", self.registerEditorEffect)' in register
+    effect = (EFFECT_DIR / "SegmentEditorIBISAgentLib" / "SegmentEditorEffect.py").read_text()
+    body = effect[effect.index("def applyMask") : effect.index("# -- commands")]
+    assert body.index("saveStateForUndo()") < body.index("modifySelectedSegmentByLabelmap(")
+    module = MODULE.read_text()
+    assert module.count("updateSegmentBinaryLabelmapFromArray") == 0  # the module writes only through the effect
