@@ -7,6 +7,7 @@ thread; its results arrive through the controller's queue, drained by a QTimer o
 
 import logging
 import os
+import queue
 from urllib.parse import urlparse
 
 import qt
@@ -68,6 +69,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.backendSelector.connect("currentIndexChanged(int)", self.onBackendChanged)
 
+        # Checked against Slicer's source: no Slicer shortcut uses Ctrl+Alt+P or Ctrl+Alt+N.
         self.shortcuts = []
         for keys, positive in (("Ctrl+Alt+P", True), ("Ctrl+Alt+N", False)):
             shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
@@ -273,6 +275,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
     def onPoll(self):
         if self.controller is None:
             return
+        self.logic.showDownloads()
         volumeNode = self.ui.inputVolumeSelector.currentNode()
         for event in self.controller.poll():
             if event.mask is not None and event.kind in ("step", "undone", "finished", "propagated"):
@@ -318,6 +321,8 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
         self.placementObserver = None
         self.snapshot = None
         self.editorWidget = None
+        self.downloads = queue.Queue()
+        self.downloadDialog = None
 
     # -- volume ------------------------------------------------------------------------------------
 
@@ -470,15 +475,47 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
         if not self.ensureLocalDependencies():
             return None
 
+        progress = self.downloadProgressClass()
+
         def local():
             from IBISAgentLib.backends import LocalBackend
             from IBISAgentLib.loading import load_models
             from IBISAgentLib.weights import mllm_spec, sam2_spec
 
-            policies, tool = load_models(mllm_spec(mllm), sam2_spec(sam2))
+            policies, tool = load_models(mllm_spec(mllm), sam2_spec(sam2), tqdm_class=progress)
             return LocalBackend(policies, tool)
 
         return local
+
+    def downloadProgressClass(self):
+        """A tqdm class that reports weight downloads (made on the worker thread) to ``self.downloads``."""
+        from tqdm.auto import tqdm
+
+        sink = self.downloads
+
+        class DownloadProgress(tqdm):
+            def update(self, n=1):
+                super().update(n)
+                sink.put((self.desc or "model weights", self.n, self.total or 0))
+
+        return DownloadProgress
+
+    def showDownloads(self):
+        """Main thread: show pending download progress in a progress dialog; close it when nothing is left."""
+        latest = None
+        while not self.downloads.empty():
+            latest = self.downloads.get_nowait()
+        if latest is None:
+            return
+        name, done, total = latest
+        if self.downloadDialog is None:
+            self.downloadDialog = slicer.util.createProgressDialog(windowTitle="IBISAgent: downloading model weights")
+        self.downloadDialog.maximum = max(total, 1)
+        self.downloadDialog.value = min(done, self.downloadDialog.maximum)
+        self.downloadDialog.labelText = f"{name}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB"
+        if total and done >= total:
+            self.downloadDialog.close()
+            self.downloadDialog = None
 
     def backendFactoryFromSettings(self):
         """The backend chosen in the module's "Models and server" panel (the token from IBISAGENT_TOKEN)."""

@@ -18,7 +18,12 @@ API_KEY_ENV = "IBISAGENT_API_KEY"
 
 
 def load_models(
-    mllm: str, sam2: str, device: str = "auto", model_name: str | None = None, api_key: str | None = None
+    mllm: str,
+    sam2: str,
+    device: str = "auto",
+    model_name: str | None = None,
+    api_key: str | None = None,
+    tqdm_class: type | None = None,
 ) -> tuple[Callable[[], Policy], SegmentationTool]:
     """A policy factory and the MedSAM2 tool. Models load here, once; the factory hands every session
     the shared model, except replays, which are per session (each replays the file from its start).
@@ -26,11 +31,11 @@ def load_models(
     problems: list[str] = []
     make_policy = checkpoint = None
     try:
-        make_policy = _policy_factory(mllm, device, model_name, api_key)
+        make_policy = _policy_factory(mllm, device, model_name, api_key, tqdm_class)
     except WeightsUnavailable as exc:
         problems.append(str(exc))
     try:
-        checkpoint = resolve_sam2_file(sam2)
+        checkpoint = resolve_sam2_file(sam2, tqdm_class)
     except WeightsUnavailable as exc:
         problems.append(str(exc))
     if make_policy is None or checkpoint is None:
@@ -59,7 +64,9 @@ def spec_is_replay(spec: str) -> bool:
     return spec.startswith("replay:")
 
 
-def _policy_factory(spec: str, device: str, model_name: str | None, api_key: str | None) -> Callable[[], Policy]:
+def _policy_factory(
+    spec: str, device: str, model_name: str | None, api_key: str | None, tqdm_class: type | None = None
+) -> Callable[[], Policy]:
     """``replay:FILE.json``, ``http(s)://host/v1`` (OpenAI-compatible), a local folder or a hub id."""
     if spec_is_replay(spec):
         from .policies.replay import ReplayPolicy
@@ -74,7 +81,7 @@ def _policy_factory(spec: str, device: str, model_name: str | None, api_key: str
             model=model_name or os.environ.get(MLLM_MODEL_ENV),
             api_key=api_key or os.environ.get(API_KEY_ENV),
         )
-    folder: Path = resolve_mllm_folder(spec)
+    folder: Path = resolve_mllm_folder(spec, tqdm_class)
 
     def local() -> Policy:
         from .policies.transformers_qwen import TransformersQwenPolicy

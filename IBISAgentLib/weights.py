@@ -48,11 +48,12 @@ def is_hub_ref(spec: str) -> bool:
     return not Path(spec).exists() and bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/", "~"))
 
 
-def resolve_mllm_folder(spec: str) -> Path:
-    """A local Qwen2.5-VL folder (with config.json) for a path or a hub reference."""
+def resolve_mllm_folder(spec: str, tqdm_class: type | None = None) -> Path:
+    """A local Qwen2.5-VL folder (with config.json) for a path or a hub reference. ``tqdm_class`` receives
+    download progress (a UI can show it; the default prints bars on the terminal)."""
     if is_hub_ref(spec):
         ref = HubRef.parse(spec)
-        folder = _download(ref, folder=True, flag="--mllm", env=MLLM_ENV)
+        folder = _download(ref, folder=True, flag="--mllm", env=MLLM_ENV, tqdm_class=tqdm_class)
     else:
         folder = Path(spec).expanduser()
         if not folder.exists():
@@ -62,28 +63,29 @@ def resolve_mllm_folder(spec: str) -> Path:
     return folder
 
 
-def resolve_sam2_file(spec: str) -> Path:
+def resolve_sam2_file(spec: str, tqdm_class: type | None = None) -> Path:
     """A local MedSAM2 checkpoint file for a path or a hub reference."""
     if is_hub_ref(spec):
         ref = HubRef.parse(spec)
         if not ref.path:
             raise WeightsUnavailable(f"--sam2 {spec}: name the checkpoint file, e.g. {DEFAULT_SAM2}")
-        return _download(ref, folder=False, flag="--sam2", env=SAM2_ENV)
+        return _download(ref, folder=False, flag="--sam2", env=SAM2_ENV, tqdm_class=tqdm_class)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise WeightsUnavailable(f"--sam2 {spec}: no such checkpoint file, and not a Hugging Face id (owner/repo:file)")
     return path
 
 
-def _download(ref: HubRef, folder: bool, flag: str, env: str) -> Path:
+def _download(ref: HubRef, folder: bool, flag: str, env: str, tqdm_class: type | None = None) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
 
+    progress = {"tqdm_class": tqdm_class} if tqdm_class is not None else {}
     try:
         if folder:
             patterns = [f"{ref.path}/*"] if ref.path else None
-            root = Path(snapshot_download(ref.repo, allow_patterns=patterns))
+            root = Path(snapshot_download(ref.repo, allow_patterns=patterns, **progress))
             return root / ref.path if ref.path else root
-        return Path(hf_hub_download(ref.repo, ref.path))
+        return Path(hf_hub_download(ref.repo, ref.path, **progress))
     except Exception as exc:  # offline, DNS failure, gated repo, missing file: all end the same way
         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         include = f" --include '{ref.path}/*'" if folder and ref.path else (f" {ref.path}" if ref.path else "")

@@ -66,13 +66,19 @@ def _chain(node):
 
 def used_slicer_names():
     names = set()
-    for node in (n for path in SLICER_FILES for n in ast.walk(module_tree(path))):
+    trees = [module_tree(path) for path in SLICER_FILES]
+    # Calls on other imported modules (queue.Queue, os.path.join, ...) are not Slicer's.
+    others = {a.asname or a.name for t in trees for n in ast.walk(t) if isinstance(n, ast.Import) for a in n.names}
+    others -= set(ROOTS)
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if isinstance(node, ast.Attribute):
             parts = _chain(node)
             if parts and parts[0] in ROOTS:
                 depth = 3 if parts[0] == "slicer" and len(parts) > 2 and parts[1] in ("util", "app") else 2
                 names.add(".".join(parts[:depth]))
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if _chain(node.func)[0] in others:
+                continue
             method = node.func.attr
             if method[:1].isupper() or method in QT_METHODS:
                 names.add(method)

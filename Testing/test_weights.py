@@ -68,3 +68,22 @@ def test_hub_cache_is_used_offline(monkeypatch, tmp_path):
     (cache / "models--wanglab--MedSAM2" / "refs").mkdir()
     (cache / "models--wanglab--MedSAM2" / "refs" / "main").write_text(snapshot.name)
     assert resolve_sam2_file(DEFAULT_SAM2).read_bytes() == b"cached weights"
+
+
+def test_download_progress_goes_to_the_given_tqdm_class(monkeypatch, tmp_path):
+    """The Slicer module passes its own tqdm class to show a progress dialog; huggingface_hub must get it."""
+    import huggingface_hub
+    from tqdm import tqdm
+
+    class Progress(tqdm):
+        pass
+
+    seen = {}
+
+    def fake_download(repo_id, filename, **kwargs):
+        seen.update(kwargs)
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert resolve_sam2_file(DEFAULT_SAM2, tqdm_class=Progress) == tmp_path / "MedSAM2_latest.pt"
+    assert seen["tqdm_class"] is Progress
