@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +82,32 @@ def _predictor_class() -> type:
             high_res = sam_model.image_size // 4
             self._bb_feat_sizes = [(high_res >> level, high_res >> level) for level in range(3)]
 
+        def image_state(self) -> tuple[Any, Any]:
+            """The current image's embedding, to set it again later without recomputing it."""
+            return self._features, self._orig_hw
+
+        def restore_image_state(self, state: tuple[Any, Any]) -> None:
+            self._features, self._orig_hw = state
+            self._is_image_set, self._is_batch = True, False
+
     return ImagePredictorAnySize
 
 
 class MedSAM2Tool:
-    """The MedSAM2 click tool: one embedding per image, all clicks plus the previous logits per call."""
+    """The MedSAM2 click tool: one embedding per image, all clicks plus the previous logits per call.
 
-    def __init__(self, checkpoint: str | Path | None, device: str = "auto") -> None:
+    The embeddings of the last ``cached_images`` images are kept (about 4 MB each at 512 px), so sessions
+    on different images that take turns on one tool, as on the server, do not recompute them.
+    """
+
+    def __init__(self, checkpoint: str | Path | None, device: str = "auto", cached_images: int = 16) -> None:
         self.device = resolve_device(device)
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.description = f"MedSAM2 ({Path(checkpoint).name if checkpoint else 'random weights'})"
         self._predictor = _predictor_class()(build_medsam2(checkpoint, self.device))
         self._image_key: str | None = None
+        self._embeddings: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+        self.cached_images = cached_images
         self.embeddings_computed = 0
 
     @property
@@ -104,10 +119,17 @@ class MedSAM2Tool:
             key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
         if key == self._image_key:
             return
-        with self._autocast():
-            self._predictor.set_image(image)
+        if key in self._embeddings:
+            self._predictor.restore_image_state(self._embeddings[key])
+            self._embeddings.move_to_end(key)
+        else:
+            with self._autocast():
+                self._predictor.set_image(image)
+            self.embeddings_computed += 1
+            self._embeddings[key] = self._predictor.image_state()
+            while len(self._embeddings) > self.cached_images:
+                self._embeddings.popitem(last=False)
         self._image_key = key
-        self.embeddings_computed += 1
 
     def predict(self, clicks: list[Click], previous_logits: np.ndarray | None) -> ToolResult:
         if not clicks:

@@ -40,8 +40,15 @@ class UploadedImage:
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
+def content_hasher() -> Any:
+    """BLAKE2b-256: as strong as SHA-256 for content addressing and about twice as fast in hashlib."""
+    return hashlib.blake2b(digest_size=32)
+
+
 def content_hash(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+    hasher = content_hasher()
+    hasher.update(body)
+    return hasher.hexdigest()
 
 
 def encode_image(image: UploadedImage) -> bytes:
@@ -50,7 +57,7 @@ def encode_image(image: UploadedImage) -> bytes:
     if image.kind == "volume":
         header |= {"spacing": list(image.spacing), "origin": list(image.origin), "direction": list(image.direction)}
     encoded = json.dumps(header).encode("utf-8")
-    return MAGIC + struct.pack("<I", len(encoded)) + encoded + array.tobytes()
+    return b"".join((MAGIC, struct.pack("<I", len(encoded)), encoded, memoryview(array).cast("B")))
 
 
 def decode_image(body: bytes, max_voxels: int, max_dimension: int) -> UploadedImage:
@@ -128,7 +135,7 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
         for idx in (np.flatnonzero(mask.any(axis=other)) for other in _others(mask))
     ]
     crop = mask[tuple(slice(lo, hi) for lo, hi in box)]
-    bits = zlib.compress(np.packbits(crop, axis=None).tobytes(), 6)
+    bits = zlib.compress(np.packbits(crop, axis=None).tobytes(), 1)  # speed over size: masks are small
     return {"shape": list(mask.shape), "bbox": [list(b) for b in box], "bits": base64.b64encode(bits).decode("ascii")}
 
 

@@ -93,3 +93,21 @@ def test_pickled_code_is_never_executed(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="weights-only"):
         MedSAM2Tool(evil, device="cpu")
     assert "pickle code ran" not in capsys.readouterr().out
+
+
+def test_embeddings_of_recent_images_are_reused(tiny_models, sample_image):
+    tool = MedSAM2Tool(tiny_models[1], device="cpu", cached_images=2)
+    other = np.ascontiguousarray(sample_image[::-1])
+    third = np.ascontiguousarray(sample_image[:, ::-1])
+    clicks = [Click(60, 40, True)]
+    tool.set_image(sample_image)
+    first = tool.predict(clicks, None)
+    tool.set_image(other)
+    tool.predict(clicks, None)
+    tool.set_image(sample_image)  # back to the first image: restored, not recomputed
+    again = tool.predict(clicks, None)
+    assert tool.embeddings_computed == 2
+    assert np.array_equal(first.mask, again.mask) and first.score == again.score
+    tool.set_image(third)  # evicts the least recently used image (other)
+    tool.set_image(other)
+    assert tool.embeddings_computed == 4

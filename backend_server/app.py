@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import IBISAgentLib
 from IBISAgentLib.backends import LocalBackend
 from IBISAgentLib.propagation import PropagationCancelled
-from IBISAgentLib.protocol import API_VERSION, ProtocolError, content_hash, decode_image, decode_mask, encode_mask
+from IBISAgentLib.protocol import API_VERSION, ProtocolError, content_hasher, decode_image, decode_mask, encode_mask
 from IBISAgentLib.trace import Step
 from IBISAgentLib.volume_case import VolumeCase
 from IBISAgentLib.windowing import Window
@@ -119,9 +119,13 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
 
     @app.put("/v1/images/{digest}", status_code=201)
     async def upload(digest: Digest, request: Request) -> dict[str, Any]:
-        body = await request.body()
-        if content_hash(body) != digest:
-            raise HTTPException(422, "the body's sha256 does not match the address")
+        hasher, parts = content_hasher(), []
+        async for chunk in request.stream():  # hashed while it arrives
+            hasher.update(chunk)
+            parts.append(chunk)
+        body = b"".join(parts)
+        if hasher.hexdigest() != digest:
+            raise HTTPException(422, "the body's content hash (BLAKE2b-256) does not match the address")
         try:
             image = decode_image(body, config.max_voxels, config.max_dimension)
         except ProtocolError as exc:
@@ -189,13 +193,16 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         def run() -> None:
+            final: dict | None = None
             try:
-                emit(job(emit))
+                final = job(emit)
             except Exception as exc:
                 log.exception("session job failed")
-                emit({"event": "error", "message": str(exc)})
+                final = {"event": "error", "message": str(exc)}
             finally:
+                # Released before the last event goes out: a client that answers it at once finds the session free.
                 sessions.release(entry)
+                emit(final)
                 emit(None)
 
         try:
