@@ -124,6 +124,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--initial-mask", help="mask to refine instead of starting from nothing (PNG, or a labelmap for volumes)"
     )
     parser.add_argument("--max-turns", type=_positive_int, default=20, help="agent turns at most (default 20)")
+    parser.add_argument(
+        "--click",
+        action="append",
+        type=_user_click,
+        default=[],
+        metavar="X,Y[,+|-]",
+        help="a correction click at pixel column X, row Y of the (slice) image after the agent stops; repeatable",
+    )
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--server", help="run on an IBISAgent server at this URL instead of in this process")
     parser.add_argument("--token", help="the server's bearer token (default: $IBISAGENT_TOKEN)")
@@ -166,6 +174,16 @@ def _whole_number_at_least(minimum: int):  # -> Callable[[str], int]
     return parse
 
 
+def _user_click(text: str) -> tuple[int, int, bool]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("+", "-")):
+        raise argparse.ArgumentTypeError(f"{text!r}: use X,Y or X,Y,+ or X,Y,-")
+    try:
+        return int(parts[0]), int(parts[1]), len(parts) == 2 or parts[2] == "+"
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: X and Y are whole pixel numbers") from None
+
+
 _non_negative_int = _whole_number_at_least(0)
 _positive_int = _whole_number_at_least(1)
 
@@ -197,10 +215,14 @@ def _segment(args: argparse.Namespace) -> int:
         )
         try:
             session.run()
+            for x, y, positive in args.click:
+                session.add_click(x, y, positive)
         except KeyboardInterrupt:
             session.cancel()
             session.stop_reason = "cancelled"
             exit_code = EXIT_INTERRUPTED
+        except ValueError as exc:  # a --click outside the image
+            raise UserError(f"--click: {exc}") from exc
         trace = session.trace()
         if case is None:
             result = session.mask

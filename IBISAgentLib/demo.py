@@ -8,6 +8,9 @@ from pathlib import Path
 
 SAMPLE_IMAGE = Path(__file__).with_name("samples") / "ct_thoracic_vertebra.png"
 SAMPLE_PROMPT = "segment the vertebral body"
+# A correction click on the vertebral body of the sample (column, row), added when running on tiny
+# models so that the demo shows MedSAM2 answering a click even though the tiny model's text is noise.
+SAMPLE_CORRECTION = "57,27,+"
 
 _BANNER = """\
 #############################################################################
@@ -27,9 +30,11 @@ def demo_arguments(workdir: Path, device: str) -> list[str]:
     try:
         mllm = str(resolve_mllm_folder(mllm_spec(None)))
         sam2 = str(resolve_sam2_file(sam2_spec(None)))
+        corrections: list[str] = []
     except WeightsUnavailable as exc:
         print(f"\n{_BANNER}\n\n{exc}\n", file=sys.stderr, flush=True)
         mllm, sam2 = _tiny_models(workdir / "tiny-models")
+        corrections = ["--click", SAMPLE_CORRECTION]
     out = workdir / "demo"
     print(f'segmenting {SAMPLE_IMAGE.name} with the instruction "{SAMPLE_PROMPT}"', flush=True)
     return [
@@ -49,6 +54,7 @@ def demo_arguments(workdir: Path, device: str) -> list[str]:
         str(out / "overlays"),
         "--device",
         device,
+        *corrections,
     ]
 
 

@@ -115,6 +115,7 @@ def test_segment_with_the_tiny_qwen_runs_the_real_generation_path(tmp_path, tiny
             "cannot read JSON",
         ),
         (lambda t, m: [SAMPLE, "--prompt", "x", "--max-turns", "0"], "must be at least 1"),
+        (lambda t, m: [SAMPLE, "--prompt", "x", "--click", "3,4,*"], "use X,Y or X,Y,+ or X,Y,-"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, tiny_models, make_args, reason):
@@ -144,4 +145,23 @@ def test_demo_falls_back_loudly_to_tiny_models(tmp_path):
     jsonschema.validate(trace, SCHEMA)
     assert trace["instruction"] == "segment the vertebral body"
     assert (tmp_path / "demo" / "mask.png").is_file()
+    user = [s for s in trace["steps"] if s["source"] == "user"]
+    assert user and user[0]["pixel"] == [57, 27] and user[0]["score"] is not None  # MedSAM2 answered the click
     assert (tmp_path / "tiny-models" / "mllm" / "config.json").is_file()
+
+
+def test_scripted_corrections_after_the_agent(tmp_path, tiny_models):
+    outputs = [
+        "<think>t</think><action>Positive Point (0.4500, 0.2300)</action>",
+        "<action>Terminate</action><answer>ok</answer>",
+    ]
+    base = ["segment", SAMPLE, "--prompt", "x", "--mllm", replay_file(tmp_path, outputs), "--sam2", tiny_models[1]]
+    result = ibisagent(*base, "--click", "100,20,-", "--click", "10,10", "--trace", tmp_path / "t.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    steps = json.loads((tmp_path / "t.json").read_text())["steps"]
+    assert [(s["source"], s["pixel"], s["action"]["kind"]) for s in steps[2:]] == [
+        ("user", [100, 20], "negative"),
+        ("user", [10, 10], "positive"),
+    ]
+    outside = ibisagent(*base, "--click", "500,3", cwd=tmp_path)
+    assert outside.returncode == 2 and "--click: click (500, 3) is outside the 128x128 image" in outside.stderr
