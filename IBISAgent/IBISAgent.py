@@ -85,7 +85,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
     def cleanup(self):
         self.timer.stop()
         if self.controller is not None:
-            self.controller.cancel()
+            self.controller.close()
         for shortcut in self.shortcuts:
             shortcut.setParent(None)
         self.logic.stopPlacing()
@@ -139,6 +139,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
 
     def onUndo(self):
         if self.controller is not None and self.controller.session is not None:
+            self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
             self.guarded(self.controller.undo)
 
     def onPropagate(self):
@@ -277,7 +278,8 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
             return
         self.logic.showDownloads()
         volumeNode = self.ui.inputVolumeSelector.currentNode()
-        for event in self.controller.poll():
+        events = self.controller.poll()
+        for event in events:
             if event.mask is not None and event.kind in ("step", "undone", "finished", "propagated"):
                 self.logic.writeSegment(self.ui.segmentSelector, volumeNode, event.mask)
             if event.kind == "revert":
@@ -295,14 +297,14 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         state = self.controller.state
         self.logic.showMarkers(state.markers)
         self.ui.reasoningText.plainText = "\n".join(state.log)
-        if self.controller.session is not None and not state.busy:
-            self.logic.storeTrace(self.controller.trace_json())
         self.ui.statusLabel.text = (
             "Working…" if state.busy else f"Stopped: {state.stop_reason}" if state.stop_reason else "Ready."
         )
         if not state.busy and not self.pendingAfterOpen:
             self.timer.stop()
         self.updateButtons()
+        if any(e.kind == "idle" for e in events) and self.controller.session is not None and not state.busy:
+            self.logic.storeTraceOf(self.controller)
 
     def updateButtons(self):
         busy = self.controller is not None and self.controller.state.busy
@@ -450,6 +452,15 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
             interactionNode.SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.ViewTransform)
 
     # -- the record --------------------------------------------------------------------------------
+
+    def storeTraceOf(self, controller):
+        """Store the session's trace once an operation has ended; a server that is gone gets a dialog."""
+        from IBISAgentLib.remote import RemoteError
+
+        try:
+            self.storeTrace(controller.trace_json())
+        except RemoteError as exc:
+            slicer.util.errorDisplay(f"IBISAgent could not read the session's trace: {exc}")
 
     def storeTrace(self, text):
         """The trace (reasoning, clicks, answers) as a text node, saved with the scene."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from importlib.metadata import entry_points
@@ -214,22 +215,28 @@ def _segment(args: argparse.Namespace) -> int:
             image_source=str(args.image),
         )
         try:
-            session.run()
-            for x, y, positive in args.click:
-                session.add_click(x, y, positive)
-        except KeyboardInterrupt:
-            session.cancel()
-            session.stop_reason = "cancelled"
-            exit_code = EXIT_INTERRUPTED
-        except ValueError as exc:  # a --click outside the image
-            raise UserError(f"--click: {exc}") from exc
-        trace = session.trace()
-        if case is None:
-            result = session.mask
-        else:
-            result = case.place(session.mask)
-            if args.propagate and exit_code == EXIT_OK and trace.stop_reason != "error":
-                result, exit_code = _propagate(args, case, backend, session, result, report)
+            try:
+                session.run()
+                for x, y, positive in args.click:
+                    session.add_click(x, y, positive)
+            except KeyboardInterrupt:
+                session.cancel()
+                session.stop_reason = "cancelled"
+                exit_code = EXIT_INTERRUPTED
+            except ValueError as exc:  # a --click outside the image
+                raise UserError(f"--click: {exc}") from exc
+            trace = session.trace()
+            if case is None:
+                result = session.mask
+            else:
+                result = case.place(session.mask)
+                if args.propagate and exit_code == EXIT_OK and trace.stop_reason != "error":
+                    result, exit_code = _propagate(args, case, backend, session, result, report)
+        finally:
+            close = getattr(session, "close", None)  # a remote session frees the server's memory at once
+            if close is not None:
+                with contextlib.suppress(RemoteError):
+                    close()
     except RemoteError as exc:
         print(f"ibisagent: {exc}", file=sys.stderr)
         return EXIT_FAILED

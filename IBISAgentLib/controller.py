@@ -9,6 +9,7 @@ is cancelled ends with a ``revert`` event: the UI puts the target segment back a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -92,16 +93,19 @@ class InteractionController:
     def open(
         self, case: VolumeCase, instruction: str, max_turns: int = 20, initial_mask: np.ndarray | None = None
     ) -> None:
-        """Start a session on ``case``'s key slice (uploading the volume when the backend is remote)."""
-        self.case = case
+        """Start a session on ``case``'s key slice (uploading the volume when the backend is remote). The
+        previous session is closed first: nothing of it can act on the new slice, even if opening fails."""
+        previous, self.session, self.case = self.session, None, None
         self.state = ControllerState()
 
         def job() -> None:
+            _close(previous)
             if self.backend is None:
                 self.backend = self._backend_factory()
-            self.session = self.backend.open_session(
+            session = self.backend.open_session(
                 case, instruction, initial_mask=initial_mask, max_turns=max_turns, on_step=self._on_step
             )
+            self.case, self.session = case, session
             self._events.put(Event("opened", message=f"{case.geometry.axis} slice {case.geometry.index}"))
 
         self._launch(job)
@@ -144,6 +148,14 @@ class InteractionController:
         self._cancel.set()
         if self.session is not None:
             self.session.cancel()
+
+    def close(self) -> None:
+        """Cancel what runs and close the session (frees it on a server at once)."""
+        self.cancel()
+        if self._worker is not None:
+            self._worker.join(timeout=30)
+        _close(self.session)
+        self.session = None
 
     # -- state (UI thread) -------------------------------------------------------------------------
 
@@ -205,10 +217,18 @@ class InteractionController:
 
     def _agent(self, action: Callable[[], Any]) -> None:
         session = self._session()
+        before = len(session.steps)
         action()
-        if session.stop_reason in ("cancelled", "error"):
-            self._events.put(Event("revert", message=f"the run ended: {session.stop_reason}"))
-        self._events.put(Event("finished", message=session.stop_reason or "", mask=self._slice_volume()))
+        reason = session.stop_reason
+        if reason in ("cancelled", "error"):
+            # The segment goes back to how it was before the run, and so does the session.
+            while len(session.steps) > before:
+                session.undo()
+            session.stop_reason = reason
+            self._events.put(Event("revert", message=f"the run ended: {reason}"))
+            self._events.put(Event("finished", message=reason))
+            return
+        self._events.put(Event("finished", message=reason or "", mask=self._slice_volume()))
 
     def _on_step(self, step: Step) -> None:
         self._events.put(Event("step", step=step, mask=self._slice_volume(step.mask)))
@@ -230,15 +250,34 @@ class InteractionController:
                 state.markers.append(Marker(number, step.action.kind == "positive", step.source, ras))  # type: ignore[arg-type]
             state.log.append(_describe(step))
         elif event.kind == "undone" and event.step is not None:
-            if event.step.ijk is not None and event.step.action is not None and event.step.action.kind != "terminate":
-                state.markers.pop()
+            state.markers = self._markers()
             state.log.append(f"undone: step {event.step.turn}")
         elif event.kind == "finished":
             state.stop_reason = event.message
             state.answer = self.session.answer if self.session is not None else None
             state.log.append(f"stopped: {event.message}" + (f" — {state.answer}" if state.answer else ""))
         elif event.kind in ("error", "revert"):
+            if event.kind == "revert":
+                state.markers = self._markers()
             state.log.append(f"{event.kind}: {event.message}")
+
+    def _markers(self) -> list[Marker]:
+        """The clicks of the session's current steps, numbered in order."""
+        if self.session is None or self.case is None:
+            return []
+        clicks = [
+            s for s in self.session.steps if s.ijk is not None and s.action is not None and s.action.kind != "terminate"
+        ]
+        geometry = self.case.geometry
+        return [
+            Marker(
+                n,
+                s.action.kind == "positive",
+                s.source,
+                tuple(float(v) for v in geometry.ijk_to_ras(np.asarray(s.ijk))),
+            )  # type: ignore[arg-type]
+            for n, s in enumerate(clicks, start=1)
+        ]
 
     def _session(self) -> Session:
         if self.session is None:
@@ -249,6 +288,14 @@ class InteractionController:
         if self.case is None:
             raise RuntimeError("no volume: open a session first")
         return self.case.geometry
+
+
+def _close(session: Any) -> None:
+    """Close a session that can be closed (remote sessions free server memory at once)."""
+    close = getattr(session, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # a session already gone on the server needs no closing
+            close()
 
 
 def _describe(step: Step) -> str:

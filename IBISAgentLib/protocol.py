@@ -139,15 +139,26 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     return {"shape": list(mask.shape), "bbox": [list(b) for b in box], "bits": base64.b64encode(bits).decode("ascii")}
 
 
-def decode_mask(data: dict[str, Any]) -> np.ndarray:
+def decode_mask(data: dict[str, Any], expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The mask, after checking its shape (against ``expected_shape`` when given) and its box, and inflating
+    no more bytes than the box needs (a small payload cannot expand into a huge one)."""
     try:
         shape = tuple(int(s) for s in data["shape"])
+        if expected_shape is not None and shape != tuple(expected_shape):
+            raise ProtocolError(f"the mask is {shape}, the image is {tuple(expected_shape)}")
         mask = np.zeros(shape, dtype=bool)
         if data["bbox"] is None:
             return mask
         box = [(int(lo), int(hi)) for lo, hi in data["bbox"]]
+        if len(box) != len(shape) or any(not 0 <= lo < hi <= n for (lo, hi), n in zip(box, shape, strict=True)):
+            raise ProtocolError(f"the mask box {box} does not fit its shape {shape}")
         crop_shape = tuple(hi - lo for lo, hi in box)
-        packed = np.frombuffer(zlib.decompress(base64.b64decode(data["bits"])), dtype=np.uint8)
+        needed = math.ceil(math.prod(crop_shape) / 8)
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(base64.b64decode(data["bits"]), needed)
+        if len(raw) != needed or inflater.unconsumed_tail:
+            raise ProtocolError(f"the mask bits do not hold exactly {needed} bytes")
+        packed = np.frombuffer(raw, dtype=np.uint8)
         crop = np.unpackbits(packed, count=math.prod(crop_shape)).reshape(crop_shape).astype(bool)
         mask[tuple(slice(lo, hi) for lo, hi in box)] = crop
         return mask

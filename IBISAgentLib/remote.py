@@ -97,7 +97,10 @@ class RemoteBackend:
     def request(self, method: str, path: str, phase: str = "control", **kwargs: Any) -> requests.Response:
         return self._request(self.http, method, path, phase, **kwargs)
 
-    def _request(self, http: requests.Session, method: str, path: str, phase: str, **kwargs: Any) -> requests.Response:
+    def _request(
+        self, http: requests.Session, method: str, path: str, phase: str, accept: tuple[int, ...] = (), **kwargs: Any
+    ) -> requests.Response:
+        """A request with typed errors; statuses in ``accept`` are returned instead of raised."""
         url = self.url + path
         try:
             response = http.request(
@@ -114,7 +117,8 @@ class RemoteBackend:
             raise ServerFailed(
                 f"the server at {self.url} did not answer within {getattr(self.timeouts, phase):g} s"
             ) from exc
-        _raise_for_status(response)
+        if response.status_code not in accept:
+            _raise_for_status(response)
         return response
 
     def _check(self) -> dict[str, Any]:
@@ -132,14 +136,12 @@ class RemoteBackend:
         """Send the image unless the server already has it; returns its content hash."""
         body = encode_image(image)
         digest = content_hash(body)
-        held = self.http.head(self.url + f"/v1/images/{digest}", timeout=(self.timeouts.connect, self.timeouts.control))
+        held = self._request(self.http, "HEAD", f"/v1/images/{digest}", "control", accept=(404,))
         if held.status_code == 404:
             self.request(
                 "PUT", f"/v1/images/{digest}", phase="upload", data=body,
                 headers={"Content-Type": "application/octet-stream"},
             )  # fmt: skip
-        else:
-            _raise_for_status(held)
         return digest
 
     def open_session(
@@ -173,7 +175,8 @@ class RemoteBackend:
         if initial_mask is not None:
             body["initial_mask"] = encode_mask(initial_mask)
         created = self.request("POST", "/v1/sessions", json=body).json()
-        return RemoteSession(self, created["session"], shape, on_step)
+        start = initial_mask.astype(bool) if initial_mask is not None else np.zeros(shape, dtype=bool)
+        return RemoteSession(self, created["session"], start, on_step)
 
     def propagate(
         self,
@@ -201,21 +204,22 @@ class RemoteBackend:
                 raise PropagationCancelled()
             elif event["event"] == "error":
                 raise ServerFailed(f"the server's propagation failed: {event['message']}")
+        if cancel is not None and cancel.is_set():
+            raise PropagationCancelled()
         raise ServerFailed("the propagation ended without a result")
 
 
 class RemoteSession:
     """An AgentSession on the server, mirrored here step by step."""
 
-    def __init__(self, backend: RemoteBackend, session_id: str, shape: tuple[int, int], on_step) -> None:
+    def __init__(self, backend: RemoteBackend, session_id: str, start: np.ndarray, on_step) -> None:
         self.backend = backend
         self.id = session_id
         self.on_step = on_step
         self.steps: list[Step] = []
         self.stop_reason: str | None = None
         self.answer: str | None = None
-        self._masks = [np.zeros(shape, dtype=bool)]
-        self._cancel = threading.Event()
+        self._masks = [start]
 
     @property
     def mask(self) -> np.ndarray:
@@ -244,14 +248,17 @@ class RemoteSession:
         return Step.from_dict(event["undone"])
 
     def cancel(self) -> None:
-        """Stop the run in progress (safe from any thread: it uses its own connection)."""
-        self._cancel.set()
-        with requests.Session() as http:
-            http.headers.update(self.backend.headers)
-            http.verify = self.backend.verify
-            # If this fails, closing the stream (below, in stream()) cancels the server's work all the same.
-            with contextlib.suppress(RemoteError):
-                self.backend._request(http, "POST", self._path("/cancel"), "control")
+        """Ask the server to stop the run in progress. Returns at once (safe from a UI thread); the run's
+        stream keeps delivering what the server finished until it ends, so both sides stay in step."""
+
+        def send() -> None:
+            with requests.Session() as http:
+                http.headers.update(self.backend.headers)
+                http.verify = self.backend.verify
+                with contextlib.suppress(RemoteError):
+                    self.backend._request(http, "POST", self._path("/cancel"), "control")
+
+        threading.Thread(target=send, name="ibisagent-cancel", daemon=True).start()
 
     def trace(self) -> Trace:
         trace = Trace.from_dict(self.backend.request("GET", self._path("/trace")).json())
@@ -268,9 +275,8 @@ class RemoteSession:
         return f"/v1/sessions/{self.id}{suffix}"
 
     def _agent(self, body: dict[str, Any]) -> None:
-        self._cancel.clear()
         self.stop_reason, self.answer = None, None
-        for event in self.stream("/run", body, phase="step", cancel=self._cancel):
+        for event in self.stream("/run", body, phase="step", cancel=None):
             if event["event"] == "step":
                 self._record(event)
             elif event["event"] == "end":
@@ -278,9 +284,6 @@ class RemoteSession:
                 return
             elif event["event"] == "error":
                 raise ServerFailed(f"the server's run failed: {event['message']}")
-        if self._cancel.is_set():
-            self.stop_reason = "cancelled"
-            return
         raise ServerFailed("the server stopped answering during the run; the unfinished turn was not applied")
 
     def stream(self, suffix: str, body: dict[str, Any], phase: str, cancel: threading.Event | None) -> Iterator[dict]:

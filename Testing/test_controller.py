@@ -140,3 +140,50 @@ def test_the_backend_is_built_on_the_worker_at_first_open(tiny_models, tmp_path,
     controller.open(case, "x")
     assert [e.kind for e in controller.wait()] == ["opened", "idle"]
     assert built_on == ["ibisagent-controller"] and controller.backend is not None
+
+
+def test_a_cancelled_run_is_rolled_back_and_reverted(tiny_models, case):
+    import threading
+
+    from IBISAgentLib.medsam2 import MedSAM2Tool
+
+    release = threading.Event()
+
+    class ClicksThenWaits:
+        description = "test policy: one click, then waits until cancelled"
+
+        def __init__(self):
+            self.calls = 0
+
+        def generate(self, request, cancel):
+            self.calls += 1
+            if self.calls == 1:
+                return OUTPUTS[0]
+            release.set()
+            cancel.wait(30)
+            return OUTPUTS[1]
+
+    controller = InteractionController(LocalBackend(ClicksThenWaits, MedSAM2Tool(tiny_models[1], device="cpu")))
+    controller.open(case, "x")
+    controller.wait()
+    controller.run()
+    assert release.wait(60)
+    controller.cancel()
+    events = controller.wait()
+    kinds = [e.kind for e in events]
+    assert kinds[-3:] == ["revert", "finished", "idle"] and events[-2].mask is None
+    assert controller.session.steps == [] and controller.state.markers == []
+    assert controller.state.stop_reason == "cancelled"
+
+
+def test_a_failed_open_leaves_no_session_behind(controller, case):
+    controller.open(case, "x")
+    controller.wait()
+    assert controller.session is not None
+    controller.open(case, "x", initial_mask=np.zeros((3, 3), bool))
+    kinds = [e.kind for e in controller.wait()]
+    assert kinds[0] == "error" and controller.session is None
+    controller.run()  # nothing of the old session acts any more
+    events = controller.wait()
+    assert events[0].kind == "error" and "no session" in events[0].message
+    assert not any(e.kind == "step" for e in events)

@@ -73,3 +73,18 @@ def test_volume_with_propagation_local_and_remote_are_identical(tmp_path, server
     assert sitk.GetArrayFromImage(local)[2:7].any() and not sitk.GetArrayFromImage(local)[7:].any()
     assert local.GetOrigin() == remote.GetOrigin() and local.GetDirection() == remote.GetDirection()
     assert local_trace == remote_trace
+
+
+def test_cancelled_remote_propagation_says_so(server, tmp_path):
+    import threading
+
+    from IBISAgentLib.propagation import PropagationCancelled
+    from IBISAgentLib.remote import RemoteBackend
+    from IBISAgentLib.volume_case import VolumeCase
+
+    backend = RemoteBackend(server.url, token=server.token)
+    session = backend.open_session(VolumeCase.of(mni_crop(), "axial:4"), "x")
+    session.step()
+    cancel = threading.Event()
+    with pytest.raises(PropagationCancelled):
+        backend.propagate(session, stop_after_empty=0, cancel=cancel, on_progress=lambda *a: cancel.set())

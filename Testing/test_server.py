@@ -1,10 +1,12 @@
 """The backend server as a real uvicorn process on 127.0.0.1, with the tiny models."""
 
+import base64
 import json
 import socket
 import struct
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -145,7 +147,16 @@ def test_bad_session_requests_are_4xx_with_a_message(server):
     assert post({"image": digest, "instruction": ""}).status_code == 422
     assert "apply to volumes" in post({"image": digest, "instruction": "x", "slice": "axial:1"}).json()["detail"]
     wrong_mask = {"image": digest, "instruction": "x", "initial_mask": encode_mask(np.ones((5, 5), bool))}
-    assert "initial mask" in post(wrong_mask).json()["detail"]
+    assert "the mask is (5, 5), the image is (128, 128)" in post(wrong_mask).json()["detail"]
+    bomb = {
+        "shape": [128, 128],
+        "bbox": [[0, 1], [0, 8]],
+        "bits": base64.b64encode(zlib.compress(b"\0" * 10**6)).decode(),
+    }
+    assert (
+        "do not hold exactly 1 bytes"
+        in post({"image": digest, "instruction": "x", "initial_mask": bomb}).json()["detail"]
+    )
     session = backend.open_session(read_rgb_image(SAMPLE), "x")
     with pytest.raises(RequestRejected, match="outside"):
         session.add_click(500, 3, positive=True)
@@ -223,6 +234,17 @@ def test_client_disconnect_cancels_the_servers_work(slow_server):
     while (trace := session.trace()).stop_reason is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert trace.stop_reason == "cancelled" and len(trace.steps) < 5
+
+
+def test_cancel_keeps_client_and_server_in_step(slow_server):
+    backend = RemoteBackend(slow_server.url, token=slow_server.token)
+    session = backend.open_session(read_rgb_image(SAMPLE), "x", max_turns=20)
+    session.on_step = lambda step: session.cancel() if len(session.steps) == 1 else None
+    session.run()
+    server_trace = session.trace()
+    assert session.stop_reason == "cancelled" == server_trace.stop_reason
+    assert len(session.steps) == len(server_trace.steps) < 20
+    assert session.undo() is not None and len(session.trace().steps) == len(session.steps)
 
 
 def test_server_killed_mid_run_is_a_clear_error_and_nothing_partial(slow_server):

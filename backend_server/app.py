@@ -152,7 +152,10 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
                 source = VolumeCase.of(volume, request.slice, window)
             elif request.slice or request.window:
                 raise ValueError("slice and window apply to volumes; this image is a 2D RGB image")
-            mask = decode_mask(request.initial_mask.model_dump()) if request.initial_mask else None
+            shape = (
+                (source.geometry.height, source.geometry.width) if isinstance(source, VolumeCase) else source.shape[:2]
+            )
+            mask = decode_mask(request.initial_mask.model_dump(), shape) if request.initial_mask else None
             session = backend.open_session(
                 source,
                 request.instruction,
@@ -175,6 +178,7 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
             raise HTTPException(404, "no such session: it was closed or expired")
         if entry is False:
             raise HTTPException(409, "the session is busy with another request")
+        entry.stop.clear()  # a cancel from now on, even before the job starts, stops this request's work
         return entry  # type: ignore[return-value]
 
     def in_worker(entry: Entry, job: Callable[[], Any]) -> Any:
@@ -229,6 +233,8 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
         session = entry.session
 
         def job(emit: Callable[[dict], None]) -> dict:
+            if entry.stop.is_set():  # cancelled while it waited in the queue
+                return {"event": "end", "stop_reason": "cancelled", "answer": None}
             session.on_step = lambda step: emit(step_event(step))
             try:
                 session.step() if request.single_step else session.run()
@@ -264,7 +270,6 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
     @app.post("/v1/sessions/{session_id}/propagate")
     async def propagate(session_id: SessionId, request: PropagateRequest) -> StreamingResponse:
         entry = claimed(session_id)
-        entry.stop.clear()
 
         def job(emit: Callable[[dict], None]) -> dict:
             try:

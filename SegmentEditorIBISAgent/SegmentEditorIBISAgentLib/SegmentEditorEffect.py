@@ -19,9 +19,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.controller = None
+        self.controllerKey = None
         self.pendingAfterOpen = None
         self.logic = None
         self.timer = None
+        self.snapshot = None
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -138,14 +140,20 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
         if factory is None:
             return
-        self.snapshot = self.selectedSegmentArray()
-        self.controller = InteractionController(factory)
+        # One controller (and so one loaded model or server connection) per choice of backend.
+        key = tuple(qt.QSettings().value("IBISAgent/" + name, "") for name in ("backend", "serverUrl", "mllm", "sam2"))
+        if self.controller is None or key != self.controllerKey:
+            if self.controller is not None:
+                self.controller.close()
+            self.controller, self.controllerKey = InteractionController(factory), key
         self.pendingAfterOpen = then
         self.command(lambda: self.controller.open(case, instruction))
 
     def command(self, call):
+        """Run a controller command, keeping the segment as it was so a failure or cancel can restore it."""
         from IBISAgentLib.controller import ControllerBusy
 
+        self.snapshot = self.selectedSegmentArray()
         try:
             call()
         except (ControllerBusy, ValueError) as exc:
@@ -170,9 +178,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 self.applyMask(self.snapshot, bypassMasking=True)
             elif event.kind == "error":
                 slicer.util.errorDisplay(f"IBISAgent: {event.message}")
-            elif event.kind == "idle" and self.pendingAfterOpen and self.controller.session is not None:
+            elif event.kind == "idle" and self.pendingAfterOpen:
                 then, self.pendingAfterOpen = self.pendingAfterOpen, None
-                self.command(self.controller.run if then == "run" else self.controller.step)
+                if self.controller.session is not None:
+                    self.command(self.controller.run if then == "run" else self.controller.step)
         state = self.controller.state
         self.moduleLogic().showMarkers(state.markers)
         self.reasoningText.plainText = "\n".join(state.log)
@@ -180,7 +189,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.timer.stop()
             self.runButton.text = "Run"
             if self.controller.session is not None:
-                self.moduleLogic().storeTrace(self.controller.trace_json())
+                self.moduleLogic().storeTraceOf(self.controller)
 
     # -- corrections by clicking in the slice views ------------------------------------------------
 
