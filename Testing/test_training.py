@@ -174,19 +174,24 @@ def test_reward_mask_is_the_mask_inference_produced(square):
     assert np.array_equal(replay_mask(tool, image, session.clicks), session.mask)
 
 
-def test_verl_entry_point_reads_our_rl_rows(square, tmp_path):
+def rl_record(square, folder):
+    """The extra_info of a first-step RL row over the square, as our export writes it."""
     from IBISAgentLib.images import write_mask, write_rgb
 
     image, truth = square
-    write_rgb(tmp_path / "image.png", image)
-    write_mask(tmp_path / "mask.png", truth)
-    info = {
-        "image": str(tmp_path / "image.png"),
-        "mask": str(tmp_path / "mask.png"),
+    write_rgb(folder / "image.png", image)
+    write_mask(folder / "mask.png", truth)
+    return {
+        "image": str(folder / "image.png"),
+        "mask": str(folder / "mask.png"),
         "clicks": [],
         "step": 1,
         "tool": "classical",
     }
+
+
+def test_verl_entry_point_reads_our_rl_rows(square, tmp_path):
+    info = rl_record(square, tmp_path)
     result = compute_score("ibisagent", click_text("positive", 45 / 96, 50 / 96), None, info)
     assert result["score"] == pytest.approx((1 + 3 + 1 + 1 + 1) / 5)
     from IBISAgentLib.training.rewards import trl_reward
@@ -222,20 +227,10 @@ def test_verl_loads_our_reward_file_standalone(square, tmp_path):
     """verl imports custom_reward_function.path with spec_from_file_location, outside any package."""
     import importlib.util
 
-    from IBISAgentLib.images import write_mask, write_rgb
     from IBISAgentLib.training import verl_reward
 
     spec = importlib.util.spec_from_file_location("custom_module", verl_reward.__file__)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    image, truth = square
-    write_rgb(tmp_path / "i.png", image)
-    write_mask(tmp_path / "m.png", truth)
-    info = {
-        "image": str(tmp_path / "i.png"),
-        "mask": str(tmp_path / "m.png"),
-        "clicks": [],
-        "step": 1,
-        "tool": "classical",
-    }
+    info = rl_record(square, tmp_path)
     assert module.compute_score("ibisagent", click_text("positive", 45 / 96, 50 / 96), None, info)["answer"] == 3
