@@ -243,12 +243,8 @@ class InteractionController:
         if event.kind == "idle":
             state.busy = False
         elif event.kind == "step" and event.step is not None:
-            step = event.step
-            if step.ijk is not None and step.action is not None and step.action.kind != "terminate":
-                number = len(state.markers) + 1
-                ras = tuple(float(v) for v in self._geometry().ijk_to_ras(np.asarray(step.ijk)))
-                state.markers.append(Marker(number, step.action.kind == "positive", step.source, ras))  # type: ignore[arg-type]
-            state.log.append(_describe(step))
+            state.markers = self._markers()
+            state.log.append(_describe(event.step))
         elif event.kind == "undone" and event.step is not None:
             state.markers = self._markers()
             state.log.append(f"undone: step {event.step.turn}")

@@ -44,7 +44,6 @@ class SliceFrames(Sequence):
     def __init__(self, volume: np.ndarray, geometry: SliceGeometry, first: int, last: int, transforms: Any) -> None:
         self.volume, self.geometry, self.first, self.last = volume, geometry, first, last
         self.transforms = transforms
-        self.rendered = 0
 
     def __len__(self) -> int:
         return self.last - self.first + 1
@@ -53,7 +52,6 @@ class SliceFrames(Sequence):
         if not 0 <= frame < len(self):
             raise IndexError(frame)
         plane = self.geometry.at(self.first + frame).extract(self.volume)
-        self.rendered += 1
         return self.transforms(np.repeat(plane[:, :, None], 3, axis=2))
 
 

@@ -20,7 +20,6 @@ TRACE_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("trace_schema.json")
 
 StopReason = Literal["terminate", "max_turns", "repeated_action", "unparseable", "cancelled", "error"]
-STOP_REASONS: tuple[str, ...] = ("terminate", "max_turns", "repeated_action", "unparseable", "cancelled", "error")
 
 
 @dataclass
