@@ -12,6 +12,9 @@ import pytest
 # Tests never reach a model hub; a test that needs the network says so by unsetting this itself.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# CI runs the model tests on the CPU; IBISAGENT_TEST_DEVICE=cuda runs the same tests on a GPU machine.
+TEST_DEVICE = os.environ.get("IBISAGENT_TEST_DEVICE", "cpu")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "IBISAgentLib" / "samples" / "ct_thoracic_vertebra.png"
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,10 +28,15 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def medsam2_tool(tiny_models):
+def device() -> str:
+    return TEST_DEVICE
+
+
+@pytest.fixture(scope="session")
+def medsam2_tool(tiny_models, device):
     from IBISAgentLib.medsam2 import MedSAM2Tool
 
-    return MedSAM2Tool(tiny_models[1], device="cpu")
+    return MedSAM2Tool(tiny_models[1], device=device)
 
 
 @pytest.fixture(scope="session")

@@ -22,11 +22,22 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, token: str | None = "test-token", log: Path | None = None) -> None:
+    def __init__(
+        self, *args: str, token: str | None = "test-token", log: Path | None = None, device: str | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
-        command = [sys.executable, "-m", "backend_server", "--port", str(self.port), "--device", "cpu", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "backend_server",
+            "--port",
+            str(self.port),
+            "--device",
+            device or os.environ.get("IBISAGENT_TEST_DEVICE", "cpu"),
+            *args,
+        ]
         if token:
             command += ["--token", token]
         self.log_path = log

@@ -44,8 +44,8 @@ def test_mask_to_logits_marks_inside_and_outside(medsam2_tool):
     assert (logits[:, 64:] > 0).all() and (logits[:, :64] < 0).all()
 
 
-def test_needs_a_click_and_an_image(tiny_models):
-    tool = MedSAM2Tool(tiny_models[1], device="cpu")
+def test_needs_a_click_and_an_image(tiny_models, device):
+    tool = MedSAM2Tool(tiny_models[1], device=device)
     with pytest.raises(RuntimeError, match="set_image"):
         tool.predict([Click(0, 0, True)], None)
     with pytest.raises(ValueError, match="at least one click"):
@@ -95,8 +95,8 @@ def test_pickled_code_is_never_executed(tmp_path, capsys):
     assert "pickle code ran" not in capsys.readouterr().out
 
 
-def test_embeddings_of_recent_images_are_reused(tiny_models, sample_image):
-    tool = MedSAM2Tool(tiny_models[1], device="cpu", cached_images=2)
+def test_embeddings_of_recent_images_are_reused(tiny_models, sample_image, device):
+    tool = MedSAM2Tool(tiny_models[1], device=device, cached_images=2)
     other = np.ascontiguousarray(sample_image[::-1])
     third = np.ascontiguousarray(sample_image[:, ::-1])
     clicks = [Click(60, 40, True)]

@@ -14,19 +14,19 @@ SHAPE = (9, 40, 48)  # k, j, i
 
 
 @pytest.fixture(scope="module")
-def propagator(tiny_models):
-    return MedSAM2Propagator(tiny_models[1], device="cpu")
+def propagator(tiny_models, device):
+    return MedSAM2Propagator(tiny_models[1], device=device)
 
 
 @pytest.fixture(scope="module")
-def nothing_there_propagator(tiny_models, tmp_path_factory):
+def nothing_there_propagator(tiny_models, tmp_path_factory, device):
     """MedSAM2 whose object-presence head always says 'no object': every propagated slice is empty."""
     state = torch.load(tiny_models[1], weights_only=True)["model"]
     head = sorted(k for k in state if k.startswith("sam_mask_decoder.pred_obj_score_head") and k.endswith("bias"))[-1]
     state[head] = torch.full_like(state[head], -1000.0)
     path = tmp_path_factory.mktemp("absent") / "medsam2_absent.pt"
     torch.save({"model": state}, path)
-    return MedSAM2Propagator(path, device="cpu")
+    return MedSAM2Propagator(path, device=device)
 
 
 def setup(key_index=4):
@@ -90,6 +90,22 @@ def test_frames_are_rendered_on_demand_once(propagator, monkeypatch):
     volume, key, mask = setup()
     propagator.propagate(volume, key, mask, stop_after_empty=0)
     assert sorted(rendered) == [0, 1, 2, 3, 4, 4, 5, 6, 7, 8]  # the key slice once per direction
+
+
+def test_frames_rendered_ahead_are_the_frames_asked_for(propagator):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from IBISAgentLib.propagation import SliceFrames
+
+    volume, key, _ = setup()
+    plain = SliceFrames(volume, key, 0, 8, propagator.transforms)
+    order = [4, 5, 6, 7, 8, 4, 3, 2, 1, 0, 6, 2]  # forward, backward from the key, then jumps
+    with ThreadPoolExecutor(1) as ahead:
+        frames = SliceFrames(volume, key, 0, 8, propagator.transforms, ahead)
+        for frame in order:
+            assert torch.equal(frames[frame], plain[frame]), frame
+        with pytest.raises(IndexError):
+            frames[9]
 
 
 def test_other_axes_and_bad_input(propagator):

@@ -10,10 +10,10 @@ from IBISAgentLib.prompts import IBIS_V1
 
 
 @pytest.fixture(scope="module")
-def policy(tiny_models):
+def policy(tiny_models, device):
     from IBISAgentLib.policies.transformers_qwen import TransformersQwenPolicy
 
-    return TransformersQwenPolicy(tiny_models[0], device="cpu")
+    return TransformersQwenPolicy(tiny_models[0], device=device)
 
 
 def request(image, text="<image>segment the liver", max_new_tokens=8):

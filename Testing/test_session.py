@@ -57,10 +57,10 @@ def test_clicks_drive_the_tool_with_history_and_previous_logits(sample_image, me
     assert all(r.max_new_tokens == 512 for r in policy.requests)
 
 
-def test_one_image_embedding_per_image(sample_image, tiny_models):
+def test_one_image_embedding_per_image(sample_image, tiny_models, device):
     from IBISAgentLib.medsam2 import MedSAM2Tool
 
-    tool = MedSAM2Tool(tiny_models[1], device="cpu")
+    tool = MedSAM2Tool(tiny_models[1], device=device)
     outputs = [click("positive", 0.1 * i, 0.5) for i in range(1, 6)] + [TERMINATE]
     session, _ = new_session(sample_image, tool, outputs)
     session.run()
@@ -70,10 +70,10 @@ def test_one_image_embedding_per_image(sample_image, tiny_models):
     assert tool.embeddings_computed == 2
 
 
-def test_terminate_first_means_target_absent_and_empty_mask(sample_image, tiny_models):
+def test_terminate_first_means_target_absent_and_empty_mask(sample_image, tiny_models, device):
     from IBISAgentLib.medsam2 import MedSAM2Tool
 
-    tool = MedSAM2Tool(tiny_models[1], device="cpu")
+    tool = MedSAM2Tool(tiny_models[1], device=device)
     answer = "<think>no tumor visible</think><action>Terminate</action><answer>No liver tumor in this slice.</answer>"
     session, _ = new_session(sample_image, tool, [answer])
     trace = session.run()
@@ -147,10 +147,10 @@ def test_cancel_during_generation_discards_the_turn(sample_image, medsam2_tool):
     assert np.array_equal(session.mask, trace.steps[0].mask)
 
 
-def test_cancel_stops_a_local_qwen_generation_early(sample_image, tiny_models, medsam2_tool):
+def test_cancel_stops_a_local_qwen_generation_early(sample_image, tiny_models, medsam2_tool, device):
     from IBISAgentLib.policies.transformers_qwen import TransformersQwenPolicy
 
-    policy = TransformersQwenPolicy(tiny_models[0], device="cpu")
+    policy = TransformersQwenPolicy(tiny_models[0], device=device)
     session = AgentSession(sample_image, "x", policy, medsam2_tool)
     timer = threading.Timer(0.2, session.cancel)
     timer.start()

@@ -4,11 +4,12 @@ and step latency with 16 concurrent clients. Real-size MedSAM2 (random weights),
 Goals (DESIGN.md section 7): per-step overhead <= 15 ms beyond in-process, click requests <= 2 KB,
 a 512 x 512 x 300 int16 volume uploaded in <= 1.5 s.
 
-    .venv/bin/python Testing/Benchmarks/bench_remote.py
+    .venv/bin/python Testing/Benchmarks/bench_remote.py [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server_process import ServerProcess
 
+from IBISAgentLib.devices import resolve_device
 from IBISAgentLib.medsam2 import MedSAM2Tool
 from IBISAgentLib.policies import ReplayPolicy
 from IBISAgentLib.protocol import UploadedImage
@@ -50,6 +52,9 @@ def step_times(session) -> tuple[list[float], list[float]]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto: the same for in-process and server")
+    device = resolve_device(parser.parse_args().device)
     image = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "medsam2.pt"
@@ -57,11 +62,19 @@ def main() -> None:
         replay = Path(folder) / "outputs.json"
         replay.write_text(json.dumps(outputs()))
 
-        local = AgentSession(image, "x", ReplayPolicy(outputs()), MedSAM2Tool(checkpoint, device="cpu"))
+        local = AgentSession(image, "x", ReplayPolicy(outputs()), MedSAM2Tool(checkpoint, device=device))
         local_ms, _ = step_times(local)
 
         with ServerProcess(
-            "--mllm", f"replay:{replay}", "--sam2", str(checkpoint), "--max-upload-mb", "1024", "--max-sessions", "64"
+            "--mllm",
+            f"replay:{replay}",
+            "--sam2",
+            str(checkpoint),
+            "--max-upload-mb",
+            "1024",
+            "--max-sessions",
+            "64",
+            device=device,
         ) as server:
             backend = RemoteBackend(server.url, token=server.token)
             remote = backend.open_session(image, "x")
@@ -101,6 +114,7 @@ def main() -> None:
                 thread.join()
 
     local_p50, remote_p50 = statistics.median(local_ms), statistics.median(remote_ms)
+    print(f"device: {device}")
     print("| measure | value | goal |")
     print("|---|---:|---|")
     print(f"| in-process step, p50 | {local_p50:.1f} ms | |")
