@@ -19,7 +19,7 @@ from IBISAgentLib.images import read_rgb_image
 from IBISAgentLib.protocol import MAGIC, UploadedImage, content_hash, encode_image, encode_mask
 from IBISAgentLib.remote import AuthFailed, RemoteBackend, RequestRejected, ServerFailed, SessionExpired
 
-INSTRUCTION = "segment the vertebral body of patient 4711"
+INSTRUCTION = "segment the vertebral body of patient Zebulon-Quartz"
 
 
 def clicks(n):
@@ -198,7 +198,7 @@ def test_sixteen_concurrent_clients(server):
 
 
 def test_logs_hold_no_instructions(server):
-    assert "4711" not in server.read_log()
+    assert "Zebulon-Quartz" not in server.read_log()  # a name no port, id or timestamp can contain
 
 
 def test_non_loopback_without_token_is_refused(tiny_models):
