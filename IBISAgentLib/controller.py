@@ -5,6 +5,10 @@ Model work (agent turns, corrections, propagation) runs on one background thread
 produces comes back as events through a queue that the UI drains on its own thread with ``poll()``
 (Slicer: from a QTimer), which is also where the controller's visible state changes. A run that fails or
 is cancelled ends with a ``revert`` event: the UI puts the target segment back as it was before the run.
+
+A mask event replaces only some slices of the target segment: the agent's slice, or the propagated
+range. The UI turns it into the whole new segment with ``segment_after(event, segment)`` from the segment
+as it is when the event arrives, so edits made meanwhile on other slices are kept.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,11 +63,14 @@ class Marker:
 
 @dataclass
 class Event:
-    kind: str  # opened, step, undone, finished, progress, propagated, revert, error
+    kind: str  # opened, step, undone, finished, progress, propagated, revert, error, idle
     step: Step | None = None
     message: str = ""
-    mask: np.ndarray | None = None  # (k, j, i) bool on the volume grid, for the target segment
+    plane: np.ndarray | None = None  # the agent's slice (rows, columns), for step, undone and finished
+    mask: np.ndarray | None = None  # (k, j, i) bool on the volume grid, for propagated: only ``slices`` count
+    slices: tuple[int, int] | None = None  # first, last slice index (along the slice normal) the event replaces
     progress: tuple[int, int] | None = None
+    operation: int = 0  # which command produced it: events of a closed or replaced operation are dropped
 
 
 @dataclass
@@ -87,14 +95,23 @@ class InteractionController:
         self._events: queue.Queue[Event] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._cancel = threading.Event()
+        self._operation = 0
 
     # -- commands (UI thread) ----------------------------------------------------------------------
 
-    def open(
-        self, case: VolumeCase, instruction: str, max_turns: int = 20, initial_mask: np.ndarray | None = None
-    ) -> None:
+    def open(self, case: VolumeCase, instruction: str, max_turns: int = 20, segment: np.ndarray | None = None) -> None:
         """Start a session on ``case``'s key slice (uploading the volume when the backend is remote). The
-        previous session is closed first: nothing of it can act on the new slice, even if opening fails."""
+        previous session is closed first: nothing of it can act on the new slice, even if opening fails.
+
+        ``segment`` is the target segment as it is now ((k, j, i) on the volume grid): its voxels on the key
+        slice are where the session starts (the agent sees and refines them).
+        """
+        if self.state.busy:
+            raise ControllerBusy("IBISAgent is still working: wait for it or press Cancel")
+        if segment is not None and segment.shape != case.windowed.shape:
+            raise ValueError(f"the segment is {segment.shape}, the volume {case.windowed.shape}")
+        on_slice = None if segment is None else case.geometry.extract(segment.astype(bool))
+        initial_mask = np.array(on_slice) if on_slice is not None and on_slice.any() else None
         previous, self.session, self.case = self.session, None, None
         self.state = ControllerState()
 
@@ -106,7 +123,7 @@ class InteractionController:
                 case, instruction, initial_mask=initial_mask, max_turns=max_turns, on_step=self._on_step
             )
             self.case, self.session = case, session
-            self._events.put(Event("opened", message=f"{case.geometry.axis} slice {case.geometry.index}"))
+            self._emit(Event("opened", message=f"{case.geometry.axis} slice {case.geometry.index}"))
 
         self._launch(job)
 
@@ -123,8 +140,9 @@ class InteractionController:
 
     def undo(self) -> None:
         def job() -> None:
-            step = self._session().undo()
-            self._events.put(Event("undone", step=step, mask=self._slice_volume()))
+            session = self._session()
+            step = session.undo()
+            self._emit(self._on_slice("undone", session.mask, step=step))
 
         self._launch(job)
 
@@ -135,12 +153,14 @@ class InteractionController:
                 mask = self.backend.propagate(
                     self._session(), first=first, last=last, stop_after_empty=stop_after_empty,
                     largest_component=largest_component, cancel=self._cancel,
-                    on_progress=lambda done, total, index: self._events.put(Event("progress", progress=(done, total))),
+                    on_progress=lambda done, total, index: self._emit(Event("progress", progress=(done, total))),
                 )  # fmt: skip
             except PropagationCancelled:
-                self._events.put(Event("revert", message="propagation cancelled"))
+                self._emit(Event("revert", message="propagation cancelled"))
                 return
-            self._events.put(Event("propagated", mask=mask, message=f"{int(mask.sum())} voxels"))
+            count = self._geometry().count
+            span = (0 if first is None else first, count - 1 if last is None else last)
+            self._emit(Event("propagated", mask=mask, slices=span, message=f"{int(mask.sum())} voxels"))
 
         self._launch(job)
 
@@ -149,27 +169,57 @@ class InteractionController:
         if self.session is not None:
             self.session.cancel()
 
-    def close(self) -> None:
-        """Cancel what runs and close the session (frees it on a server at once)."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel what runs and close the session (frees it on a server at once). The cancelled operation
+        gets ``timeout`` seconds to stop; whatever it reports later is dropped, and the controller is idle."""
         self.cancel()
         if self._worker is not None:
-            self._worker.join(timeout=30)
+            self._worker.join(timeout=timeout)
+        self._operation += 1
+        self.state.busy = False
+        while not self._events.empty():
+            self._events.get_nowait()
         _close(self.session)
         self.session = None
 
     # -- state (UI thread) -------------------------------------------------------------------------
 
-    def poll(self) -> list[Event]:
-        """Drain the events produced since the last call and apply them to ``state``."""
-        events = []
+    def poll(self, wait: float = 0.0) -> list[Event]:
+        """Drain the events produced since the last call and apply them to ``state``.
+
+        With ``wait``, while an operation runs, keep collecting its events for up to that many seconds, or
+        until it ends. A host whose main thread keeps Python's GIL while it sits in its own event loop (3D
+        Slicer does) lends the worker thread that time: the worker runs Python only while the main thread
+        waits here.
+        """
+        events: list[Event] = []
+        deadline = time.monotonic() + wait
         while True:
+            remaining = deadline - time.monotonic()
             try:
-                event = self._events.get_nowait()
+                if remaining > 0 and self.state.busy:
+                    event = self._events.get(timeout=remaining)
+                else:
+                    event = self._events.get_nowait()
             except queue.Empty:
-                break
+                return events
+            if event.operation != self._operation:
+                continue  # from an operation that was closed: nothing of it may reach the new one
             self._apply(event)
             events.append(event)
-        return events
+
+    def segment_after(self, event: Event, segment: np.ndarray) -> np.ndarray:
+        """The target segment once ``event`` is applied: ``segment`` (as it is now, (k, j, i) on the volume
+        grid) with the event's slices replaced. Everything else in it is kept."""
+        geometry = self._geometry()
+        result = np.array(segment, dtype=bool)
+        if event.plane is not None:
+            geometry.insert(result, event.plane)
+        elif event.mask is not None and event.slices is not None:
+            where: list[slice] = [slice(None)] * 3
+            where[2 - geometry.normal_axis] = slice(event.slices[0], event.slices[1] + 1)
+            result[tuple(where)] = event.mask[tuple(where)]
+        return result
 
     def wait(self, timeout: float = 600.0) -> list[Event]:
         """Block until the running operation ends, then ``poll()`` (for scripts and tests)."""
@@ -202,18 +252,25 @@ class InteractionController:
             self._worker.join()  # it has posted "idle" already and is only returning
         self.state.busy = True
         self._cancel.clear()
+        self._operation += 1
 
         def guarded() -> None:
             try:
                 job()
             except Exception as exc:  # every failure reaches the UI as an event, never as a silent thread death
-                self._events.put(Event("error", message=str(exc) or exc.__class__.__name__))
-                self._events.put(Event("revert", message="the operation failed"))
+                self._emit(Event("error", message=str(exc) or exc.__class__.__name__))
+                self._emit(Event("revert", message="the operation failed"))
             finally:
-                self._events.put(Event("idle"))
+                self._emit(Event("idle"))
 
         self._worker = threading.Thread(target=guarded, name="ibisagent-controller", daemon=True)
+        self._worker.operation = self._operation  # type: ignore[attr-defined]
         self._worker.start()
+
+    def _emit(self, event: Event) -> None:
+        """Queue an event from the worker, marked with the operation that thread runs."""
+        event.operation = getattr(threading.current_thread(), "operation", self._operation)
+        self._events.put(event)
 
     def _agent(self, action: Callable[[], Any]) -> None:
         session = self._session()
@@ -225,18 +282,17 @@ class InteractionController:
             while len(session.steps) > before:
                 session.undo()
             session.stop_reason = reason
-            self._events.put(Event("revert", message=f"the run ended: {reason}"))
-            self._events.put(Event("finished", message=reason))
+            self._emit(Event("revert", message=f"the run ended: {reason}"))
+            self._emit(Event("finished", message=reason))
             return
-        self._events.put(Event("finished", message=reason or "", mask=self._slice_volume()))
+        self._emit(self._on_slice("finished", session.mask, message=reason or ""))
 
     def _on_step(self, step: Step) -> None:
-        self._events.put(Event("step", step=step, mask=self._slice_volume(step.mask)))
+        self._emit(self._on_slice("step", step.mask, step=step))
 
-    def _slice_volume(self, mask: np.ndarray | None = None) -> np.ndarray | None:
-        if self.case is None or (self.session is None and mask is None):
-            return None
-        return self.case.place(self.session.mask if mask is None else mask)
+    def _on_slice(self, kind: str, plane: np.ndarray, **fields: Any) -> Event:
+        index = self._geometry().index
+        return Event(kind, plane=plane, slices=(index, index), **fields)
 
     def _apply(self, event: Event) -> None:
         state = self.state
