@@ -2,7 +2,8 @@
 
 Everything that decides or computes lives in IBISAgentLib; this file turns widgets and markups into
 controller calls and controller events into segments, markups and text. Model work runs off the GUI
-thread; its results arrive through the controller's queue, drained by a QTimer on the main thread.
+thread; its results arrive through the controller's queue, drained by a QTimer on the main thread (which
+also lends the worker the GIL: see WORKER_TIME_S).
 """
 
 import logging
@@ -12,17 +13,25 @@ from urllib.parse import urlparse
 
 import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 
 SETTINGS = "IBISAgent/"
 VIEW_NAMES = ("Red", "Yellow", "Green")
-POLL_MS = 100
+POLL_MS = 50
+# Slicer's main thread keeps Python's GIL while it sits in the Qt event loop (it never releases it after
+# Py_InitializeFromConfig, Base/QTCore/qSlicerCorePythonManager.cxx), so the controller's worker thread
+# runs only while the main thread waits in Python: each poll lends it up to this long (less when the
+# operation ends sooner). The GUI handles its own events between polls.
+WORKER_TIME_S = 0.04
 EFFECT_NAME = "IBISAgent"  # the Segment Editor effect in SegmentEditorIBISAgent/, which all writes go through
+LOCAL_MODULES = ("torch", "transformers", "qwen_vl_utils", "sam2", "hydra", "iopath")
 # What a local run needs besides Slicer's own packages (numpy, SimpleITK and requests are never replaced).
 LOCAL_REQUIREMENTS = ("transformers>=5,<6", "qwen-vl-utils", "hydra-core", "iopath", "huggingface_hub", "scipy", "tqdm")
 SAM2_REQUIREMENT = "sam2==1.1.0"
@@ -45,7 +54,18 @@ class IBISAgent(ScriptedLoadableModule):
         )
 
 
-class IBISAgentWidget(ScriptedLoadableModuleWidget):
+class SegmentTarget:
+    """Where a session's results go, fixed when it starts: changing the selectors later cannot redirect them."""
+
+    def __init__(self, segmentationNode, segmentId, volumeNode):
+        self.segmentationNode, self.segmentId, self.volumeNode = segmentationNode, segmentId, volumeNode
+
+
+class IBISAgentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/IBISAgent.ui"))
@@ -55,6 +75,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.logic = IBISAgentLogic()
         self.controller = None
         self.controllerKey = None
+        self.target = None
         self.pendingAfterOpen = None
         self.placing = None  # True / False while a positive / negative correction is being placed
 
@@ -72,23 +93,47 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         # Checked against Slicer's source: no Slicer shortcut uses Ctrl+Alt+P or Ctrl+Alt+N.
         self.shortcuts = []
         for keys, positive in (("Ctrl+Alt+P", True), ("Ctrl+Alt+N", False)):
-            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow() or uiWidget)
             shortcut.connect("activated()", lambda positive=positive: self.onShortcut(positive))
             self.shortcuts.append(shortcut)
 
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(
+            slicer.app.applicationLogic().GetInteractionNode(),
+            slicer.vtkMRMLInteractionNode.InteractionModeChangedEvent,
+            self.onInteractionModeChanged,
+        )
         self.loadSettings()
         self.updateButtons()
 
     def cleanup(self):
+        self.removeObservers()
         self.timer.stop()
         if self.controller is not None:
             self.controller.close()
         for shortcut in self.shortcuts:
             shortcut.setParent(None)
         self.logic.stopPlacing()
+
+    def onSceneStartClose(self, caller, event):
+        """The scene's nodes are going: end the session, and forget markups and placement nodes."""
+        self.timer.stop()
+        if self.controller is not None:
+            self.controller.close()
+        self.target, self.pendingAfterOpen = None, None
+        self.ui.positiveClickButton.checked = self.ui.negativeClickButton.checked = False
+        self.logic.forgetNodes()
+        self.ui.reasoningText.plainText = ""
+        self.ui.statusLabel.text = "Ready."
+        self.updateButtons()
+
+    def onInteractionModeChanged(self, caller, event):
+        """Placement ended elsewhere (Escape, another tool): the correction buttons follow."""
+        if self.placing is not None and caller.GetCurrentInteractionMode() != slicer.vtkMRMLInteractionNode.Place:
+            self.ui.positiveClickButton.checked = self.ui.negativeClickButton.checked = False
 
     # -- settings ----------------------------------------------------------------------------------
 
@@ -101,6 +146,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.onBackendChanged(self.ui.backendSelector.currentIndex)
 
     def saveSettings(self):
+        """The choices, not the token: it stays in memory (the Segment Editor effect reads it from here)."""
         settings = qt.QSettings()
         settings.setValue(SETTINGS + "backend", self.ui.backendSelector.currentIndex)
         settings.setValue(SETTINGS + "serverUrl", self.ui.serverUrlEdit.text)
@@ -124,31 +170,27 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.startSession("run")
 
     def onStep(self):
-        if self.controller is not None and self.controller.session is not None and not self.controller.state.busy:
-            self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
-            self.guarded(self.controller.step)
+        if self.hasSession() and not self.controller.state.busy:
+            self.command(self.controller.step)
         else:
             self.startSession("step")
 
     def onContinue(self):
-        if self.controller is None or self.controller.session is None:
+        if not self.hasSession():
             slicer.util.errorDisplay("Run the agent first; Continue resumes its session.")
             return
-        self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
-        self.guarded(self.controller.run)
+        self.command(self.controller.run)
 
     def onUndo(self):
-        if self.controller is not None and self.controller.session is not None:
-            self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
-            self.guarded(self.controller.undo)
+        if self.hasSession():
+            self.command(self.controller.undo)
 
     def onPropagate(self):
-        if self.controller is None or self.controller.session is None:
+        if not self.hasSession():
             slicer.util.errorDisplay("Segment a slice first: propagation grows that result through the volume.")
             return
-        self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
         first, last = self.ui.rangeFirstSpinBox.value, self.ui.rangeLastSpinBox.value
-        self.guarded(
+        self.command(
             lambda: self.controller.propagate(
                 first=first if last > first else None,
                 last=last if last > first else None,
@@ -172,15 +214,14 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         button.checked = not button.checked
 
     def onPointPlaced(self, ras):
-        if self.controller is None or self.controller.session is None or self.placing is None:
+        if not self.hasSession() or self.placing is None:
             slicer.util.errorDisplay("Start the agent on a slice first; corrections go into its session.")
             return
-        self.logic.snapshotSegment(self.ui.segmentSelector, self.ui.inputVolumeSelector.currentNode())
         positive = self.placing
-        self.guarded(lambda: self.controller.click(ras, positive))
+        self.command(lambda: self.controller.click(ras, positive))
 
     def onExportTrace(self):
-        if self.controller is None or self.controller.session is None:
+        if not self.hasSession():
             slicer.util.errorDisplay("There is no agent session to export yet.")
             return
         path = qt.QFileDialog.getSaveFileName(None, "Export IBISAgent trace", "trace.json", "JSON (*.json)")
@@ -202,6 +243,9 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
 
     # -- sessions ----------------------------------------------------------------------------------
 
+    def hasSession(self):
+        return self.controller is not None and self.controller.session is not None and self.target is not None
+
     def startSession(self, then):
         volumeNode = self.ui.inputVolumeSelector.currentNode()
         instruction = self.ui.instructionEdit.text.strip()
@@ -214,7 +258,11 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         if self.ui.segmentSelector.currentNode() is None or not self.ui.segmentSelector.currentSegmentID():
             slicer.util.errorDisplay("Select the segment that receives the result (or add an empty one).")
             return
+        target = SegmentTarget(
+            self.ui.segmentSelector.currentNode(), self.ui.segmentSelector.currentSegmentID(), volumeNode
+        )
         try:
+            self.logic.checkEditable(target)
             case = self.logic.caseFromView(volumeNode, VIEW_NAMES[self.ui.viewSelector.currentIndex])
             backendFactory = self.backendFactory()
         except (ValueError, RuntimeError) as exc:
@@ -227,14 +275,18 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.saveSettings()
         key = self.backendKey()
         if self.controller is None or key != self.controllerKey:
+            if self.controller is not None:
+                self.controller.close()
             self.controller = InteractionController(backendFactory)
             self.controllerKey = key
-        self.logic.snapshotSegment(self.ui.segmentSelector, volumeNode)
+        self.target = target
         self.logic.clearMarkers()
         self.ui.reasoningText.plainText = ""
         self.ui.rangeFirstSpinBox.value, self.ui.rangeLastSpinBox.value = 0, case.geometry.count - 1
         self.pendingAfterOpen = then
-        self.guarded(lambda: self.controller.open(case, instruction, max_turns=self.ui.maxTurnsSpinBox.value))
+        segment = self.logic.segmentArray(target)
+        maxTurns = self.ui.maxTurnsSpinBox.value
+        self.command(lambda: self.controller.open(case, instruction, max_turns=maxTurns, segment=segment))
 
     def backendKey(self):
         """What the backend depends on: a new one is built when any of it changes."""
@@ -257,15 +309,15 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
             sam2=self.ui.sam2Edit.text.strip() or None,
         )
 
-    def guarded(self, call):
+    def command(self, call):
+        """Run a controller command, keeping the target segment as it is so a failure or cancel can restore it."""
         from IBISAgentLib.controller import ControllerBusy
 
         try:
+            self.logic.snapshotSegment(self.target)
             call()
-        except ControllerBusy as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        except ValueError as exc:
+        except (ControllerBusy, ValueError) as exc:
+            self.pendingAfterOpen = None
             slicer.util.errorDisplay(str(exc))
             return
         self.timer.start()
@@ -275,25 +327,16 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
 
     def onPoll(self):
         if self.controller is None:
+            self.timer.stop()
             return
         self.logic.showDownloads()
-        volumeNode = self.ui.inputVolumeSelector.currentNode()
-        events = self.controller.poll()
+        events = self.controller.poll(wait=WORKER_TIME_S)
         for event in events:
-            if event.mask is not None and event.kind in ("step", "undone", "finished", "propagated"):
-                self.logic.writeSegment(self.ui.segmentSelector, volumeNode, event.mask)
-            if event.kind == "revert":
-                self.logic.restoreSegment(self.ui.segmentSelector, volumeNode)
-            if event.kind == "error":
-                slicer.util.errorDisplay(f"IBISAgent: {event.message}")
-            if event.kind == "progress":
-                done, total = event.progress
-                self.ui.propagationProgressBar.maximum = total
-                self.ui.propagationProgressBar.value = done
-            if event.kind == "idle" and self.pendingAfterOpen:
-                then, self.pendingAfterOpen = self.pendingAfterOpen, None
-                if self.controller.session is not None:
-                    self.guarded(self.controller.run if then == "run" else self.controller.step)
+            try:
+                self.applyEvent(event)
+            except Exception as exc:  # a failure here must reach the user, and must not stop the other events
+                logging.exception("IBISAgent: applying a %s event failed", event.kind)
+                slicer.util.errorDisplay(f"IBISAgent could not apply the result ({event.kind}): {exc}")
         state = self.controller.state
         self.logic.showMarkers(state.markers)
         self.ui.reasoningText.plainText = "\n".join(state.log)
@@ -303,8 +346,28 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         if not state.busy and not self.pendingAfterOpen:
             self.timer.stop()
         self.updateButtons()
-        if any(e.kind == "idle" for e in events) and self.controller.session is not None and not state.busy:
+        if any(e.kind == "idle" for e in events) and self.hasSession() and not state.busy:
             self.logic.storeTraceOf(self.controller)
+
+    def applyEvent(self, event):
+        if event.kind in ("opened", "idle"):
+            self.logic.closeDownloads()
+        if event.plane is not None or event.mask is not None:
+            updated = self.logic.segmentAfter(self.target, self.controller, event)
+            if updated is not None:
+                self.logic.writeSegment(self.target, updated)
+        elif event.kind == "revert":
+            self.logic.restoreSegment(self.target)
+        elif event.kind == "error":
+            slicer.util.errorDisplay(f"IBISAgent: {event.message}")
+        elif event.kind == "progress":
+            done, total = event.progress
+            self.ui.propagationProgressBar.maximum = total
+            self.ui.propagationProgressBar.value = done
+        elif event.kind == "idle" and self.pendingAfterOpen:
+            then, self.pendingAfterOpen = self.pendingAfterOpen, None
+            if self.controller.session is not None:
+                self.command(self.controller.run if then == "run" else self.controller.step)
 
     def updateButtons(self):
         busy = self.controller is not None and self.controller.state.busy
@@ -319,10 +382,10 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.markupNodes = {}
+        self.shownMarkers = {}
         self.placementNode = None
         self.placementObserver = None
         self.snapshot = None
-        self.editorWidget = None
         self.downloads = queue.Queue()
         self.downloadDialog = None
 
@@ -337,7 +400,10 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
         from IBISAgentLib.volume_case import VolumeCase
         from IBISAgentLib.windowing import Window
 
-        sliceNode = slicer.app.layoutManager().sliceWidget(viewName).mrmlSliceNode()
+        sliceWidget = slicer.app.layoutManager().sliceWidget(viewName)
+        if sliceWidget is None:
+            raise ValueError(f"The {viewName} view is not in the current layout: choose a view that is shown.")
+        sliceNode = sliceWidget.mrmlSliceNode()
         orientation = sliceNode.GetOrientation().lower()
         if orientation not in ("axial", "coronal", "sagittal"):
             raise ValueError(f"The {viewName} view is {orientation}: set it to Axial, Coronal or Sagittal.")
@@ -354,44 +420,56 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
 
     # -- segments ----------------------------------------------------------------------------------
 
-    def snapshotSegment(self, segmentSelector, volumeNode):
+    def segmentArray(self, target):
+        """The target segment's voxels, (k, j, i) on the volume's grid."""
+        return slicer.util.arrayFromSegmentBinaryLabelmap(
+            target.segmentationNode, target.segmentId, target.volumeNode
+        ).astype(bool)
+
+    def checkEditable(self, target):
+        """Raises ValueError when the segmentation is not stored as a binary labelmap, the form written here."""
+        labelmap = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        stored = target.segmentationNode.GetSegmentation().GetSourceRepresentationName()
+        if stored != labelmap:
+            raise ValueError(
+                f"The segmentation is stored as '{stored}'. IBISAgent edits binary labelmaps: select it in the "
+                "Segment Editor (which offers to convert it), or choose another segmentation."
+            )
+
+    def segmentAfter(self, target, controller, event):
+        """The target segment once a mask event is applied to it as it is now; None when nothing changes."""
+        import numpy as np
+
+        current = self.segmentArray(target)
+        updated = controller.segment_after(event, current)
+        return None if np.array_equal(updated, current) else updated
+
+    def snapshotSegment(self, target):
         """Keep the target segment as it is, so a failed or cancelled operation can put it back."""
-        segmentationNode, segmentId = segmentSelector.currentNode(), segmentSelector.currentSegmentID()
-        self.snapshot = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode).copy()
+        self.snapshot = None if target is None else self.segmentArray(target)
 
-    def restoreSegment(self, segmentSelector, volumeNode):
+    def restoreSegment(self, target):
         if self.snapshot is not None:
-            self.writeSegment(segmentSelector, volumeNode, self.snapshot, restore=True)
+            self.writeSegment(target, self.snapshot, restore=True)
 
-    def writeSegment(self, segmentSelector, volumeNode, mask, restore=False):
-        """The result into the selected segment only, through the Segment Editor: its masking settings apply
-        and each write is a step of its undo history. A restore puts the saved voxels back unmasked."""
+    def writeSegment(self, target, mask, restore=False):
+        """The whole target segment becomes ``mask``, through the Segment Editor module's own editor: its
+        editable-area and intensity masking apply and each write is a step of the undo history the user
+        sees there. Other segments are never modified. A restore puts the saved voxels back unmasked."""
         editor = self.segmentEditor()
-        editor.setSegmentationNode(segmentSelector.currentNode())
-        editor.setSourceVolumeNode(volumeNode)
-        editor.setCurrentSegmentID(segmentSelector.currentSegmentID())
-        editor.setActiveEffectByName(EFFECT_NAME)
-        effect = editor.activeEffect()
+        editor.setSegmentationNode(target.segmentationNode)
+        editor.setSourceVolumeNode(target.volumeNode)
+        editor.setCurrentSegmentID(target.segmentId)
+        effect = editor.effectByName(EFFECT_NAME)
         if effect is None:
             raise RuntimeError("The IBISAgent Segment Editor effect is not registered; restart Slicer.")
-        try:
-            effect.self().applyMask(mask, bypassMasking=restore)
-        finally:
-            editor.setActiveEffect(None)
+        effect.self().applyMask(mask, target.segmentationNode, target.segmentId, target.volumeNode, restore)
 
     def segmentEditor(self):
-        """A hidden Segment Editor sharing the Segment Editor module's parameter node (masking, undo)."""
-        if self.editorWidget is None:
-            self.editorWidget = slicer.qMRMLSegmentEditorWidget()
-            self.editorWidget.setMRMLScene(slicer.mrmlScene)
-            node = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
-            if node is None:
-                node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
-                node.UnRegister(None)
-                node.SetSingletonTag("SegmentEditor")
-                node = slicer.mrmlScene.AddNode(node)
-            self.editorWidget.setMRMLSegmentEditorNode(node)
-        return self.editorWidget
+        """The Segment Editor module's editor widget (created on first use), with its parameter node set."""
+        segmentEditorModule = slicer.modules.segmenteditor.widgetRepresentation().self()
+        segmentEditorModule.selectParameterNode()  # unset after a scene close until the module is entered
+        return segmentEditorModule.editor
 
     # -- markups -----------------------------------------------------------------------------------
 
@@ -400,7 +478,7 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
 
         for key, color in COLORS.items():
             node = self.markupNodes.get(key)
-            wanted = [m for m in markers if (m.source, m.positive) == key]
+            wanted = [(m.label, tuple(m.ras)) for m in markers if (m.source, m.positive) == key]
             if node is None and not wanted:
                 continue
             if node is None:
@@ -413,15 +491,24 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
                 node.GetDisplayNode().SetTextScale(2.5)
                 node.SetLocked(True)
                 self.markupNodes[key] = node
-            if node.GetNumberOfControlPoints() == len(wanted):
+                self.keepPlacementActive()  # a new markups node becomes the active place node
+            if self.shownMarkers.get(key) == wanted:
                 continue
             node.RemoveAllControlPoints()
-            for marker in wanted:
-                node.AddControlPoint(*marker.ras, marker.label)
+            for label, ras in wanted:
+                node.AddControlPoint(*ras, label)
+            self.shownMarkers[key] = wanted
 
     def clearMarkers(self):
         for node in self.markupNodes.values():
             node.RemoveAllControlPoints()
+        self.shownMarkers = {}
+
+    def forgetNodes(self):
+        """The scene is closing: its nodes are going, so drop every reference to them."""
+        self.markupNodes, self.shownMarkers = {}, {}
+        self.placementNode = self.placementObserver = None
+        self.snapshot = None
 
     def startPlacing(self, callback):
         self.stopPlacing()
@@ -437,17 +524,21 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
 
         self.placementObserver = node.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, placed)
         self.placementNode = node
-        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
-        selectionNode.SetReferenceActivePlaceNodeID(node.GetID())
+        self.keepPlacementActive()
         interactionNode = slicer.app.applicationLogic().GetInteractionNode()
         interactionNode.SetPlaceModePersistence(1)
         interactionNode.SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.Place)
 
+    def keepPlacementActive(self):
+        if self.placementNode is not None:
+            selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+            selectionNode.SetReferenceActivePlaceNodeID(self.placementNode.GetID())
+
     def stopPlacing(self):
         if self.placementNode is not None:
-            self.placementNode.RemoveObserver(self.placementObserver)
-            slicer.mrmlScene.RemoveNode(self.placementNode)
-            self.placementNode = None
+            node, self.placementNode = self.placementNode, None
+            node.RemoveObserver(self.placementObserver)
+            slicer.mrmlScene.RemoveNode(node)
             interactionNode = slicer.app.applicationLogic().GetInteractionNode()
             interactionNode.SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.ViewTransform)
 
@@ -463,12 +554,12 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
             slicer.util.errorDisplay(f"IBISAgent could not read the session's trace: {exc}")
 
     def storeTrace(self, text):
-        """The trace (reasoning, clicks, answers) as a text node, saved with the scene."""
+        """The trace (reasoning, clicks, answers) as a UTF-8 text node, saved with the scene."""
         node = slicer.mrmlScene.GetFirstNodeByName("IBISAgent trace")
         if node is None:
             node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTextNode", "IBISAgent trace")
             node.SetAttribute("IBISAgent.schema", "ibisagent-trace")
-        node.SetText(text)
+        node.SetText(text, vtk.VTK_ENCODING_UTF_8)
 
     # -- backends, installs and consent ------------------------------------------------------------
 
@@ -507,64 +598,83 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
         class DownloadProgress(tqdm):
             def update(self, n=1):
                 super().update(n)
-                sink.put((self.desc or "model weights", self.n, self.total or 0))
+                sink.put((self.desc or "model weights", self.n, self.total or 0, self.unit))
 
         return DownloadProgress
 
     def showDownloads(self):
-        """Main thread: show pending download progress in a progress dialog; close it when nothing is left."""
+        """Main thread: show the latest download progress in a progress dialog."""
         latest = None
         while not self.downloads.empty():
             latest = self.downloads.get_nowait()
         if latest is None:
             return
-        name, done, total = latest
+        name, done, total, unit = latest
         if self.downloadDialog is None:
             self.downloadDialog = slicer.util.createProgressDialog(windowTitle="IBISAgent: downloading model weights")
         self.downloadDialog.maximum = max(total, 1)
         self.downloadDialog.value = min(done, self.downloadDialog.maximum)
-        self.downloadDialog.labelText = f"{name}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB"
-        if total and done >= total:
+        if unit == "B":
+            self.downloadDialog.labelText = f"{name}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB"
+        else:
+            self.downloadDialog.labelText = f"{name}: {done} of {total or '?'} {unit}"
+
+    def closeDownloads(self):
+        """The models are loaded (or loading failed): no download is running any more."""
+        self.showDownloads()
+        if self.downloadDialog is not None:
             self.downloadDialog.close()
             self.downloadDialog = None
 
     def backendFactoryFromSettings(self):
-        """The backend chosen in the module's "Models and server" panel (the token from IBISAGENT_TOKEN)."""
+        """The backend chosen in the module's "Models and server" panel, for the Segment Editor effect. The
+        token is the one typed in the module (never stored on disk), else IBISAGENT_TOKEN."""
         settings = qt.QSettings()
+        token = None
+        widget = slicer.modules.ibisagent.widgetRepresentation().self()
+        if widget is not None and getattr(widget, "ui", None) is not None:
+            token = widget.ui.tokenEdit.text or None
         return self.backendFactory(
             remote=int(settings.value(SETTINGS + "backend", 0)) == 1,
             url=settings.value(SETTINGS + "serverUrl", "").strip(),
+            token=token or os.environ.get("IBISAGENT_TOKEN") or None,
             mllm=settings.value(SETTINGS + "mllm", "").strip() or None,
             sam2=settings.value(SETTINGS + "sam2", "").strip() or None,
         )
 
     def ensureLocalDependencies(self):
-        """Installs what a local run needs after one confirmation; False when the user declines."""
+        """Installs what a local run needs after one confirmation; False when the user declines or it fails."""
         import importlib.util
 
-        missing = [
-            name
-            for name in ("torch", "transformers", "qwen_vl_utils", "sam2", "hydra", "iopath")
-            if importlib.util.find_spec(name) is None
-        ]
+        missing = [name for name in LOCAL_MODULES if importlib.util.find_spec(name) is None]
         if not missing:
             return True
-        listing = "PyTorch (through the PyTorch extension), " + ", ".join(LOCAL_REQUIREMENTS) + f", {SAM2_REQUIREMENT}"
+        needTorch = "torch" in missing
+        listing = ("PyTorch (through the PyTorch extension), " if needTorch else "") + ", ".join(
+            (*LOCAL_REQUIREMENTS, SAM2_REQUIREMENT)
+        )
         if not slicer.util.confirmOkCancelDisplay(
             f"Running IBISAgent on this computer needs: {listing}.\nInstall them now? (a few minutes; Slicer's own "
             "numpy, SimpleITK and requests are kept)",
             "IBISAgent: install dependencies",
         ):
             return False
-        import PyTorchUtils
+        try:
+            if needTorch:
+                import PyTorchUtils
 
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-            slicer.util.errorDisplay("PyTorch was not installed; IBISAgent cannot run locally. Use a server instead.")
+                PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+            # A list, so that no path is split or unescaped by the shell-style parsing of a single string.
+            slicer.util.pip_install([*LOCAL_REQUIREMENTS, "-c", self.keepSlicerPackages()])
+            os.environ["SAM2_BUILD_CUDA"] = "0"
+            slicer.util.pip_install(["--no-build-isolation", "--no-deps", SAM2_REQUIREMENT])
+        except Exception as exc:  # PyTorchUtils and pip raise several kinds; all end in the same dialog
+            logging.exception("IBISAgent: installing dependencies failed")
+            slicer.util.errorDisplay(
+                f"IBISAgent could not install what it needs to run on this computer: {exc}\n\nCheck the network "
+                "connection and try again (details in the Python console), or choose a server instead."
+            )
             return False
-        constraints = self.keepSlicerPackages()
-        slicer.util.pip_install(" ".join(LOCAL_REQUIREMENTS) + f" -c {constraints}")
-        os.environ["SAM2_BUILD_CUDA"] = "0"
-        slicer.util.pip_install(f"--no-build-isolation --no-deps {SAM2_REQUIREMENT}")
         return True
 
     def keepSlicerPackages(self):
@@ -608,6 +718,13 @@ class IBISAgentTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        import importlib.util
+
+        missing = [name for name in LOCAL_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            # Where the local dependencies were never installed (an extension build machine), nothing can run.
+            logging.warning("IBISAgent self-test not run: %s not installed (run the module once)", ", ".join(missing))
+            return
         self.setUp()
         self.test_RunCorrectUndoPropagateSave()
 
@@ -615,6 +732,7 @@ class IBISAgentTest(ScriptedLoadableModuleTest):
         import json
         import tempfile
 
+        import numpy as np
         import SampleData
 
         from IBISAgentLib.backends import LocalBackend
@@ -641,60 +759,75 @@ class IBISAgentTest(ScriptedLoadableModuleTest):
         segmentId = segmentationNode.GetSegmentation().AddEmptySegment("target", "target")
         otherId = segmentationNode.GetSegmentation().AddEmptySegment("other", "other")
         slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
-
         logic = IBISAgentLogic()
         case = logic.caseFromView(volumeNode, "Red")
+        geometry = case.geometry
+        target = SegmentTarget(segmentationNode, segmentId, volumeNode)
+
+        # The target already holds voxels on another slice; the other segment covers the agent's whole slice.
+        before = np.zeros(case.windowed.shape, np.uint8)
+        geometry.at((geometry.index + 5) % geometry.count).insert(before, np.ones((geometry.height, geometry.width)))
+        slicer.util.updateSegmentBinaryLabelmapFromArray(before, segmentationNode, segmentId, volumeNode)
+        other = np.zeros(case.windowed.shape, np.uint8)
+        geometry.insert(other, np.ones((geometry.height, geometry.width)))
+        slicer.util.updateSegmentBinaryLabelmapFromArray(other, segmentationNode, otherId, volumeNode)
+
+        self.delayDisplay("Running the agent")
         policies, tool = load_models(f"replay:{replay}", str(medsam2), "cpu")
         controller = InteractionController(LocalBackend(policies, tool, device="cpu"))
-        controller.open(case, "segment the brain")
+        controller.open(case, "segment the brain", segment=logic.segmentArray(target))
         controller.wait()
+        logic.snapshotSegment(target)
         controller.run()
-        masks = [e.mask for e in controller.wait() if e.mask is not None]
-        self.assertTrue(masks and masks[-1].any())
-        selector = _SegmentChoice(segmentationNode, segmentId)
-        logic.snapshotSegment(selector, volumeNode)
-        logic.writeSegment(selector, volumeNode, masks[-1])
-        self.assertTrue(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode).any())
-        self.assertFalse(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, otherId, volumeNode).any())
+        finished = [e for e in controller.wait() if e.kind == "finished"][-1]
+        self.assertTrue(finished.plane.any())
+        result = logic.segmentAfter(target, controller, finished)
+        logic.writeSegment(target, result)
+        written = logic.segmentArray(target)
+        self.assertTrue(np.array_equal(geometry.extract(written), finished.plane))
+        self.assertTrue(np.array_equal(written & before.astype(bool), before.astype(bool)))  # kept elsewhere
+        self.assertTrue(np.array_equal(logic.segmentArray(SegmentTarget(segmentationNode, otherId, volumeNode)), other))
 
-        logic.restoreSegment(selector, volumeNode)
-        self.assertFalse(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode).any())
-        logic.writeSegment(selector, volumeNode, masks[-1])
+        self.assertIsNone(logic.segmentAfter(target, controller, finished))  # applied: nothing left to write
+
+        logic.restoreSegment(target)
+        self.assertTrue(np.array_equal(logic.segmentArray(target), before.astype(bool)))
+        logic.writeSegment(target, result)
+        logic.segmentEditor().undo()  # the write is a step of the Segment Editor's own undo history
+        self.assertTrue(np.array_equal(logic.segmentArray(target), before.astype(bool)))
+        logic.writeSegment(target, result)
 
         self.delayDisplay("Correcting and undoing")
-        ras = tuple(case.geometry.ijk_to_ras([10.0, 10.0, float(case.geometry.index)]))
+        ras = tuple(geometry.ijk_to_ras(geometry.pixel_to_ijk(10, 10)))
         controller.click(ras, positive=False)
         controller.wait()
         self.assertEqual(controller.state.markers[-1].label, "2−")
+        logic.showMarkers(controller.state.markers)
+        userMarkers = logic.markupNodes[("user", False)]
+        self.assertEqual(userMarkers.GetNthControlPointLabel(0), "2−")
         controller.undo()
         controller.wait()
         self.assertEqual(len(controller.state.markers), 1)
+        logic.showMarkers(controller.state.markers)
+        self.assertEqual(userMarkers.GetNumberOfControlPoints(), 0)
 
         self.delayDisplay("Propagating")
-        controller.propagate(first=case.geometry.index - 2, last=case.geometry.index + 2, stop_after_empty=0)
-        propagated = [e.mask for e in controller.wait() if e.kind == "propagated"]
+        controller.propagate(first=geometry.index - 2, last=geometry.index + 2, stop_after_empty=0)
+        propagated = [e for e in controller.wait() if e.kind == "propagated"]
         self.assertEqual(len(propagated), 1)
+        result = logic.segmentAfter(target, controller, propagated[0])
+        logic.writeSegment(target, result)
+        self.assertTrue(np.array_equal(logic.segmentArray(target), result))
+        self.assertTrue(np.array_equal(logic.segmentArray(target) & before.astype(bool), before.astype(bool)))
 
         self.delayDisplay("Saving and reloading the scene keeps the trace")
         logic.storeTrace(controller.trace_json())
         scenePath = os.path.join(folder, "scene.mrb")
         self.assertTrue(slicer.util.saveScene(scenePath))
         slicer.mrmlScene.Clear()
+        logic.forgetNodes()
         slicer.util.loadScene(scenePath)
         stored = slicer.mrmlScene.GetFirstNodeByName("IBISAgent trace")
         self.assertEqual(json.loads(stored.GetText())["instruction"], "segment the brain")
         logging.info("IBISAgent self-test passed")
         self.delayDisplay("Test passed")
-
-
-class _SegmentChoice:
-    """Stands for the segment selector widget in the self-test: a segmentation node and a segment id."""
-
-    def __init__(self, segmentationNode, segmentId):
-        self.node, self.segmentId = segmentationNode, segmentId
-
-    def currentNode(self):
-        return self.node
-
-    def currentSegmentID(self):
-        return self.segmentId

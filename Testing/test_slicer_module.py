@@ -24,10 +24,11 @@ CHECKED = REPO / "IBISAgent" / "Testing" / "SlicerAPI.txt"
 ROOTS = ("slicer", "qt", "sitkUtils", "SampleData", "PyTorchUtils")
 # Methods of Slicer/Qt objects that are lowercase (C++ MRML/VTK methods are found by their capital letter).
 QT_METHODS = {"currentNode", "currentSegmentID", "setMRMLScene", "sliceWidget", "mrmlSliceNode", "installTorch",
-              "resourcePath", "delayDisplay", "setMRMLSegmentEditorNode", "setSegmentationNode", "setSourceVolumeNode",
-              "setCurrentSegmentID", "setActiveEffectByName", "activeEffect", "setActiveEffect", "self",
-              "parameterSetNode", "saveStateForUndo", "modifySelectedSegmentByLabelmap", "addOptionsWidget",
-              "addLabeledOptionsWidget", "xyToRas", "setPythonSource", "register", "className", "logic"}  # fmt: skip
+              "resourcePath", "delayDisplay", "setSegmentationNode", "setSourceVolumeNode", "setCurrentSegmentID",
+              "effectByName", "self", "parameterSetNode", "saveStateForUndo", "modifySegmentByLabelmap",
+              "defaultModifierLabelmap", "addOptionsWidget", "addLabeledOptionsWidget", "xyToRas", "setPythonSource",
+              "register", "className", "logic", "widgetRepresentation", "selectParameterNode", "undo", "addObserver",
+              "removeObservers"}  # fmt: skip
 
 
 def module_tree(path=MODULE):
@@ -140,6 +141,10 @@ def test_the_effect_is_registered_at_startup_and_writes_undoably():
     assert 'slicer.app.connect("startupCompleted()", self.registerEditorEffect)' in register
     effect = (EFFECT_DIR / "SegmentEditorIBISAgentLib" / "SegmentEditorEffect.py").read_text()
     body = effect[effect.index("def applyMask") : effect.index("# -- commands")]
-    assert body.index("saveStateForUndo()") < body.index("modifySelectedSegmentByLabelmap(")
+    assert body.index("saveStateForUndo()") < body.index("modifySegmentByLabelmap(")
+    # Other segments are never modified: "modify other segments" is off for the write and restored after it.
+    assert body.index("SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)") < body.index("finally:")
+    assert "parameters.SetOverwriteMode(overwrite)" in body[body.index("finally:") :]
     module = MODULE.read_text()
-    assert module.count("updateSegmentBinaryLabelmapFromArray") == 0  # the module writes only through the effect
+    adapter = module[: module.index("class IBISAgentTest")]  # the self-test may set up segments directly
+    assert adapter.count("updateSegmentBinaryLabelmapFromArray") == 0  # the module writes only through the effect

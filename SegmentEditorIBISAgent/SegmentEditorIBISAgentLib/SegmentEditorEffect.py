@@ -1,15 +1,14 @@
 """The IBISAgent flow inside the Segment Editor: type, run, correct by clicking on the slice, undo,
-propagate. Every write goes through this effect, so the Segment Editor's masking settings and undo
-history apply; the IBISAgent module writes through it too."""
+propagate. Every write goes through this effect, so the Segment Editor's editable area, intensity range
+and undo history apply; the IBISAgent module writes through it too. Other segments are never modified."""
 
+import logging
 import os
 
 import qt
 import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
-
-POLL_MS = 100
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -23,7 +22,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.pendingAfterOpen = None
         self.logic = None
         self.timer = None
-        self.snapshot = None
+        self.target = None
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -39,7 +38,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def helpText(self):
         return (
             "<html>Type what to segment and press Run: the IBISAgent model reasons about the slice and clicks, "
-            "MedSAM2 segments into the selected segment (masking settings apply).<br>"
+            "MedSAM2 segments into the selected segment (editable area and intensity range apply; other segments "
+            "are never modified).<br>"
             "<b>Left-click</b> on the agent's slice: add a positive correction. <b>Shift + left-click</b>: a negative "
             "one. Models and server are chosen in the IBISAgent module.</html>"
         )
@@ -47,6 +47,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- options panel -----------------------------------------------------------------------------
 
     def setupOptionsFrame(self):
+        import IBISAgent
+
         self.instructionEdit = qt.QLineEdit()
         self.instructionEdit.placeholderText = "segment the liver tumor"
         self.scriptedEffect.addLabeledOptionsWidget("Instruction:", self.instructionEdit)
@@ -69,7 +71,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.undoButton.connect("clicked()", self.onUndo)
         self.propagateButton.connect("clicked()", self.onPropagate)
         self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_MS)
+        self.timer.setInterval(IBISAgent.POLL_MS)
         self.timer.connect("timeout()", self.onPoll)
 
     def deactivate(self):
@@ -78,18 +80,37 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # -- writing (also used by the IBISAgent module) -----------------------------------------------
 
-    def applyMask(self, mask, bypassMasking=False):
-        """Set the selected segment to ``mask`` ((k, j, i) on the source volume grid), undoably."""
-        sourceNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
-        labelNode = slicer.modules.volumes.logic().CreateAndAddLabelVolume(sourceNode, "__IBISAgent__")
+    def applyMask(self, mask, segmentationNode, segmentId, volumeNode, bypassMasking=False):
+        """Set a segment to ``mask`` ((k, j, i) on ``volumeNode``'s grid), as one undoable step.
+
+        The editor's "modify other segments" setting is set to none for the write: the result goes into
+        this segment only, and a restore can put everything back by restoring this segment alone.
+        """
+        labelNode = slicer.modules.volumes.logic().CreateAndAddLabelVolume(volumeNode, "__IBISAgent__")
+        parameters = self.scriptedEffect.parameterSetNode()
+        overwrite = parameters.GetOverwriteMode()
         try:
             slicer.util.updateVolumeFromArray(labelNode, mask.astype("uint8"))
             labelmap = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelNode)
+            # With masking on, the editor needs the modifier on the segmentation's own grid.
+            reference = self.scriptedEffect.defaultModifierLabelmap()
+            if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(reference, labelmap):
+                resampled = slicer.vtkOrientedImageData()
+                slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                    labelmap, reference, resampled, False, True
+                )
+                labelmap = resampled
+            parameters.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
             self.scriptedEffect.saveStateForUndo()
-            self.scriptedEffect.modifySelectedSegmentByLabelmap(
-                labelmap, slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet, bypassMasking
+            self.scriptedEffect.modifySegmentByLabelmap(
+                segmentationNode,
+                segmentId,
+                labelmap,
+                slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet,
+                bypassMasking,
             )
         finally:
+            parameters.SetOverwriteMode(overwrite)
             slicer.mrmlScene.RemoveNode(labelNode)
 
     # -- commands ----------------------------------------------------------------------------------
@@ -124,13 +145,18 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.command(self.controller.propagate)
 
     def start(self, then):
+        import IBISAgent
         from IBISAgentLib.controller import InteractionController
 
-        volumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        parameters = self.scriptedEffect.parameterSetNode()
+        volumeNode = parameters.GetSourceVolumeNode()
         instruction = self.instructionEdit.text.strip()
-        if volumeNode is None or not instruction:
-            slicer.util.errorDisplay("Select a source volume and type what to segment.")
+        if volumeNode is None or not instruction or not parameters.GetSelectedSegmentID():
+            slicer.util.errorDisplay("Select a source volume and a segment, and type what to segment.")
             return
+        target = IBISAgent.SegmentTarget(
+            parameters.GetSegmentationNode(), parameters.GetSelectedSegmentID(), volumeNode
+        )
         logic = self.moduleLogic()
         try:
             case = logic.caseFromView(volumeNode, self.viewSelector.currentText)
@@ -146,42 +172,38 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             if self.controller is not None:
                 self.controller.close()
             self.controller, self.controllerKey = InteractionController(factory), key
-        self.pendingAfterOpen = then
-        self.command(lambda: self.controller.open(case, instruction))
+        self.target, self.pendingAfterOpen = target, then
+        segment = logic.segmentArray(target)
+        self.command(lambda: self.controller.open(case, instruction, segment=segment))
 
     def command(self, call):
         """Run a controller command, keeping the segment as it was so a failure or cancel can restore it."""
         from IBISAgentLib.controller import ControllerBusy
 
-        self.snapshot = self.selectedSegmentArray()
         try:
+            self.moduleLogic().snapshotSegment(self.target)
             call()
         except (ControllerBusy, ValueError) as exc:
+            self.pendingAfterOpen = None
             slicer.util.errorDisplay(str(exc))
             return
         self.timer.start()
         self.runButton.text = "Cancel"
 
-    def selectedSegmentArray(self):
-        parameters = self.scriptedEffect.parameterSetNode()
-        return slicer.util.arrayFromSegmentBinaryLabelmap(
-            parameters.GetSegmentationNode(), parameters.GetSelectedSegmentID(), parameters.GetSourceVolumeNode()
-        ).copy()
-
     def onPoll(self):
+        import IBISAgent
+
         if self.controller is None:
+            self.timer.stop()
             return
-        for event in self.controller.poll():
-            if event.mask is not None and event.kind in ("step", "undone", "finished", "propagated"):
-                self.applyMask(event.mask)
-            elif event.kind == "revert":
-                self.applyMask(self.snapshot, bypassMasking=True)
-            elif event.kind == "error":
-                slicer.util.errorDisplay(f"IBISAgent: {event.message}")
-            elif event.kind == "idle" and self.pendingAfterOpen:
-                then, self.pendingAfterOpen = self.pendingAfterOpen, None
-                if self.controller.session is not None:
-                    self.command(self.controller.run if then == "run" else self.controller.step)
+        logic = self.moduleLogic()
+        logic.showDownloads()
+        for event in self.controller.poll(wait=IBISAgent.WORKER_TIME_S):
+            try:
+                self.applyEvent(event)
+            except Exception as exc:  # a failure here must reach the user, and must not stop the other events
+                logging.exception("IBISAgent: applying a %s event failed", event.kind)
+                slicer.util.errorDisplay(f"IBISAgent could not apply the result ({event.kind}): {exc}")
         state = self.controller.state
         self.moduleLogic().showMarkers(state.markers)
         self.reasoningText.plainText = "\n".join(state.log)
@@ -190,6 +212,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.runButton.text = "Run"
             if self.controller.session is not None:
                 self.moduleLogic().storeTraceOf(self.controller)
+
+    def applyEvent(self, event):
+        target, logic = self.target, self.moduleLogic()
+        if event.kind in ("opened", "idle"):
+            logic.closeDownloads()
+        if event.plane is not None or event.mask is not None:
+            updated = logic.segmentAfter(target, self.controller, event)
+            if updated is not None:
+                self.applyMask(updated, target.segmentationNode, target.segmentId, target.volumeNode)
+        elif event.kind == "revert" and logic.snapshot is not None:
+            self.applyMask(logic.snapshot, target.segmentationNode, target.segmentId, target.volumeNode, True)
+        elif event.kind == "error":
+            slicer.util.errorDisplay(f"IBISAgent: {event.message}")
+        elif event.kind == "idle" and self.pendingAfterOpen:
+            then, self.pendingAfterOpen = self.pendingAfterOpen, None
+            if self.controller.session is not None:
+                self.command(self.controller.run if then == "run" else self.controller.step)
 
     # -- corrections by clicking in the slice views ------------------------------------------------
 
