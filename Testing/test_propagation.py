@@ -92,20 +92,19 @@ def test_frames_are_rendered_on_demand_once(propagator, monkeypatch):
     assert sorted(rendered) == [0, 1, 2, 3, 4, 4, 5, 6, 7, 8]  # the key slice once per direction
 
 
-def test_frames_rendered_ahead_are_the_frames_asked_for(propagator):
-    from concurrent.futures import ThreadPoolExecutor
-
+def test_frames_are_the_image_tools_preprocessing_of_each_slice(propagator):
+    """Slices are normalized on the model's device; the result is what sam2's transforms make of the slice."""
     from IBISAgentLib.propagation import SliceFrames
 
     volume, key, _ = setup()
-    plain = SliceFrames(volume, key, 0, 8, propagator.transforms)
-    order = [4, 5, 6, 7, 8, 4, 3, 2, 1, 0, 6, 2]  # forward, backward from the key, then jumps
-    with ThreadPoolExecutor(1) as ahead:
-        frames = SliceFrames(volume, key, 0, 8, propagator.transforms, ahead)
-        for frame in order:
-            assert torch.equal(frames[frame], plain[frame]), frame
-        with pytest.raises(IndexError):
-            frames[9]
+    frames = SliceFrames(volume, key, 0, 8, propagator.transforms, propagator.device)
+    for frame in (0, 4, 8):
+        plane = key.at(frame).extract(volume)
+        expected = propagator.transforms(np.repeat(plane[:, :, None], 3, axis=2))
+        assert frames[frame].shape == (3, 512, 512)
+        assert torch.allclose(frames[frame].cpu(), expected, atol=1e-5), frame
+    with pytest.raises(IndexError):
+        frames[9]
 
 
 def test_other_axes_and_bad_input(propagator):
