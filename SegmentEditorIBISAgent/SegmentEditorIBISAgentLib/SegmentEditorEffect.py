@@ -217,6 +217,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         target, logic = self.target, self.moduleLogic()
         if event.kind in ("opened", "idle"):
             logic.closeDownloads()
+        if target.segmentationNode.GetScene() is None:
+            return  # the scene was closed (which deactivated this effect and cancelled the run): nothing to write
         if event.plane is not None or event.mask is not None:
             updated = logic.segmentAfter(target, self.controller, event)
             if updated is not None:
