@@ -410,13 +410,13 @@ class IBISAgentLogic(ScriptedLoadableModuleLogic):
         image = sitkUtils.PullVolumeFromSlicer(volumeNode)
         sliceToRas = sliceNode.GetSliceToRAS()
         center = np.array([sliceToRas.GetElement(i, 3) for i in range(3)])
-        geometry = SliceGeometry.of(image, orientation)
-        index = round(float(geometry.ras_to_ijk(center)[geometry.normal_axis]))
-        if not 0 <= index < geometry.count:
-            raise ValueError(f"The {viewName} view does not show the volume: move it onto the volume first.")
+        try:
+            geometry = SliceGeometry.of(image, orientation).through(center)
+        except ValueError:
+            raise ValueError(f"The {viewName} view does not show the volume: move it onto the volume first.") from None
         display = volumeNode.GetDisplayNode()
         window = Window(display.GetLevel(), display.GetWindow(), "as displayed") if display else None
-        return VolumeCase.of(image, f"{orientation}:{index}", window)
+        return VolumeCase.of(image, f"{orientation}:{geometry.index}", window)
 
     # -- segments ----------------------------------------------------------------------------------
 

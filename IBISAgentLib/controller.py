@@ -175,10 +175,8 @@ class InteractionController:
         self.cancel()
         if self._worker is not None:
             self._worker.join(timeout=timeout)
-        self._operation += 1
+        self._operation += 1  # poll() drops whatever the cancelled operation reports from now on
         self.state.busy = False
-        while not self._events.empty():
-            self._events.get_nowait()
         _close(self.session)
         self.session = None
 
@@ -216,9 +214,7 @@ class InteractionController:
         if event.plane is not None:
             geometry.insert(result, event.plane)
         elif event.mask is not None and event.slices is not None:
-            where: list[slice] = [slice(None)] * 3
-            where[2 - geometry.normal_axis] = slice(event.slices[0], event.slices[1] + 1)
-            result[tuple(where)] = event.mask[tuple(where)]
+            geometry.slab(result, *event.slices)[...] = geometry.slab(event.mask, *event.slices)
         return result
 
     def wait(self, timeout: float = 600.0) -> list[Event]:

@@ -107,13 +107,21 @@ class SliceGeometry:
             raise ValueError(f"{self.axis} slice {index} is outside 0..{self.count - 1}")
         return SliceGeometry(**{**self.__dict__, "index": index})
 
+    def through(self, ras: np.ndarray) -> SliceGeometry:
+        """The parallel slice whose voxel centres lie nearest a RAS point (as a slice view centred there
+        shows); ValueError when the point is outside the volume along the slice normal."""
+        index = round(float(self.ras_to_ijk(np.asarray(ras, dtype=float))[self.normal_axis]))
+        return self.at(index)
+
     # -- pixels <-> voxels -------------------------------------------------------------------------
+
+    def slab(self, volume: np.ndarray, first: int, last: int) -> np.ndarray:
+        """Slices first..last of a (k, j, i) array along this slice's normal, in array order (a view)."""
+        return volume[self._along_normal(slice(first, last + 1))]
 
     def extract(self, volume: np.ndarray) -> np.ndarray:
         """The slice (rows, columns) of a (k, j, i) array, as it appears on screen (a view, not a copy)."""
-        where: list[int | slice] = [slice(None)] * 3
-        where[2 - self.normal_axis] = self.index
-        plane = volume[tuple(where)]
+        plane = volume[self._along_normal(self.index)]
         # plane keeps the two remaining array axes in (k, j, i) order; reorder to (row, column).
         remaining = [a for a in (2, 1, 0) if a != self.normal_axis]
         plane = plane if remaining.index(self.row_axis) == 0 else plane.T
@@ -122,6 +130,12 @@ class SliceGeometry:
         if self.column_flip:
             plane = plane[:, ::-1]
         return plane
+
+    def _along_normal(self, where: int | slice) -> tuple[int | slice, ...]:
+        """An index of a (k, j, i) array (voxel axis i is array axis 2) that picks ``where`` along the normal."""
+        index: list[int | slice] = [slice(None)] * 3
+        index[2 - self.normal_axis] = where
+        return tuple(index)
 
     def insert(self, volume: np.ndarray, plane: np.ndarray) -> None:
         """Write a (rows, columns) slice back into a (k, j, i) array, in place."""

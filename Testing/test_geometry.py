@@ -48,6 +48,32 @@ def test_round_trips_are_exact(image, axis, data):
 
 
 @settings(max_examples=200, deadline=None)
+@given(grids(), st.sampled_from(AXES), st.data())
+def test_the_slice_through_a_point_is_the_one_with_the_nearest_voxel_centres(image, axis, data):
+    geometry = SliceGeometry.of(image, axis)
+    index = data.draw(st.integers(0, geometry.count - 1))
+    offset = data.draw(st.floats(-0.49, 0.49))  # within half a voxel of that slice, along the normal
+    ijk = geometry.at(index).pixel_to_ijk(data.draw(st.floats(0, geometry.width - 1)), 0.0)
+    ijk[geometry.normal_axis] += offset
+    assert geometry.through(geometry.ijk_to_ras(ijk)).index == index
+    ijk[geometry.normal_axis] = geometry.count + 0.6  # beyond the last slice
+    with pytest.raises(ValueError, match="outside"):
+        geometry.through(geometry.ijk_to_ras(ijk))
+
+
+def test_a_slab_is_the_range_of_slices_along_the_normal():
+    image = make_image((4, 5, 6), (1, 1, 1), np.eye(3)[[1, 2, 0]], (0, 0, 0))  # permuted voxel axes
+    volume = np.arange(6 * 5 * 4).reshape(6, 5, 4)
+    for axis in AXES:
+        geometry = SliceGeometry.of(image, axis)
+        slab = geometry.slab(volume, 1, 2)
+        for index in (1, 2):
+            plane = geometry.at(index).extract(volume)
+            assert np.isin(plane, slab).all() and not np.isin(geometry.at(0).extract(volume), slab).any()
+        assert slab.size == 2 * geometry.width * geometry.height
+
+
+@settings(max_examples=200, deadline=None)
 @given(grids(), st.sampled_from(AXES), st.floats(0, 1), st.floats(0, 1))
 def test_a_click_lands_on_the_voxel_with_the_nearest_centre(image, axis, x, y):
     geometry = SliceGeometry.of(image, axis)
