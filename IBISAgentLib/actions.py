@@ -14,17 +14,17 @@ from typing import Literal
 
 ActionKind = Literal["positive", "negative", "terminate"]
 
-_TAG = r"<{0}>\s*(.*?)\s*</{0}>"
-_THINK = re.compile(_TAG.format("think"), re.IGNORECASE | re.DOTALL)
-_ACTION = re.compile(_TAG.format("action"), re.IGNORECASE | re.DOTALL)
-_ANSWER = re.compile(_TAG.format("answer"), re.IGNORECASE | re.DOTALL)
-_NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?nan|[+-]?inf(?:inity)?)"
+# Tags are found by one left-to-right scan (linear in the text, whatever the model wrote); a section runs from
+# its opening tag to the first matching closing tag, and tags inside a section are part of its text.
+_TAG = re.compile(r"<(/?)(think|action|answer)>", re.IGNORECASE)
+# Coordinates: ASCII digits only. A sign, nan and inf are matched so they can be refused with a reason.
+_NUMBER = r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?nan|[+-]?inf(?:inity)?)"
 _POINT = re.compile(
-    r"^(positive|negative)\s+point\s*\(\s*" + _NUMBER + r"\s*,\s*" + _NUMBER + r"\s*\)$",
-    re.IGNORECASE,
+    r"(positive|negative) point ?\( ?" + _NUMBER + r" ?, ?" + _NUMBER + r" ?\)",
+    re.IGNORECASE | re.ASCII,
 )
 # The prompt asks for "Terminate"; the authors' RL reward spells it "Termination". Both are accepted.
-_TERMINATE = re.compile(r"^(terminate|termination)\.?$", re.IGNORECASE)
+_TERMINATE = re.compile(r"(terminate|termination)\.?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -63,30 +63,41 @@ class ActionParseError(ValueError):
 def parse_action(text: str) -> Action:
     """Parse the inside of an ``<action>`` tag, e.g. ``Positive Point (0.5000, 0.2500)``."""
     body = " ".join(text.split())
-    if _TERMINATE.match(body):
+    if _TERMINATE.fullmatch(body):
         return Action("terminate")
-    match = _POINT.match(body)
+    match = _POINT.fullmatch(body)
     if not match:
+        shown = body if len(body) <= 80 else body[:80] + "…"
         raise ActionParseError(
-            f"action {body!r} is not 'Positive Point (x, y)', 'Negative Point (x, y)' or 'Terminate'"
+            f"action {shown!r} is not 'Positive Point (x, y)', 'Negative Point (x, y)' or 'Terminate'"
         )
     kind = "positive" if match.group(1).lower() == "positive" else "negative"
-    x, y = float(match.group(2)), float(match.group(3))
-    for name, value in (("x", x), ("y", y)):
-        if not math.isfinite(value):
-            raise ActionParseError(f"coordinate {name}={match.group(2 if name == 'x' else 3)} is not a number")
-        if not 0.0 <= value <= 1.0:
-            raise ActionParseError(f"coordinate {name}={value} is outside [0, 1]")
+    x, y = (_coordinate(name, match.group(group)) for name, group in (("x", 2), ("y", 3)))
     return Action(kind, x, y)
 
 
+def _coordinate(name: str, token: str) -> float:
+    value = float(token)
+    shown = token if len(token) <= 20 else token[:20] + "…"
+    if not math.isfinite(value):
+        raise ActionParseError(f"coordinate {name}={shown} is not a number")
+    if token[0] in "+-" or value > 1.0:
+        raise ActionParseError(f"coordinate {name}={shown} is outside [0, 1] (written without a sign)")
+    return value
+
+
 def parse_response(text: str) -> ParsedResponse:
-    """Split a model response into think / action / answer. Never raises: problems go to ``error``."""
-    think = _first(_THINK, text)
-    answer = _first(_ANSWER, text)
-    action_text = _first(_ACTION, text)
+    """Split a model response into think / action / answer. Never raises: problems go to ``error``.
+
+    The action is the first ``<action>`` section that stands outside ``<think>``: an action the model only
+    mentions while reasoning is not taken. Linear in the length of ``text``.
+    """
+    sections, unclosed = _sections(text)
+    think, answer = sections.get("think"), sections.get("answer")
+    action_text = sections.get("action")
     if action_text is None:
-        return ParsedResponse(think, None, answer, "no <action>…</action> in the response")
+        where = f"; <{unclosed}> is never closed" if unclosed else ""
+        return ParsedResponse(think, None, answer, f"no <action>…</action> outside <think> in the response{where}")
     try:
         action = parse_action(action_text)
     except ActionParseError as exc:
@@ -94,9 +105,18 @@ def parse_response(text: str) -> ParsedResponse:
     return ParsedResponse(think, action, answer)
 
 
-def _first(pattern: re.Pattern[str], text: str) -> str | None:
-    match = pattern.search(text)
-    return match.group(1) if match else None
+def _sections(text: str) -> tuple[dict[str, str], str | None]:
+    """The first complete section of each tag (stripped), and the tag left open at the end, if any."""
+    found: dict[str, str] = {}
+    open_name, body_start = None, 0
+    for tag in _TAG.finditer(text):
+        closing, name = tag.group(1) == "/", tag.group(2).lower()
+        if open_name is None and not closing:
+            open_name, body_start = name, tag.end()
+        elif open_name == name and closing:
+            found.setdefault(name, text[body_start : tag.start()].strip())
+            open_name = None
+    return found, open_name
 
 
 def format_action(action: Action) -> str:

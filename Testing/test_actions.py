@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 from hypothesis import given
@@ -113,3 +114,76 @@ def test_pixel_to_normalized_rejects_outside_indices():
         pixel_to_normalized(10, 10)
     with pytest.raises(ValueError):
         normalized_to_pixel(0.5, 0)
+
+
+# -- untrusted model output: the action outside <think>, strict numbers, linear time -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "<think>I could answer <action>Terminate</action> but the mask misses the tip</think>"
+            "<action>Positive Point (0.5000, 0.2500)</action>",
+            Action("positive", 0.5, 0.25),
+        ),
+        ("<think>maybe <action>Negative Point (0.1, 0.1)</action></think><action>Terminate</action>", Action("terminate")),
+        ("<think>a</think><think>b <action>Terminate</action></think><action>Positive Point (1, 1)</action>",
+         Action("positive", 1.0, 1.0)),  # fmt: skip
+    ],
+)
+def test_the_action_is_the_one_outside_think(text, expected):
+    assert parse_response(text).action == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("<think>I will say <action>Terminate</action>", "<think> is never closed"),
+        ("<action>Positive Point (-0, 0.5)</action>", "outside [0, 1]"),
+        ("<action>Positive Point (+0.5, 0.5)</action>", "outside [0, 1]"),
+        ("<action>Positive Point (０.５, 0.5)</action>", "is not"),
+        ("<action>Positive Point (0.5, ٠.٥)</action>", "is not"),
+    ],
+)
+def test_signs_and_non_ascii_digits_are_refused(text, reason):
+    parsed = parse_response(text)
+    assert parsed.action is None
+    assert reason in parsed.error
+
+
+@given(st.text(max_size=200), st.sampled_from(["positive", "negative"]), coords, coords)
+def test_an_action_quoted_in_think_never_wins(noise, kind, x, y):
+    quoted = format_response("", Action("terminate"), "x").replace("<think></think>", "")
+    think = f"{noise.replace('<', ' ')} {quoted}"
+    parsed = parse_response(f"<think>{think}</think><action>{format_action(Action(kind, x, y))}</action>")
+    assert parsed.action is not None and parsed.action.kind == kind
+
+
+ADVERSARIAL = {
+    "unclosed think, newlines": lambda n: "<think>" + "\n" * n,
+    "unclosed think, spaces then tags": lambda n: "<think>" + " </think" * (n // 8),
+    "many openings": lambda n: "<think>" * (n // 7),
+    "unclosed action": lambda n: "<think>a</think><action>" + " " * n,
+    "long number": lambda n: "<action>Positive Point (0." + "1" * n + "</action>",
+    "long digits with dots": lambda n: "<action>Positive Point (" + "1." * (n // 2) + ", 1)</action>",
+    "alternating tags": lambda n: "<action></think>" * (n // 16),
+}
+
+
+def _parse_seconds(text: str) -> float:
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        parse_response(text)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_parse_time_is_linear_in_the_length(name):
+    """A 100 KB adversarial output parses within a small multiple of 100 x a 1 KB one (cubic before: minutes)."""
+    make = ADVERSARIAL[name]
+    small, large = _parse_seconds(make(1_000)), _parse_seconds(make(100_000))
+    assert large < 0.5, f"{name}: 100 KB took {large:.3f} s"
+    assert large <= 100 * max(small, 2e-5) * 5, f"{name}: 1 KB {small * 1e3:.3f} ms, 100 KB {large * 1e3:.3f} ms"
