@@ -41,6 +41,8 @@ class Session(Protocol):
 
     def trace(self) -> Trace: ...
 
+    def close(self) -> None: ...
+
 
 class Backend(Protocol):
     def open_session(

@@ -33,6 +33,10 @@ class RandomWalkerTool:
         self._key = key
         self.embeddings_computed += 1
 
+    def release(self, key: str) -> None:
+        if key == self._key:
+            self._grey, self._key = None, None
+
     def predict(self, clicks: list[Click], previous_logits: np.ndarray | None) -> ToolResult:
         from skimage.segmentation import random_walker
 

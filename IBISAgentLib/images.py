@@ -17,6 +17,8 @@ class ImageInputError(ValueError):
 def read_rgb_image(path: str | Path) -> np.ndarray:
     """Read a 2D image as (H, W, 3) uint8. 16-bit greyscale is scaled by its own min..max."""
     array = _read(path, "image")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ImageInputError(f"{path}: the image holds NaN or infinite values")
     if array.ndim == 2 and array.dtype != np.uint8:
         array = _stretch_to_uint8(array)
     if array.dtype != np.uint8:
@@ -64,6 +66,8 @@ def _read(path: str | Path, what: str) -> np.ndarray:
             if img.mode == "1":
                 img = img.convert("L")
             return np.asarray(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageInputError(f"{path}: declares more pixels than a 2D image may have ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageInputError(f"{path}: cannot read as an {what} ({exc})") from exc
 

@@ -78,3 +78,7 @@ class SegmentationTool(Protocol):
     def mask_to_logits(self, mask: np.ndarray) -> np.ndarray:
         """Low-resolution logits that stand for ``mask``, to refine an existing mask."""
         ...
+
+    def release(self, key: str) -> None:
+        """Forget what is kept for the image named ``key`` (its embedding): its session has ended."""
+        ...

@@ -61,6 +61,17 @@ def load_checkpoint(model: Any, path: Path) -> None:
     state = content.get("model", content) if isinstance(content, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict with a 'model' state dict")
+    expected = model.state_dict()
+    wrong = [
+        f"{key} {tuple(value.shape)} (expected {tuple(expected[key].shape)})"
+        for key, value in state.items()
+        if key in expected and hasattr(value, "shape") and value.shape != expected[key].shape
+    ]
+    if wrong:  # load_state_dict would raise torch's "size mismatch" for these, strict or not
+        raise CheckpointError(
+            f"{path}: does not match MedSAM2 (SAM2.1 hiera-tiny, 512 px): {len(wrong)} tensors have other shapes "
+            f"(e.g. {'; '.join(wrong[:2])}): is it another model's checkpoint?"
+        )
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
@@ -130,6 +141,12 @@ class MedSAM2Tool:
             while len(self._embeddings) > self.cached_images:
                 self._embeddings.popitem(last=False)
         self._image_key = key
+
+    def release(self, key: str) -> None:
+        self._embeddings.pop(key, None)
+        if key == self._image_key:
+            self._predictor.reset_predictor()
+            self._image_key = None
 
     def predict(self, clicks: list[Click], previous_logits: np.ndarray | None) -> ToolResult:
         if not clicks:

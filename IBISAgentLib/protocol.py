@@ -60,7 +60,7 @@ def encode_image(image: UploadedImage) -> bytes:
     return b"".join((MAGIC, struct.pack("<I", len(encoded)), encoded, memoryview(array).cast("B")))
 
 
-def decode_image(body: bytes, max_voxels: int, max_dimension: int) -> UploadedImage:
+def decode_image(body: bytes | bytearray, max_voxels: int, max_dimension: int) -> UploadedImage:
     """Parse and check an upload; raises ProtocolError with the reason."""
     if len(body) < len(MAGIC) + 4 or not body.startswith(MAGIC):
         raise ProtocolError("not an IBISAgent image upload (bad magic bytes)")
@@ -69,9 +69,11 @@ def decode_image(body: bytes, max_voxels: int, max_dimension: int) -> UploadedIm
         raise ProtocolError(f"header of {length} bytes is larger than {MAX_HEADER_BYTES}")
     start = len(MAGIC) + 4
     try:
-        header = json.loads(body[start : start + length].decode("utf-8"))
+        header = json.loads(bytes(body[start : start + length]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"header is not JSON: {exc}") from exc
+    except RecursionError:
+        raise ProtocolError("header is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
     kind, dtype, shape = header.get("kind"), header.get("dtype"), header.get("shape")

@@ -8,12 +8,18 @@ Errors are typed and worded for people; TLS certificates are verified unless tol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import ipaddress
 import json
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import requests
@@ -22,11 +28,27 @@ from . import __version__
 from .propagation import PropagationCancelled
 from .protocol import API_VERSION, UploadedImage, content_hash, decode_mask, encode_image, encode_mask
 from .session import DEFAULT_MAX_TURNS
-from .trace import Step, Trace
+from .trace import ImageInfo, Step, Trace
 from .volume_case import VolumeCase
 from .volumes import volume_array
 
 TOKEN_ENV = "IBISAGENT_TOKEN"
+log = logging.getLogger(__name__)
+
+
+def token_from(token: str | None = None, token_file: str | Path | None = None) -> str | None:
+    """The bearer token: given, else read from ``token_file`` (kept out of ``ps``), else ``$IBISAGENT_TOKEN``."""
+    if token:
+        return token
+    if token_file:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--token-file {token_file}: cannot read it ({exc.__class__.__name__})") from None
+        if not text:
+            raise ValueError(f"--token-file {token_file}: the file is empty")
+        return text
+    return os.environ.get(TOKEN_ENV) or None
 
 
 class RemoteError(Exception):
@@ -70,6 +92,7 @@ class Timeouts:
     upload: float = 600.0
     step: float = 900.0
     propagate: float = 3600.0
+    busy: float = 120.0  # waiting in all, as the server's Retry-After asks, while its model queue is full
 
 
 class RemoteBackend:
@@ -83,9 +106,15 @@ class RemoteBackend:
         self.url = url.rstrip("/")
         self.timeouts = timeouts
         self.headers = {"User-Agent": f"ibisagent/{__version__}"}
-        token = token or os.environ.get(TOKEN_ENV)
+        token = token_from(token)
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
+            if token_exposed(self.url):
+                log.warning(
+                    "the token goes to %s over plain http: anyone on the network path can read it and the images; "
+                    "use https (README: a TLS reverse proxy in front of the server)",
+                    urlsplit(self.url).hostname,
+                )
         self.verify = verify
         self.http = requests.Session()
         self.http.headers.update(self.headers)
@@ -102,10 +131,23 @@ class RemoteBackend:
     ) -> requests.Response:
         """A request with typed errors; statuses in ``accept`` are returned instead of raised."""
         url = self.url + path
+        waited = 0.0
+        while True:
+            response = self._send(http, method, url, phase, **kwargs)
+            wait = _retry_after(response)
+            if wait is None or waited + wait > self.timeouts.busy:
+                break
+            response.close()
+            log.warning("the server is busy; trying again in %g s", wait)
+            time.sleep(wait)
+            waited += wait
+        if response.status_code not in accept:
+            _raise_for_status(response)
+        return response
+
+    def _send(self, http: requests.Session, method: str, url: str, phase: str, **kwargs: Any) -> requests.Response:
         try:
-            response = http.request(
-                method, url, timeout=(self.timeouts.connect, getattr(self.timeouts, phase)), **kwargs
-            )
+            return http.request(method, url, timeout=(self.timeouts.connect, getattr(self.timeouts, phase)), **kwargs)
         except requests.exceptions.SSLError as exc:
             raise CannotConnect(f"TLS certificate check failed for {self.url}: {exc}") from exc
         except requests.ConnectionError as exc:
@@ -117,9 +159,6 @@ class RemoteBackend:
             raise ServerFailed(
                 f"the server at {self.url} did not answer within {getattr(self.timeouts, phase):g} s"
             ) from exc
-        if response.status_code not in accept:
-            _raise_for_status(response)
-        return response
 
     def _check(self) -> dict[str, Any]:
         health = self.request("GET", "/v1/health").json()
@@ -176,7 +215,17 @@ class RemoteBackend:
             body["initial_mask"] = encode_mask(initial_mask)
         created = self.request("POST", "/v1/sessions", json=body).json()
         start = initial_mask.astype(bool) if initial_mask is not None else np.zeros(shape, dtype=bool)
-        return RemoteSession(self, created["session"], start, on_step)
+        mirror = Trace(
+            instruction=instruction.strip(),
+            image=ImageInfo(width=int(shape[1]), height=int(shape[0]), source=image_source),
+            models=dict(self.server.get("models", {})),
+            steps=[],
+            answer=None,
+            stop_reason=None,
+            initial_mask_area=None if initial_mask is None else int(np.count_nonzero(initial_mask)),
+            slice=created.get("slice"),
+        )
+        return RemoteSession(self, created["session"], start, on_step, mirror)
 
     def propagate(
         self,
@@ -210,16 +259,20 @@ class RemoteBackend:
 
 
 class RemoteSession:
-    """An AgentSession on the server, mirrored here step by step."""
+    """An AgentSession on the server, mirrored here step by step: when the server goes away, ``trace()`` is
+    what this client received (with ``error`` saying so), so a failed run still leaves its record."""
 
-    def __init__(self, backend: RemoteBackend, session_id: str, start: np.ndarray, on_step) -> None:
+    def __init__(self, backend: RemoteBackend, session_id: str, start: np.ndarray, on_step, mirror: Trace) -> None:
         self.backend = backend
         self.id = session_id
         self.on_step = on_step
         self.steps: list[Step] = []
+        self.undone: list[Step] = []
         self.stop_reason: str | None = None
         self.answer: str | None = None
         self._masks = [start]
+        self._mirror = mirror
+        self._closed = False
 
     @property
     def mask(self) -> np.ndarray:
@@ -242,7 +295,7 @@ class RemoteSession:
         event = self.backend.request("POST", self._path("/undo")).json()
         if event["undone"] is None:
             return None
-        self.steps.pop()
+        self.undone.append(self.steps.pop())
         self._masks.pop()
         self.stop_reason, self.answer = None, None
         return Step.from_dict(event["undone"])
@@ -261,12 +314,28 @@ class RemoteSession:
         threading.Thread(target=send, name="ibisagent-cancel", daemon=True).start()
 
     def trace(self) -> Trace:
-        trace = Trace.from_dict(self.backend.request("GET", self._path("/trace")).json())
+        try:
+            trace = Trace.from_dict(self.backend.request("GET", self._path("/trace")).json())
+        except RemoteError as exc:
+            if self._closed:
+                raise
+            return self._mirrored(f"{exc} (this trace holds what the client received)")
         for step, local in zip(trace.steps, self.steps, strict=False):
             step.mask = local.mask
         return trace
 
+    def _mirrored(self, error: str) -> Trace:
+        return dataclasses.replace(
+            self._mirror,
+            steps=list(self.steps),
+            undone=list(self.undone),
+            answer=self.answer,
+            stop_reason=self.stop_reason or "error",
+            error=error,
+        )
+
     def close(self) -> None:
+        self._closed = True
         self.backend.request("DELETE", self._path(""))
 
     # -- internals ---------------------------------------------------------------------------------
@@ -310,6 +379,32 @@ class RemoteSession:
         return step
 
 
+def token_exposed(url: str) -> bool:
+    """Whether a token sent to ``url`` crosses a network in clear text (plain http to another machine)."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback(parts.hostname or "")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds to wait before trying again, for a 503 that says when (a full model queue: nothing was done)."""
+    if response.status_code != 503:
+        return None
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 600 else None
+
+
 def _raise_for_status(response: requests.Response) -> None:
     status = response.status_code
     if status < 400:
@@ -320,7 +415,7 @@ def _raise_for_status(response: requests.Response) -> None:
         detail = response.text or response.reason
     detail = detail if isinstance(detail, str) else json.dumps(detail)[:500]
     if status == 401:
-        raise AuthFailed(f"the server refused the token ({detail}): check --token or {TOKEN_ENV}")
+        raise AuthFailed(f"the server refused the token ({detail}): check --token-file or {TOKEN_ENV}")
     if status == 404:
         raise SessionExpired(f"not found on the server: {detail}")
     if status == 503:

@@ -21,6 +21,7 @@ import numpy as np
 from .actions import Action, normalized_to_pixel, parse_response, pixel_to_normalized
 from .geometry import SliceGeometry
 from .interfaces import Click, Policy, PolicyRequest, SegmentationTool
+from .policies.errors import PolicyError
 from .prompts import IBIS_V1, PromptProfile
 from .rendering import OverlayRenderer
 from .trace import ImageInfo, Step, StopReason, Trace
@@ -152,7 +153,8 @@ class AgentSession:
         try:
             raw = self.policy.generate(request, self._cancel)
         except Exception as exc:
-            log.exception("policy failed")
+            # An expected failure (endpoint down, replay exhausted) is one line; anything else is a bug: traceback.
+            log.error("policy failed: %s", exc, exc_info=not isinstance(exc, PolicyError))
             return self._fail(started, f"policy failed: {exc}", time.perf_counter() - policy_started, 0.0)
         policy_s = time.perf_counter() - policy_started
         if self._cancel.is_set():
@@ -208,6 +210,11 @@ class AgentSession:
     def cancel(self) -> None:
         """Ask a running ``run()``/``step()`` to stop; safe to call from any thread."""
         self._cancel.set()
+
+    def close(self) -> None:
+        """End the session: the tool forgets this image's embedding (memory goes back at once, not when
+        newer images push it out). Call it when no run is in progress; the trace stays readable."""
+        self.tool.release(self._image_key)
 
     # -- user --------------------------------------------------------------------------------------
 

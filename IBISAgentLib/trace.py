@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import jsontext
 from .actions import Action
 
 TRACE_SCHEMA = "ibisagent-trace"
@@ -99,6 +100,7 @@ class Trace:
     undone: list[Step] = field(default_factory=list)
     initial_mask_area: int | None = None
     slice: dict[str, Any] | None = None  # {"axis", "index", "window"} when the image is a volume slice
+    error: str | None = None  # why the run failed, when no step records it (a server gone, a run never started)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,10 +115,11 @@ class Trace:
             "undone": [s.to_dict() for s in self.undone],
             "answer": self.answer,
             "stop_reason": self.stop_reason,
+            "error": self.error,
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        return jsontext.dumps(self.to_dict(), indent=2)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -140,6 +143,7 @@ class Trace:
             stop_reason=data.get("stop_reason"),
             undone=[Step.from_dict(s) for s in data.get("undone", [])],
             initial_mask_area=data.get("initial_mask_area"),
+            error=data.get("error"),
         )
 
     @classmethod

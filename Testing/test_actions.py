@@ -127,9 +127,14 @@ def test_pixel_to_normalized_rejects_outside_indices():
             "<action>Positive Point (0.5000, 0.2500)</action>",
             Action("positive", 0.5, 0.25),
         ),
-        ("<think>maybe <action>Negative Point (0.1, 0.1)</action></think><action>Terminate</action>", Action("terminate")),
-        ("<think>a</think><think>b <action>Terminate</action></think><action>Positive Point (1, 1)</action>",
-         Action("positive", 1.0, 1.0)),  # fmt: skip
+        (
+            "<think>maybe <action>Negative Point (0.1, 0.1)</action></think><action>Terminate</action>",
+            Action("terminate"),
+        ),
+        (
+            "<think>a</think><think>b <action>Terminate</action></think><action>Positive Point (1, 1)</action>",
+            Action("positive", 1.0, 1.0),
+        ),
     ],
 )
 def test_the_action_is_the_one_outside_think(text, expected):

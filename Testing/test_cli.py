@@ -163,5 +163,8 @@ def test_scripted_corrections_after_the_agent(tmp_path, tiny_models):
         ("user", [100, 20], "negative"),
         ("user", [10, 10], "positive"),
     ]
+    (tmp_path / "ct_thoracic_vertebra_mask.png").unlink()
     outside = ibisagent(*base, "--click", "500,3", cwd=tmp_path)
-    assert outside.returncode == 2 and "--click: click (500, 3) is outside the 128x128 image" in outside.stderr
+    assert outside.returncode == 2 and "--click 500,3: outside the 128x128 image" in outside.stderr
+    assert "step 1" not in outside.stdout and "loading" not in outside.stderr  # refused before any model ran
+    assert not (tmp_path / "ct_thoracic_vertebra_mask.png").exists()

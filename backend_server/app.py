@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import SimpleITK as sitk
 from fastapi import FastAPI, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 import IBISAgentLib
 from IBISAgentLib.backends import LocalBackend
+from IBISAgentLib.jsontext import dump_bytes
 from IBISAgentLib.propagation import PropagationCancelled
 from IBISAgentLib.protocol import API_VERSION, ProtocolError, content_hasher, decode_image, decode_mask, encode_mask
 from IBISAgentLib.trace import Step
@@ -63,8 +65,8 @@ class RunRequest(Strict):
 
 
 class ClickRequest(Strict):
-    x: int = Field(ge=0)
-    y: int = Field(ge=0)
+    x: int = Field(ge=0, le=1_000_000)
+    y: int = Field(ge=0, le=1_000_000)
     positive: bool
 
 
@@ -80,11 +82,30 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
         title="IBISAgent backend",
         version=IBISAgentLib.__version__,
         description="Agentic text-instructed segmentation sessions: upload an image once, then prompt small.",
+        default_response_class=SafeJSONResponse,
     )
-    images = ImageStore(config.image_store_bytes)
-    sessions = SessionStore(config.max_sessions, config.idle_timeout)
     worker = ModelWorker(config.max_queue)
+
+    def release(session: Any) -> None:
+        """A closed or expired session frees its tool memory, on the worker (the tool is not thread-safe)."""
+        with contextlib.suppress(QueueFull):  # a full queue: the tool's own cache limit frees it later
+            worker.submit(session.close)
+
+    images = ImageStore(config.image_store_bytes)
+    sessions = SessionStore(config.max_sessions, config.idle_timeout, images, on_close=release)
     app.state.sessions, app.state.images, app.state.worker = sessions, images, worker
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # What was wrong and where, never the input itself (it may be an instruction, or not valid JSON text).
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
+        return SafeJSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, exc: HTTPException) -> JSONResponse:
+        return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
@@ -119,11 +140,19 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
 
     @app.put("/v1/images/{digest}", status_code=201)
     async def upload(digest: Digest, request: Request) -> dict[str, Any]:
-        hasher, parts = content_hasher(), []
-        async for chunk in request.stream():  # hashed while it arrives
+        declared = request.headers.get("content-length")
+        if declared is None:
+            raise HTTPException(411, "send the image with a Content-Length")
+        # Written into one buffer of the declared size as it arrives (never held twice) and hashed meanwhile.
+        body, hasher, filled = bytearray(int(declared)), content_hasher(), 0
+        async for chunk in request.stream():
+            if filled + len(chunk) > len(body):
+                raise HTTPException(400, "the body is longer than its Content-Length")
+            body[filled : filled + len(chunk)] = chunk
             hasher.update(chunk)
-            parts.append(chunk)
-        body = b"".join(parts)
+            filled += len(chunk)
+        if filled != len(body):
+            raise HTTPException(400, "the body is shorter than its Content-Length")
         if hasher.hexdigest() != digest:
             raise HTTPException(422, "the body's content hash (BLAKE2b-256) does not match the address")
         try:
@@ -165,7 +194,7 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
             )
         except (ValueError, ProtocolError) as exc:
             raise HTTPException(422, str(exc)) from None
-        session_id = sessions.add(session)
+        session_id = sessions.add(session, request.image)
         if session_id is None:
             raise HTTPException(503, f"the server holds its limit of {config.max_sessions} sessions")
         log.info("session %s… opened", session_id[:6])
@@ -201,7 +230,7 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
             try:
                 final = job(emit)
             except Exception as exc:
-                log.exception("session job failed")
+                log.exception("session job failed")  # the session catches expected failures: this is a bug
                 final = {"event": "error", "message": str(exc)}
             finally:
                 # Released before the last event goes out: a client that answers it at once finds the session free.
@@ -219,7 +248,7 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
             finished = False
             try:
                 while (event := await events.get()) is not None:
-                    yield (json.dumps(event) + "\n").encode()
+                    yield dump_bytes(event) + b"\n"
                 finished = True
             finally:
                 if not finished:
@@ -299,14 +328,19 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
 
     @app.delete("/v1/sessions/{session_id}", status_code=204)
     def close(session_id: SessionId) -> Response:
-        entry = sessions.remove(session_id)
-        if entry is None:
+        if not sessions.close(session_id):
             raise HTTPException(404, "no such session: it was closed or expired")
-        entry.cancel()
         return Response(status_code=204)
 
     app.add_middleware(GateMiddleware, token=config.token, max_body=config.max_upload_bytes)
     return app
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON in which any text survives (lone surrogates from a client's escapes included), never a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return dump_bytes(content)
 
 
 def step_event(step: Step) -> dict[str, Any]:

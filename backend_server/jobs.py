@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -42,6 +39,5 @@ class ModelWorker:
                 continue
             try:
                 future.set_result(job())
-            except BaseException as exc:
-                log.exception("model job failed")
+            except BaseException as exc:  # the submitter reads it from the future and answers for it
                 future.set_exception(exc)

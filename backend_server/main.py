@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
-import os
 import sys
 from typing import Any
 
-from .config import ServerConfig
+from IBISAgentLib.remote import TOKEN_ENV, is_loopback, token_from
 
-TOKEN_ENV = "IBISAGENT_TOKEN"
+from .config import ServerConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServerConfig()
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--token", help=f"bearer token clients must send (default: ${TOKEN_ENV})")
+    parser.add_argument(
+        "--token", help="bearer token clients must send (visible in ps: prefer --token-file or the variable)"
+    )
+    parser.add_argument("--token-file", help=f"a file holding the bearer token (default: ${TOKEN_ENV})")
     parser.add_argument(
         "--allow-no-token",
         action="store_true",
@@ -34,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue, help="model jobs waiting at most")
     parser.add_argument(
         "--max-upload-mb", type=int, default=defaults.max_upload_bytes >> 20, help="largest upload in MiB"
+    )
+    parser.add_argument(
+        "--image-store-mb",
+        type=int,
+        default=defaults.image_store_bytes >> 20,
+        help="uploaded images kept in memory at most, in MiB (least recently used dropped first)",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -54,10 +61,14 @@ def serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    token = args.token or os.environ.get(TOKEN_ENV)
-    if not token and not _is_loopback(args.host) and not args.allow_no_token:
+    try:
+        token = token_from(args.token, args.token_file)
+    except ValueError as exc:
+        print(f"ibisagent serve: error: {exc}", file=sys.stderr)
+        return 2
+    if not token and not is_loopback(args.host) and not args.allow_no_token:
         print(
-            f"ibisagent serve: refusing to listen on {args.host} without a token: set --token or {TOKEN_ENV} "
+            f"ibisagent serve: refusing to listen on {args.host} without a token: set --token-file or {TOKEN_ENV} "
             "(or --allow-no-token behind an authenticating reverse proxy)",
             file=sys.stderr,
         )
@@ -77,21 +88,26 @@ def serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         max_queue=args.max_queue,
         max_upload_bytes=args.max_upload_mb << 20,
+        image_store_bytes=args.image_store_mb << 20,
     )
     models = {"policy": policy_factory().description, "tool": tool.description}
     app = create_app(backend, config, models)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    logging.getLogger("uvicorn.access").addFilter(WithoutQueryStrings())
+    server.run()
     return 0
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+class WithoutQueryStrings(logging.Filter):
+    """Access-log lines without query strings: the API takes none, so one holds what a client should not have
+    sent there (a token, say) and must not reach the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?(query removed)", *args[3:])
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

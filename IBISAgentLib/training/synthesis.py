@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import jsontext
 from ..actions import format_response, parse_response
 from ..images import write_mask, write_rgb
 from ..interfaces import Policy, PolicyRequest, SegmentationTool
@@ -214,7 +215,7 @@ def write_datasets(out: Path, records: SynthesisOutput) -> dict[str, Path]:
         "rl": out / "rl.parquet",
         "traces": out / "trajectories.jsonl",
     }
-    paths["llamafactory"].write_text(json.dumps(llama, ensure_ascii=False, indent=1), encoding="utf-8")
+    paths["llamafactory"].write_text(jsontext.dumps(llama, indent=1), encoding="utf-8")
     info = {
         "ibisagent_sft": {
             "file_name": paths["llamafactory"].name,
@@ -237,13 +238,13 @@ def write_datasets(out: Path, records: SynthesisOutput) -> dict[str, Path]:
                 {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r["user"]}]},
                 {"role": "assistant", "content": [{"type": "text", "text": r["response"]}]},
             ]
-            handle.write(json.dumps({"messages": messages, "images": [r["image"]]}, ensure_ascii=False) + "\n")
+            handle.write(jsontext.dumps({"messages": messages, "images": [r["image"]]}) + "\n")
     for index, row in enumerate(records.rl):
         row["extra_info"]["index"] = index
     pq.write_table(pa.Table.from_pylist(records.rl), paths["rl"])
     with paths["traces"].open("w", encoding="utf-8") as handle:
         for trace in records.traces:
-            handle.write(json.dumps(trace, ensure_ascii=False) + "\n")
+            handle.write(jsontext.dumps(trace) + "\n")
     return paths
 
 
