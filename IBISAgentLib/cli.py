@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from . import __version__
+import numpy as np
+
+from . import __version__, jsontext
 from .actions import format_action
 from .devices import DEVICE_CHOICES
 from .images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
 from .prompts import IBIS_V1
 from .remote import RemoteError
 from .rendering import overlay_mask
-from .trace import Step
+from .trace import ImageInfo, Step, Trace
 from .volumes import write_labelmap
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -30,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for stream in (sys.stdout, sys.stderr):  # model text may hold anything; showing it must never fail
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return args.handler(args)
     except UserError as exc:
@@ -120,6 +127,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "(default: IMAGE-STEM_mask.png or IMAGE-STEM_mask.nii.gz in the current folder)",
     )
     parser.add_argument("--trace", help="trace JSON to write (default: IMAGE-STEM_trace.json in the current folder)")
+    parser.add_argument(
+        "--scene",
+        help="also write the result as a 3D Slicer scene (.mrb) to review: the volume, the segment, the clicks "
+        "and the trace (volumes only; needs the [slicer] extra)",
+    )
     parser.add_argument("--overlays", help="folder for the image the model saw at each turn")
     parser.add_argument(
         "--initial-mask", help="mask to refine instead of starting from nothing (PNG, or a labelmap for volumes)"
@@ -135,7 +147,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--server", help="run on an IBISAgent server at this URL instead of in this process")
-    parser.add_argument("--token", help="the server's bearer token (default: $IBISAGENT_TOKEN)")
+    parser.add_argument(
+        "--token", help="the server's bearer token (visible to other users in ps: prefer --token-file or the variable)"
+    )
+    parser.add_argument("--token-file", help="a file holding the server's bearer token (default: $IBISAGENT_TOKEN)")
     parser.add_argument("--ca-bundle", help="CA certificate file to verify the server's TLS certificate with")
     parser.add_argument(
         "--jsonl", action="store_true", help="print each step as a trace-schema JSON line instead of text"
@@ -194,7 +209,46 @@ def _segment(args: argparse.Namespace) -> int:
         raise UserError("--prompt is empty: say what to segment")
     case, image, initial_mask = _read_inputs(args)
     out, trace_path = _output_paths(args, case is not None)
+    _check_clicks(args.click, image.shape[:2])
+    write_scene = _scene_writer(args.scene, case) if args.scene else None
+    span = _parse_range(args.range, case) if args.propagate else None
     backend = _backend(args)
+    report = sys.stderr if args.jsonl else sys.stdout
+    outcome = _run(args, backend, case, image, initial_mask, report, span)
+    if case is None:
+        write_mask(out, outcome.mask)
+    else:
+        write_labelmap(out, outcome.mask, case.image)
+    trace = outcome.trace
+    trace.save(trace_path)
+    if write_scene is not None:
+        try:
+            write_scene(args.scene, case, outcome.mask, trace, Path(args.image).name)
+        except Exception as exc:  # Slicer's core reports failures in several types; all end the same way
+            print(f"ibisagent: could not write the scene {args.scene}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    area = int(trace.steps[-1].mask_area if trace.steps else np.count_nonzero(outcome.mask))
+    summary = f"stopped: {trace.stop_reason}; mask {area} px -> {out}; trace -> {trace_path}"
+    if trace.answer:
+        summary += f"\nanswer: {trace.answer}"
+    print(summary, file=report, flush=True)
+    if trace.stop_reason == "error":
+        reason = trace.error or next((s.error for s in reversed(trace.steps) if s.error), "unknown error")
+        print(f"ibisagent: the run failed: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    return outcome.exit_code
+
+
+@dataclass
+class _Outcome:
+    mask: np.ndarray  # the 2D mask, or the 3D labelmap of a volume
+    trace: Trace
+    exit_code: int
+
+
+def _run(args, backend, case, image, initial_mask, report, span) -> _Outcome:
+    """The agent, the scripted corrections and the propagation. Whatever fails or is interrupted once the
+    inputs are good, the outcome holds what was done until then: the one place a failed run is written from."""
     overlays = Path(args.overlays) if args.overlays else None
 
     def on_step(step: Step) -> None:
@@ -203,8 +257,7 @@ def _segment(args: argparse.Namespace) -> int:
             picture = overlay_mask(image, step.mask, IBIS_V1.overlay_color, IBIS_V1.overlay_alpha)
             write_rgb(overlays / f"step_{step.turn:02d}.png", picture)
 
-    exit_code = EXIT_OK
-    report = sys.stderr if args.jsonl else sys.stdout
+    session, propagated, exit_code, error = None, None, EXIT_OK, None
     try:
         session = backend.open_session(
             case if case is not None else image,
@@ -214,56 +267,55 @@ def _segment(args: argparse.Namespace) -> int:
             on_step=on_step,
             image_source=str(args.image),
         )
-        try:
-            try:
-                session.run()
-                for x, y, positive in args.click:
-                    session.add_click(x, y, positive)
-            except KeyboardInterrupt:
-                session.cancel()
-                session.stop_reason = "cancelled"
-                exit_code = EXIT_INTERRUPTED
-            except ValueError as exc:  # a --click outside the image
-                raise UserError(f"--click: {exc}") from exc
-            trace = session.trace()
-            if case is None:
-                result = session.mask
-            else:
-                result = case.place(session.mask)
-                if args.propagate and exit_code == EXIT_OK and trace.stop_reason != "error":
-                    result, exit_code = _propagate(args, case, backend, session, result, report)
-        finally:
-            close = getattr(session, "close", None)  # a remote session frees the server's memory at once
-            if close is not None:
-                with contextlib.suppress(RemoteError):
-                    close()
+        session.run()
+        for x, y, positive in args.click:
+            session.add_click(x, y, positive)
+        if args.propagate and session.stop_reason != "error":
+            propagated, exit_code = _propagate(args, case, backend, session, report, span)
+    except KeyboardInterrupt:
+        if session is not None:
+            session.cancel()
+            session.stop_reason = "cancelled"
+        exit_code = EXIT_INTERRUPTED
     except RemoteError as exc:
-        print(f"ibisagent: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    if case is None:
-        write_mask(out, result)
+        exit_code, error = EXIT_FAILED, str(exc)
+    if session is None:
+        key = initial_mask if initial_mask is not None else np.zeros(image.shape[:2], dtype=bool)
+        trace = _unstarted_trace(args, image, initial_mask, error)
     else:
-        write_labelmap(out, result, case.image)
-    trace.save(trace_path)
-    last_error = next((s.error for s in reversed(trace.steps) if s.error), None)
-    summary = f"stopped: {trace.stop_reason}; mask {int(session.mask.sum())} px -> {out}; trace -> {trace_path}"
-    if trace.answer:
-        summary += f"\nanswer: {trace.answer}"
-    print(summary, file=report, flush=True)
-    if trace.stop_reason == "error":
-        print(f"ibisagent: the run failed: {last_error}", file=sys.stderr)
-        return EXIT_FAILED
-    return exit_code
+        key = session.mask
+        trace = session.trace()
+        with contextlib.suppress(RemoteError):  # a remote session frees the server's memory at once
+            session.close()
+    if error is not None:
+        trace.stop_reason, trace.error = "error", trace.error or error
+    if case is None:
+        return _Outcome(key, trace, exit_code)
+    return _Outcome(propagated if propagated is not None else case.place(key), trace, exit_code)
 
 
-def _propagate(args, case, backend, session, key_only, report):  # -> tuple[np.ndarray, int]
-    """The propagated 3D mask, or the key slice alone when there is nothing to grow or it was interrupted."""
+def _unstarted_trace(args, image: np.ndarray, initial_mask: np.ndarray | None, error: str | None) -> Trace:
+    height, width = image.shape[:2]
+    return Trace(
+        instruction=args.prompt.strip(),
+        image=ImageInfo(width=width, height=height, source=str(args.image)),
+        models={},
+        steps=[],
+        answer=None,
+        stop_reason="error" if error else "cancelled",
+        initial_mask_area=None if initial_mask is None else int(np.count_nonzero(initial_mask)),
+        error=error,
+    )
+
+
+def _propagate(args, case, backend, session, report, span):  # -> tuple[np.ndarray | None, int]
+    """The propagated 3D mask, or None (the key slice alone) when there is nothing to grow or it was interrupted."""
     from tqdm import tqdm
 
     if not session.mask.any():
         print("nothing to propagate: the key slice mask is empty", file=report, flush=True)
-        return key_only, EXIT_OK
-    first, last = _parse_range(args.range, case)
+        return None, EXIT_OK
+    first, last = span
     with tqdm(total=last - first + 1, desc="propagating", unit="slice", file=sys.stderr) as bar:
 
         def progress(done: int, total: int, index: int) -> None:
@@ -282,12 +334,14 @@ def _propagate(args, case, backend, session, key_only, report):  # -> tuple[np.n
             )
         except KeyboardInterrupt:
             print("propagation interrupted: writing the key slice only", file=sys.stderr)
-            return key_only, EXIT_INTERRUPTED
+            return None, EXIT_INTERRUPTED
     print(f"propagated through {bar.n} slices: {int(mask.sum())} voxels", file=report)
     return mask, EXIT_OK
 
 
 def _parse_range(text: str | None, case) -> tuple[int, int]:
+    if case is None:
+        raise UserError("--propagate applies to volumes")
     count = case.geometry.count
     if not text:
         return 0, count - 1
@@ -312,7 +366,49 @@ def _output_paths(args: argparse.Namespace, volume: bool) -> tuple[Path, Path]:
         raise UserError(f"--out {out}: a volume's mask is written as .nii.gz, .nii, .nrrd, .mha or .mhd")
     if not volume and out.name.lower().endswith(VOLUME_SUFFIXES):
         raise UserError(f"--out {out}: a 2D image's mask is written as PNG")
-    return out, Path(args.trace or f"{stem}_trace.json")
+    trace = Path(args.trace or f"{stem}_trace.json")
+    for flag, path in (("--out", out), ("--trace", trace)):
+        _check_writable(flag, path)
+    if args.overlays and Path(args.overlays).exists() and not Path(args.overlays).is_dir():
+        raise UserError(f"--overlays {args.overlays}: is a file; name a folder")
+    return out, trace
+
+
+def _scene_writer(path: str, case):  # -> Callable[..., None]
+    """The scene-bundle writer (Slicer's core, an optional extra), loaded before the run so a missing one
+    costs nothing."""
+    if case is None:
+        raise UserError("--scene applies to volumes: a 2D image's result is the mask PNG and the trace")
+    if not path.lower().endswith(".mrb"):
+        raise UserError(f"--scene {path}: a Slicer scene bundle is written as .mrb")
+    _check_writable("--scene", Path(path))
+    writers = entry_points(group="ibisagent.scene_bundle")
+    try:
+        return next(iter(writers)).load()
+    except (StopIteration, ImportError) as exc:
+        raise UserError(
+            f"--scene needs 3D Slicer's core (slicer-core), which is not installed ({exc or 'no writer'}): "
+            "pip install 'ibisagent[slicer]', or leave out --scene"
+        ) from None
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """Refuse before the run an output that could not be written after it."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; name a file in it")
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {path}: cannot write in {existing}")
+
+
+def _check_clicks(clicks: list[tuple[int, int, bool]], shape: tuple[int, int]) -> None:
+    height, width = shape
+    for x, y, _ in clicks:
+        if not (0 <= x < width and 0 <= y < height):
+            raise UserError(f"--click {x},{y}: outside the {width}x{height} image (columns 0..{width - 1}, "
+                            f"rows 0..{height - 1})")  # fmt: skip
 
 
 def _read_inputs(args: argparse.Namespace):  # -> tuple[VolumeCase | None, np.ndarray, np.ndarray | None]
@@ -338,12 +434,13 @@ def _read_inputs(args: argparse.Namespace):  # -> tuple[VolumeCase | None, np.nd
 
 def _backend(args: argparse.Namespace):  # -> Backend
     if args.server:
-        from .remote import RemoteBackend
+        from .remote import RemoteBackend, token_from
 
         print(f"connecting to {args.server} ...", file=sys.stderr, flush=True)
         try:
-            return RemoteBackend(args.server, token=args.token, verify=args.ca_bundle or True)
-        except RemoteError as exc:
+            token = token_from(args.token, args.token_file)
+            return RemoteBackend(args.server, token=token, verify=args.ca_bundle or True)
+        except (RemoteError, ValueError) as exc:
             raise UserError(str(exc)) from exc
     from .backends import LocalBackend
 
@@ -367,9 +464,7 @@ def _load_models(args: argparse.Namespace):  # -> tuple[Policy, SegmentationTool
 
 def _print_step(step: Step, as_json: bool) -> None:
     if as_json:
-        import json
-
-        print(json.dumps(step.to_dict(), ensure_ascii=False), flush=True)
+        print(jsontext.dumps(step.to_dict()), flush=True)
         return
     head = f"step {step.turn} ({step.source})"
     if step.action is not None:

@@ -14,7 +14,6 @@ as it is when the event arrives, so edits made meanwhile on other slices are kep
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import threading
 import time
@@ -237,7 +236,7 @@ class InteractionController:
         return column, row
 
     def trace_json(self) -> str:
-        return json.dumps(self._session().trace().to_dict(), indent=2, ensure_ascii=False)
+        return self._session().trace().to_json()
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -338,12 +337,10 @@ class InteractionController:
         return self.case.geometry
 
 
-def _close(session: Any) -> None:
-    """Close a session that can be closed (remote sessions free server memory at once)."""
-    close = getattr(session, "close", None)
-    if close is not None:
-        with contextlib.suppress(Exception):  # a session already gone on the server needs no closing
-            close()
+def _close(session: Session) -> None:
+    """Close a session (a remote one frees the server's memory at once)."""
+    with contextlib.suppress(Exception):  # a session already gone on the server needs no closing
+        session.close()
 
 
 def _describe(step: Step) -> str:

@@ -1,0 +1,396 @@
+"""The workflow driver: the one place the clinician's workflow lives.
+
+A front end starts a session on a volume (a VolumeCase on the slice its view shows), a target segment
+(a SegmentPort) and a record (a RecordPort), then forwards button presses and clicks. Model work (opening,
+agent turns, corrections, propagation) runs on one background thread and reports typed events through a
+queue; the front end calls ``poll()`` from its own thread (Slicer: a QTimer; the web app: its event loop),
+and there the driver writes results into the target segment, puts it back after a failure or cancel,
+keeps the markers and the trace in the record, and updates ``state`` for the front end to render.
+
+A result replaces only some slices of the target segment: the agent's slice, or the propagated range. It is
+applied to the segment as it is when it arrives, so edits made meanwhile on other slices are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ..backends import Backend, Session
+from ..geometry import SliceGeometry
+from ..propagation import PropagationCancelled
+from ..trace import Step
+from ..volume_case import VolumeCase
+from .choice import BackendChoice
+from .events import Event, Failed, Finished, Idle, Opened, Progressed, Propagated, Reverted, SliceChanged, TraceReady
+from .markers import Marker, markers_of
+from .ports import RecordPort, SegmentPort
+
+
+class DriverBusy(RuntimeError):
+    """Another operation is still running; wait for it or cancel it."""
+
+
+@dataclass
+class DriverState:
+    """What a front end renders."""
+
+    markers: list[Marker] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    busy: bool = False
+    stop_reason: str | None = None
+    answer: str | None = None
+    progress: tuple[int, int] | None = None  # propagation: slices done, total
+    status: str = "Ready."
+
+
+class WorkflowDriver:
+    """``build_backend`` turns a BackendChoice into a Backend; it runs on the worker thread (loading models or
+    connecting never blocks the UI), once per choice: the same choice keeps its backend."""
+
+    def __init__(self, build_backend: Callable[[BackendChoice], Backend] = BackendChoice.build) -> None:
+        self.build_backend = build_backend
+        self.state = DriverState()
+        self.case: VolumeCase | None = None
+        self.session: Session | None = None
+        self.target: SegmentPort | None = None
+        self.record: RecordPort | None = None
+        self._backend: Backend | None = None
+        self._choice: BackendChoice | None = None
+        self._snapshot: np.ndarray | None = None
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._worker_operation = threading.local()
+        self._cancel = threading.Event()
+        self._operation = 0
+
+    # -- commands (UI thread) ----------------------------------------------------------------------
+
+    def start(
+        self,
+        case: VolumeCase,
+        instruction: str,
+        target: SegmentPort,
+        record: RecordPort,
+        choice: BackendChoice,
+        *,
+        then: Literal["run", "step"] | None = "run",
+        max_turns: int = 20,
+    ) -> None:
+        """Start a session on ``case``'s key slice, then run the agent (or one step). The previous session is
+        closed first: nothing of it can act on the new target, even if opening fails. What the target holds
+        on the key slice is where the agent starts."""
+        if not instruction.strip():
+            raise ValueError("Type what to segment, for example 'segment the liver tumor'.")
+        self._refuse_if_busy()
+        segment = target.read()
+        if segment.shape != case.windowed.shape:
+            raise ValueError(f"the segment is {segment.shape}, the volume {case.windowed.shape}")
+        on_slice = case.geometry.extract(segment)
+        initial_mask = np.array(on_slice) if on_slice.any() else None
+        previous, self.session, self.case = self.session, None, None
+        self.target, self.record = target, record
+        self.state = DriverState()
+        record.show_markers([])
+
+        def job() -> None:
+            _close(previous)
+            if self._backend is None or choice != self._choice:
+                self._backend, self._choice = None, None
+                self._backend, self._choice = self.build_backend(choice), choice
+            session = self._backend.open_session(
+                case, instruction, initial_mask=initial_mask, max_turns=max_turns, on_step=self._on_step
+            )
+            self.case, self.session = case, session
+            self._emit(Opened(case.geometry.axis, case.geometry.index))
+            if then is not None:
+                self._agent(session.run if then == "run" else session.step)
+
+        self._launch(job, snapshot=segment)
+
+    def run(self) -> None:
+        """Let the agent carry on from where the session is (Continue)."""
+        self._launch(lambda: self._agent(self._session().run))
+
+    def step(self) -> None:
+        self._launch(lambda: self._agent(self._session().step))
+
+    def click(self, ras: tuple[float, float, float], positive: bool) -> None:
+        """A correction at a world RAS point, which must lie on the agent's slice (ValueError otherwise)."""
+        column, row = self.ras_to_pixel(ras)
+        self._launch(lambda: self._correct(column, row, positive))
+
+    def undo(self) -> None:
+        def job() -> None:
+            session = self._session()
+            step = session.undo()
+            self._emit(SliceChanged("undone", session.mask, step))
+            self._emit_trace()
+
+        self._launch(job)
+
+    def propagate(
+        self, first: int | None = None, last: int | None = None, stop_after_empty: int = 3,
+        largest_component: bool = False,
+    ) -> None:  # fmt: skip
+        """Grow the key-slice result through slices ``first``..``last`` (None: to the volume's end)."""
+        geometry = self._geometry()
+        span = (0 if first is None else first, geometry.count - 1 if last is None else last)
+
+        def job() -> None:
+            session = self._session()
+            if not session.mask.any():
+                raise ValueError("Segment the key slice first: there is nothing to propagate yet.")
+            try:
+                mask = self._backend.propagate(
+                    session, first=first, last=last, stop_after_empty=stop_after_empty,
+                    largest_component=largest_component, cancel=self._cancel,
+                    on_progress=lambda done, total, index: self._emit(Progressed(done, total)),
+                )  # fmt: skip
+            except PropagationCancelled:
+                self._emit(Reverted("propagation cancelled"))
+                return
+            self._emit(Propagated(mask, *span))
+
+        self._launch(job)
+
+    def cancel(self) -> None:
+        """Stop what runs at the next token or slice; safe from any thread."""
+        self._cancel.set()
+        if self.session is not None:
+            self.session.cancel()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel what runs and end the session (frees it on a server at once); for a scene that closes. The
+        cancelled operation gets ``timeout`` seconds to stop; whatever it reports later is dropped and nothing
+        more is written to the old target."""
+        self.cancel()
+        if self._worker is not None:
+            self._worker.join(timeout=timeout)
+        self._operation += 1
+        _close(self.session)
+        self.session, self.case, self.target, self.record, self._snapshot = None, None, None, None, None
+        self.state = DriverState()
+
+    # -- state (UI thread) -------------------------------------------------------------------------
+
+    @property
+    def has_session(self) -> bool:
+        return self.session is not None and self.target is not None
+
+    def poll(self, wait: float = 0.0) -> list[Event]:
+        """Apply the events produced since the last call to the target, the record and ``state``; return them.
+
+        With ``wait``, while an operation runs, keep collecting its events for up to that many seconds, or
+        until it ends. A host whose main thread keeps Python's GIL while it sits in its own event loop (3D
+        Slicer does) lends the worker thread that time: the worker runs Python only while the main thread
+        waits here."""
+        events: list[Event] = []
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining > 0 and self.state.busy:
+                    event = self._events.get(timeout=remaining)
+                else:
+                    event = self._events.get_nowait()
+            except queue.Empty:
+                return events
+            if event.operation != self._operation:
+                continue  # from an operation that was closed: nothing of it may reach the new one
+            try:
+                self._apply(event)
+            except Exception as exc:  # a target that cannot take a result: say so, keep going
+                failure = Failed(f"could not apply the result to the segment: {exc}", operation=event.operation)
+                self._note(failure)
+                events.append(failure)
+            events.append(event)
+
+    def wait(self, timeout: float = 600.0) -> list[Event]:
+        """Block until the running operation ends, then ``poll()`` (for scripts and tests)."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+        return self.poll()
+
+    def ras_to_pixel(self, ras: tuple[float, float, float]) -> tuple[int, int]:
+        """(column, row) on the agent's slice of the voxel a world point falls in; ValueError off the slice."""
+        geometry = self._geometry()
+        ijk = geometry.ras_to_ijk(np.asarray(ras, dtype=float))
+        if abs(ijk[geometry.normal_axis] - geometry.index) > 0.5:
+            raise ValueError(
+                f"The click is on {geometry.axis} slice {ijk[geometry.normal_axis]:.1f}, not on the agent's slice "
+                f"{geometry.index}: go back to that slice to correct it."
+            )
+        column, row = (round(v) for v in geometry.ijk_to_pixel(ijk))  # the voxel whose centre is nearest
+        if not (0 <= column < geometry.width and 0 <= row < geometry.height):
+            raise ValueError("The click is outside the volume.")
+        return column, row
+
+    def trace_json(self) -> str:
+        return self._session().trace().to_json()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _refuse_if_busy(self) -> None:
+        if self.state.busy:
+            raise DriverBusy("IBISAgent is still working: wait for it or press Cancel.")
+
+    def _launch(self, job: Callable[[], Any], snapshot: np.ndarray | None = None) -> None:
+        """Run ``job`` on the worker. The target is kept as it is now, for a failure or cancel to restore."""
+        self._refuse_if_busy()
+        if self._worker is not None:
+            self._worker.join()  # it has posted Idle already and is only returning
+        if snapshot is None and self.target is not None:
+            snapshot = self.target.read()
+        self._snapshot = snapshot
+        self.state.busy, self.state.progress = True, None
+        self._cancel.clear()
+        self._operation += 1
+        operation = self._operation
+
+        def guarded() -> None:
+            self._worker_operation.value = operation
+            try:
+                job()
+            except Exception as exc:  # every failure reaches the UI as an event, never as a silent thread death
+                self._emit(Failed(str(exc) or exc.__class__.__name__))
+                self._emit(Reverted("the operation failed"))
+            finally:
+                self._emit(Idle())
+
+        self._worker = threading.Thread(target=guarded, name="ibisagent-workflow", daemon=True)
+        self._worker.start()
+        self._update_status()
+
+    def _emit(self, event: Event) -> None:
+        """Queue an event from the worker, marked with the operation that thread runs."""
+        event.operation = getattr(self._worker_operation, "value", self._operation)
+        self._events.put(event)
+
+    def _emit_trace(self) -> None:
+        with contextlib.suppress(Exception):  # a server gone mid-way: the operation's own error says so
+            self._emit(TraceReady(self._session().trace().to_json()))
+
+    def _agent(self, action: Callable[[], Any]) -> None:
+        session = self._session()
+        before = len(session.steps)
+        action()
+        reason = session.stop_reason
+        if reason in ("cancelled", "error"):
+            # The segment goes back to how it was before the run, and so does the session.
+            while len(session.steps) > before:
+                session.undo()
+            session.stop_reason = reason
+            self._emit(Reverted(f"the run ended: {reason}"))
+        self._emit(Finished(reason, session.answer))
+        self._emit_trace()
+
+    def _correct(self, column: int, row: int, positive: bool) -> None:
+        self._session().add_click(column, row, positive)
+        self._emit_trace()
+
+    def _on_step(self, step: Step) -> None:
+        self._emit(SliceChanged("step", step.mask, step))
+
+    def _apply(self, event: Event) -> None:
+        state = self.state
+        if isinstance(event, Idle):
+            state.busy = False
+        elif isinstance(event, Opened):
+            state.log.append(f"working on {event.axis} slice {event.index}")
+        elif isinstance(event, SliceChanged):
+            self._write(lambda segment: self._geometry().insert(segment, event.plane))
+            self._show_markers()
+            if event.step is not None:
+                state.log.append(_describe(event.step) if event.cause == "step" else f"undone: step {event.step.turn}")
+        elif isinstance(event, Propagated):
+            geometry = self._geometry()
+
+            def replace(segment: np.ndarray) -> None:
+                geometry.slab(segment, event.first, event.last)[...] = geometry.slab(
+                    event.mask, event.first, event.last
+                )
+
+            self._write(replace)
+            state.log.append(f"propagated through slices {event.first}–{event.last}: {int(event.mask.sum())} voxels")
+        elif isinstance(event, Progressed):
+            state.progress = (event.done, event.total)
+        elif isinstance(event, Finished):
+            state.stop_reason, state.answer = event.reason, event.answer
+            state.log.append(f"stopped: {event.reason}" + (f" — {event.answer}" if event.answer else ""))
+        elif isinstance(event, Reverted):
+            if self.target is not None and self._snapshot is not None:
+                self.target.restore(self._snapshot)
+            self._show_markers()
+            state.log.append(f"put back as it was: {event.reason}")
+        elif isinstance(event, Failed):
+            self._note(event)
+        elif isinstance(event, TraceReady) and self.record is not None:
+            self.record.store_trace(event.text)
+        self._update_status()
+
+    def _note(self, failure: Failed) -> None:
+        self.state.log.append(f"error: {failure.message}")
+
+    def _write(self, change: Callable[[np.ndarray], None]) -> None:
+        """Apply ``change`` to the target segment as it is now; write only when something changed."""
+        if self.target is None:
+            return
+        current = self.target.read()
+        updated = np.array(current, dtype=bool)
+        change(updated)
+        if not np.array_equal(updated, current):
+            self.target.write(updated)
+
+    def _show_markers(self) -> None:
+        self.state.markers = self._markers()
+        if self.record is not None:
+            self.record.show_markers(self.state.markers)
+
+    def _update_status(self) -> None:
+        state = self.state
+        if state.busy:
+            done = f" {state.progress[0]} of {state.progress[1]} slices" if state.progress else ""
+            state.status = f"Working…{done}"
+        elif state.stop_reason:
+            state.status = f"Stopped: {state.stop_reason}" + (f" — {state.answer}" if state.answer else "")
+        else:
+            state.status = "Ready."
+
+    def _markers(self) -> list[Marker]:
+        return [] if self.session is None else markers_of(self.session.steps)
+
+    def _session(self) -> Session:
+        if self.session is None:
+            raise RuntimeError("There is no session: start the agent first.")
+        return self.session
+
+    def _geometry(self) -> SliceGeometry:
+        if self.case is None:
+            raise RuntimeError("There is no volume: start the agent first.")
+        return self.case.geometry
+
+
+def _close(session: Session | None) -> None:
+    """Close a session (a remote one frees the server's memory at once)."""
+    if session is not None:
+        with contextlib.suppress(Exception):  # a session already gone on the server needs no closing
+            session.close()
+
+
+def _describe(step: Step) -> str:
+    who = "agent" if step.source == "agent" else "you"
+    if step.action is None:
+        return f"{step.turn}. {who}: {step.error or 'no action'}"
+    move = step.action.kind if step.action.kind == "terminate" else f"{step.action.kind} click"
+    text = f"{step.turn}. {who}: {move}"
+    if step.think:
+        text += f" — {step.think}"
+    return text

@@ -1,0 +1,76 @@
+"""What the driver's worker reports, one type per kind. ``poll()`` applies them to the target segment, the
+record and the state, then hands them to the front end (which needs them only for notices: ``Failed``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ..trace import Step
+
+
+@dataclass
+class Event:
+    operation: int = field(default=0, kw_only=True)  # the command that produced it; a closed one's are dropped
+
+
+@dataclass
+class Opened(Event):
+    axis: str
+    index: int
+
+
+@dataclass
+class SliceChanged(Event):
+    """The session's mask on the agent's slice is now ``plane`` (after a step, or after an undo)."""
+
+    cause: Literal["step", "undone"]
+    plane: np.ndarray
+    step: Step | None
+
+
+@dataclass
+class Finished(Event):
+    reason: str | None
+    answer: str | None
+
+
+@dataclass
+class Progressed(Event):
+    done: int
+    total: int
+
+
+@dataclass
+class Propagated(Event):
+    """The 3D result: only slices ``first``..``last`` of ``mask`` count (along the slice normal)."""
+
+    mask: np.ndarray
+    first: int
+    last: int
+
+
+@dataclass
+class Reverted(Event):
+    """The operation failed or was cancelled: the target goes back to how it was before it."""
+
+    reason: str
+
+
+@dataclass
+class Failed(Event):
+    message: str
+
+
+@dataclass
+class TraceReady(Event):
+    """The session's trace JSON as the operation left it."""
+
+    text: str
+
+
+@dataclass
+class Idle(Event):
+    """The operation has ended; the driver takes commands again."""
