@@ -14,6 +14,7 @@ import numpy as np
 
 from .interfaces import Policy, SegmentationTool
 from .session import DEFAULT_MAX_TURNS, AgentSession
+from .tools.resolve import SegmenterSpec
 from .trace import Step, Trace
 from .volume_case import VolumeCase
 
@@ -71,12 +72,23 @@ class Backend(Protocol):
 
 class LocalBackend:
     """Sessions in this process. ``policy_factory`` gives each session its policy (a shared model, or a
-    fresh replay); the propagator is built on first use from the tool's checkpoint."""
+    fresh replay). The propagator is built on first use from ``propagator``, else from the click tool's own
+    model (a SAM 2 family tool); the random walker cannot propagate, so it needs one named."""
 
-    def __init__(self, policy_factory: Callable[[], Policy], tool: SegmentationTool, device: str = "auto") -> None:
+    def __init__(
+        self,
+        policy_factory: Callable[[], Policy],
+        tool: SegmentationTool,
+        device: str = "auto",
+        propagator: SegmenterSpec | None = None,
+    ) -> None:
         self.policy_factory = policy_factory
         self.tool = tool
         self.device = device
+        variant = getattr(tool, "variant", None)
+        checkpoint = getattr(tool, "checkpoint", None)
+        same_as_tool = SegmenterSpec(variant, Path(checkpoint) if checkpoint else None) if variant else None
+        self.propagator_spec = propagator or same_as_tool
         self._propagator = None
         self._cases: weakref.WeakKeyDictionary[AgentSession, VolumeCase] = weakref.WeakKeyDictionary()
 
@@ -102,6 +114,7 @@ class LocalBackend:
             image_source=image_source,
             geometry=case.geometry if case else None,
             window=case.window.describe() if case else None,
+            models=self.propagator_spec.identity("propagator") if case and self.propagator_spec else None,
         )
         if case is not None:
             self._cases[session] = case
@@ -136,10 +149,9 @@ class LocalBackend:
         return result.mask
 
     @property
-    def propagator(self):  # -> MedSAM2Propagator
+    def propagator(self):  # -> SAM2Propagator
         if self._propagator is None:
-            from .propagation import MedSAM2Propagator
-
-            checkpoint = getattr(self.tool, "checkpoint", None)
-            self._propagator = MedSAM2Propagator(Path(checkpoint) if checkpoint else None, device=self.device)
+            if self.propagator_spec is None:
+                raise ValueError(f"{self.tool.description} cannot propagate: choose a SAM 2 family propagator")
+            self._propagator = self.propagator_spec.propagator(self.device)
         return self._propagator

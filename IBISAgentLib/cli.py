@@ -20,6 +20,7 @@ from .images import ImageInputError, read_mask, read_rgb_image, write_mask, writ
 from .prompts import IBIS_V1
 from .remote import RemoteError
 from .rendering import overlay_mask
+from .tools import SETTINGS, VARIANTS, CheckpointError, resolve_segmenter
 from .trace import ImageInfo, Step, Trace
 from .volumes import write_labelmap
 
@@ -75,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--teacher", help="OpenAI-compatible endpoint http(s)://HOST/v1 that writes the reasoning")
     synth.add_argument("--teacher-model", help="model name at the teacher endpoint")
-    synth.add_argument("--tool", choices=("medsam2", "classical"), default="medsam2")
-    synth.add_argument("--sam2", help="MedSAM2 checkpoint for --tool medsam2 (default as for segment)")
+    synth.add_argument("--tool", choices=("sam2", "classical"), default="sam2", help="a SAM 2 family model, or none")
+    synth.add_argument("--sam2", help="the SAM 2 family checkpoint for --tool sam2 (default as for segment)")
+    synth.add_argument("--sam2-variant", choices=VARIANT_NAMES, help="its variant, where the file does not tell")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     synth.set_defaults(handler=_synth)
@@ -86,8 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     who = evaluate.add_mutually_exclusive_group(required=True)
     who.add_argument("--mllm", help="the model, as for segment")
     who.add_argument("--policy", choices=("oracle",), help="the oracle clicker instead of a model")
-    evaluate.add_argument("--tool", choices=("medsam2", "classical"), default="medsam2")
-    evaluate.add_argument("--sam2", help="MedSAM2 checkpoint for --tool medsam2")
+    evaluate.add_argument("--tool", choices=("sam2", "classical"), default="sam2")
+    evaluate.add_argument("--sam2", help="the SAM 2 family checkpoint for --tool sam2 (default as for segment)")
+    evaluate.add_argument("--sam2-variant", choices=VARIANT_NAMES, help="its variant, where the file does not tell")
     evaluate.add_argument("--report", required=True, help="folder for results.jsonl, report.json and report.md")
     evaluate.add_argument("--max-turns", type=_positive_int, default=20)
     evaluate.add_argument("--mllm-model")
@@ -101,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
     tiny = dev.add_parser("tiny-models", help="write tiny random-weight models for offline tests")
     tiny.add_argument("directory")
+    tiny.add_argument(
+        "--variant",
+        action="append",
+        choices=VARIANT_NAMES,
+        default=[],
+        help="also write a random-weight checkpoint of this SAM 2 family variant (DIR/NAME.pt, the released "
+        "file's layout); repeatable",
+    )
     tiny.set_defaults(handler=_tiny_models)
     return parser
 
@@ -116,11 +127,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--mllm-model", help="model name at an http(s) endpoint (default: $IBISAGENT_MLLM_MODEL or the only one served)"
     )
     parser.add_argument("--api-key", help="API key for an http(s) endpoint (default: $IBISAGENT_API_KEY)")
-    parser.add_argument(
-        "--sam2",
-        help="MedSAM2 checkpoint file or Hugging Face id "
-        "(default: $IBISAGENT_SAM2 or wanglab/MedSAM2:MedSAM2_latest.pt)",
-    )
+    add_segmenter_options(parser)
     parser.add_argument(
         "--out",
         help="mask to write: PNG for images, .nii.gz/.nrrd/.mha for volumes "
@@ -155,6 +162,38 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jsonl", action="store_true", help="print each step as a trace-schema JSON line instead of text"
     )
+
+
+VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+
+
+def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
+    """The click tool and the propagator: any SAM 2 family checkpoint (the segment command and the server)."""
+    group = parser.add_argument_group("segmenter")
+    which = group.add_mutually_exclusive_group()
+    which.add_argument(
+        "--sam2",
+        help="the click tool's SAM 2 family checkpoint: a file or a Hugging Face id (owner/repo[:file]); the "
+        "variant comes from the id, from --sam2-variant, or from the checkpoint's tensors (default: "
+        f"$IBISAGENT_SAM2 or {SETTINGS['paper']})",
+    )
+    which.add_argument(
+        "--setting",
+        choices=tuple(SETTINGS),
+        help="paper: MedSAM2 (the paper, the default); released: SAM 2 hiera-large at 1024 px, the segmenter the "
+        "released IBIS weights were tuned with in the authors' code",
+    )
+    group.add_argument("--sam2-variant", choices=VARIANT_NAMES, help="the variant of --sam2, where it does not tell")
+    group.add_argument("--propagator", help="the checkpoint that propagates through volumes (default: --sam2's)")
+    group.add_argument("--propagator-variant", choices=VARIANT_NAMES, help="the variant of --propagator")
+
+
+def segmenter_specs(args: argparse.Namespace) -> tuple[str, str | None, str | None, str | None]:
+    """(click-tool spec, its variant, propagator spec or None, its variant) from the options."""
+    from .weights import sam2_spec
+
+    spec = SETTINGS[args.setting] if args.setting else sam2_spec(args.sam2)
+    return spec, args.sam2_variant, args.propagator, args.propagator_variant
 
 
 def _add_volume_options(parser: argparse.ArgumentParser) -> None:
@@ -442,23 +481,24 @@ def _backend(args: argparse.Namespace):  # -> Backend
             return RemoteBackend(args.server, token=token, verify=args.ca_bundle or True)
         except (RemoteError, ValueError) as exc:
             raise UserError(str(exc)) from exc
-    from .backends import LocalBackend
-
-    policy_factory, tool = _load_models(args)
-    return LocalBackend(policy_factory, tool, device=args.device)
+    return load_local_backend(args)
 
 
-def _load_models(args: argparse.Namespace):  # -> tuple[Policy, SegmentationTool]
-    from .loading import load_models
-    from .medsam2 import CheckpointError
+def load_local_backend(args: argparse.Namespace):  # -> LocalBackend
+    """The models the options name (the segment command and the server); bad specs are a UserError."""
+    from .loading import load_backend
     from .policies.errors import PolicyError
-    from .weights import WeightsUnavailable, mllm_spec, sam2_spec
+    from .weights import WeightsUnavailable, mllm_spec
 
-    mllm, sam2 = mllm_spec(args.mllm), sam2_spec(args.sam2)
-    print(f"loading policy {mllm} and MedSAM2 {sam2} ...", file=sys.stderr, flush=True)
+    mllm = mllm_spec(args.mllm)
+    sam2, sam2_variant, propagator, propagator_variant = segmenter_specs(args)
+    print(f"loading policy {mllm} and segmenter {sam2} ...", file=sys.stderr, flush=True)
     try:
-        return load_models(mllm, sam2, args.device, args.mllm_model, args.api_key)
-    except (WeightsUnavailable, CheckpointError, PolicyError, ValueError) as exc:
+        return load_backend(
+            mllm, sam2, args.device, sam2_variant=sam2_variant, propagator=propagator,
+            propagator_variant=propagator_variant, model_name=args.mllm_model, api_key=args.api_key,
+        )  # fmt: skip
+    except (WeightsUnavailable, PolicyError, ValueError) as exc:
         raise UserError(str(exc)) from exc
 
 
@@ -489,15 +529,14 @@ def _print_step(step: Step, as_json: bool) -> None:
 
 def _training_tool(args: argparse.Namespace):  # -> SegmentationTool
     if args.tool == "classical":
-        from .classical_tool import RandomWalkerTool
+        from .tools.classical import RandomWalkerTool
 
         return RandomWalkerTool()
-    from .medsam2 import CheckpointError, MedSAM2Tool
-    from .weights import WeightsUnavailable, resolve_sam2_file, sam2_spec
+    from .weights import WeightsUnavailable, sam2_spec
 
     try:
-        return MedSAM2Tool(resolve_sam2_file(sam2_spec(args.sam2)), device=args.device)
-    except (WeightsUnavailable, CheckpointError) as exc:
+        return resolve_segmenter(sam2_spec(args.sam2), args.sam2_variant).tool(args.device)
+    except (WeightsUnavailable, CheckpointError, ValueError) as exc:
         raise UserError(str(exc)) from exc
 
 
@@ -572,6 +611,12 @@ def _tiny_models(args: argparse.Namespace) -> int:
 
     mllm, medsam2 = build_tiny_models(args.directory)
     print(f"tiny Qwen2.5-VL: {mllm}\ntiny MedSAM2:   {medsam2}")
+    for name in args.variant:
+        from .tiny_models import build_random_segmenter
+        from .tools import variant_named
+
+        path = build_random_segmenter(Path(args.directory) / f"{name}.pt", variant_named(name))
+        print(f"random {name}: {path}")
     return EXIT_OK
 
 

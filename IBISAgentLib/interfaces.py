@@ -79,6 +79,10 @@ class SegmentationTool(Protocol):
         """Low-resolution logits that stand for ``mask``, to refine an existing mask."""
         ...
 
+    def identity(self) -> dict[str, str]:
+        """What the trace records of this tool (variant, image size, checkpoint)."""
+        ...
+
     def release(self, key: str) -> None:
         """Forget what is kept for the image named ``key`` (its embedding): its session has ended."""
         ...

@@ -9,9 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .interfaces import Policy, SegmentationTool
-from .weights import WeightsUnavailable, resolve_mllm_folder, resolve_sam2_file
+from .tools import CheckpointError, SegmenterSpec, resolve_segmenter
+from .weights import WeightsUnavailable, resolve_mllm_folder
+
+if TYPE_CHECKING:
+    from .backends import LocalBackend
 
 MLLM_MODEL_ENV = "IBISAGENT_MLLM_MODEL"
 API_KEY_ENV = "IBISAGENT_API_KEY"
@@ -24,26 +29,54 @@ def load_models(
     model_name: str | None = None,
     api_key: str | None = None,
     tqdm_class: type | None = None,
+    sam2_variant: str | None = None,
 ) -> tuple[Callable[[], Policy], SegmentationTool]:
-    """A policy factory and the MedSAM2 tool. Models load here, once; the factory hands every session
-    the shared model, except replays, which are per session (each replays the file from its start).
-    Both specs are checked before either model loads, and both problems are reported together."""
+    """A policy factory and the click tool (a SAM 2 family model: MedSAM2 unless ``sam2``/``sam2_variant``
+    say otherwise). Models load here, once; the factory hands every session the shared model, except
+    replays, which are per session (each replays the file from its start). Both specs are checked before
+    either model loads, and both problems are reported together."""
     problems: list[str] = []
-    make_policy = checkpoint = None
+    make_policy = segmenter = None
     try:
         make_policy = _policy_factory(mllm, device, model_name, api_key, tqdm_class)
     except WeightsUnavailable as exc:
         problems.append(str(exc))
     try:
-        checkpoint = resolve_sam2_file(sam2, tqdm_class)
-    except WeightsUnavailable as exc:
+        segmenter = resolve_segmenter(sam2, sam2_variant, tqdm_class)
+    except (WeightsUnavailable, CheckpointError) as exc:
         problems.append(str(exc))
-    if make_policy is None or checkpoint is None:
+    if make_policy is None or segmenter is None:
         raise WeightsUnavailable("\n\n".join(problems))
-    from .medsam2 import MedSAM2Tool
+    return _shared_unless_replay(mllm, make_policy), segmenter.tool(device)
 
-    tool = MedSAM2Tool(checkpoint, device=device)
-    return _shared_unless_replay(mllm, make_policy), tool
+
+def load_backend(
+    mllm: str,
+    sam2: str,
+    device: str = "auto",
+    *,
+    sam2_variant: str | None = None,
+    propagator: str | None = None,
+    propagator_variant: str | None = None,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    tqdm_class: type | None = None,
+) -> LocalBackend:
+    """Sessions in this process on these models: the one way the CLI, the server and the front ends load them."""
+    from .backends import LocalBackend
+
+    spread = load_propagator(propagator, propagator_variant, tqdm_class) if propagator else None
+    policy_factory, tool = load_models(mllm, sam2, device, model_name, api_key, tqdm_class, sam2_variant)
+    return LocalBackend(policy_factory, tool, device=device, propagator=spread)
+
+
+def load_propagator(spec: str, variant: str | None = None, tqdm_class: type | None = None) -> SegmenterSpec:
+    """The segmenter that propagates through volumes when it is not the click tool's (resolved, not built:
+    it is built on first use)."""
+    try:
+        return resolve_segmenter(spec, variant, tqdm_class)
+    except CheckpointError as exc:
+        raise WeightsUnavailable(str(exc)) from exc
 
 
 def load_policy_factory(

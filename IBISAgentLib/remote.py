@@ -25,9 +25,9 @@ import numpy as np
 import requests
 
 from . import __version__
-from .propagation import PropagationCancelled
 from .protocol import API_VERSION, UploadedImage, content_hash, decode_mask, encode_image, encode_mask
 from .session import DEFAULT_MAX_TURNS
+from .tools.propagation import PropagationCancelled
 from .trace import ImageInfo, Step, Trace
 from .volume_case import VolumeCase
 from .volumes import volume_array

@@ -61,6 +61,7 @@ class AgentSession:
         image_source: str | None = None,
         geometry: SliceGeometry | None = None,
         window: str | None = None,
+        models: dict[str, str] | None = None,
     ) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
             raise ValueError(f"the image must be a non-empty (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
@@ -82,6 +83,13 @@ class AgentSession:
         self.image_source = image_source
         self.geometry = geometry
         self.window = window
+        self.models = {
+            "policy": policy.description,
+            "tool": tool.description,
+            "profile": profile.name,
+            **tool.identity(),
+            **(models or {}),
+        }
         self.steps: list[Step] = []
         self.undone: list[Step] = []
         self.stop_reason: StopReason | None = None
@@ -113,7 +121,7 @@ class AgentSession:
         return Trace(
             instruction=self.instruction,
             image=ImageInfo(width=width, height=height, source=self.image_source),
-            models={"policy": self.policy.description, "tool": self.tool.description, "profile": self.profile.name},
+            models=dict(self.models),
             steps=list(self.steps),
             answer=self.answer,
             stop_reason=self.stop_reason,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .prompts import IBIS_V1
+from .tools.variants import MEDSAM2, SAM2Variant
 
 # The special tokens of Qwen2.5-VL's tokenizer, in their order.
 QWEN_SPECIAL_TOKENS = (
@@ -156,9 +157,16 @@ def _train_tokenizer():  # -> transformers.Qwen2Tokenizer
 
 
 def _build_random_medsam2(path: Path) -> None:
+    build_random_segmenter(path, MEDSAM2)
+
+
+def build_random_segmenter(path: str | Path, variant: SAM2Variant) -> Path:
+    """A SAM 2 family checkpoint with random weights, in the released files' layout ({"model": state_dict})."""
     import torch
 
-    from .medsam2 import build_medsam2
+    from .tools.sam2_model import build_model
 
-    model = build_medsam2(None, "cpu")
-    torch.save({"model": model.state_dict()}, path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": build_model(variant, None, "cpu").state_dict()}, path)
+    return path

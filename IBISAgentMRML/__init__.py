@@ -1,7 +1,7 @@
 """The MRML adapter: Slicer's scene (volumes, slice views, segments, markups, text, scene bundles) as the
 workflow driver and the agent see it. It imports only MRML and VTK classes present both in desktop 3D Slicer
-(5.10 and later) and in the ``slicer-core`` package: no Qt, no ``slicer.app``, no ``slicer.modules``, no
-``sitkUtils``, so the desktop module, the web app and the command line share it.
+(5.10 and later) and in the ``slicer-core`` package: no Qt, no application object, module registry or
+global scene, no sitkUtils, so the desktop module, the web app and the command line share it.
 
 Frames, the one rule everything here follows: a node's IJK-to-RAS matrix, its labelmaps and its control
 points are in the node's local frame; slice views, clicks and markers are in world RAS; local to world is the

@@ -34,9 +34,9 @@ def device() -> str:
 
 @pytest.fixture(scope="session")
 def medsam2_tool(tiny_models, device):
-    from IBISAgentLib.medsam2 import MedSAM2Tool
+    from IBISAgentLib.tools.click_tool import SAM2Tool
 
-    return MedSAM2Tool(tiny_models[1], device=device)
+    return SAM2Tool(tiny_models[1], device=device)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "sam2", "slicer", "qt", "ctk", "vtk", "backend_server")
+HEAVY = ("torch", "transformers", "sam2", "slicer", "qt", "ctk", "vtk", "backend_server", "IBISAgentMRML")
 LIGHT_MODULES = (
     "IBISAgentLib",
     "IBISAgentLib.actions",
@@ -19,15 +19,17 @@ LIGHT_MODULES = (
     "IBISAgentLib.session",
     "IBISAgentLib.weights",
     "IBISAgentLib.loading",
-    "IBISAgentLib.medsam2",
+    "IBISAgentLib.tools",
+    "IBISAgentLib.tools.click_tool",
     "IBISAgentLib.policies",
     "IBISAgentLib.cli",
     "IBISAgentLib.backends",
     "IBISAgentLib.remote",
     "IBISAgentLib.protocol",
     "IBISAgentLib.volume_case",
-    "IBISAgentLib.propagation",
+    "IBISAgentLib.tools.propagation",
     "IBISAgentLib.geometry",
+    "IBISAgentLib.workflow",
 )
 
 
@@ -42,7 +44,7 @@ def test_importing_the_library_loads_no_heavy_or_ui_module():
 
 
 def test_the_library_never_imports_slicer_qt_or_the_server():
-    pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk|backend_server)\b", re.MULTILINE)
+    pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk|backend_server|IBISAgentMRML)\b", re.MULTILINE)
     offenders = [str(p) for p in (REPO / "IBISAgentLib").rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
 
@@ -55,3 +57,22 @@ def test_ruff_lint_and_format_are_clean():
     assert lint.returncode == 0, lint.stdout
     fmt = subprocess.run([ruff, "format", "--check", "."], capture_output=True, text=True, cwd=REPO)
     assert fmt.returncode == 0, fmt.stdout
+
+
+def test_the_mrml_adapter_uses_only_what_desktop_slicer_and_slicer_core_share():
+    """No Qt, no running application, no module registry, no sitkUtils: the same code runs in desktop Slicer,
+    in the web app and on the command line."""
+    forbidden = re.compile(
+        r"^\s*(import|from)\s+(qt|ctk|sitkUtils|slicer\.ScriptedLoadableModule)\b|slicer\.(app|modules|mrmlScene)\b",
+        re.MULTILINE,
+    )
+    files = list((REPO / "IBISAgentMRML").rglob("*.py"))
+    assert files and [str(p) for p in files if forbidden.search(p.read_text())] == []
+
+
+def test_the_desktop_skin_holds_no_workflow_of_its_own():
+    """The module and the effect forward to the driver; only the driver starts threads or polls queues."""
+    skin = [REPO / "IBISAgent" / "IBISAgent.py", *(REPO / "IBISAgent" / "IBISAgentDesktop").glob("*.py"),
+            *(REPO / "SegmentEditorIBISAgent").rglob("*.py")]  # fmt: skip
+    workflow = re.compile(r"threading\.Thread|\.open_session\(|\.add_click\(|snapshot|InteractionController")
+    assert [str(p) for p in skin if workflow.search(p.read_text())] == []

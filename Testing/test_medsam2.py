@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from IBISAgentLib.interfaces import Click
-from IBISAgentLib.medsam2 import CheckpointError, MedSAM2Tool, build_medsam2
+from IBISAgentLib.tools import MEDSAM2, CheckpointError
+from IBISAgentLib.tools.click_tool import SAM2Tool
+from IBISAgentLib.tools.sam2_model import build_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    return build_medsam2(None, "cpu")
+    return build_model(MEDSAM2, None, "cpu")
 
 
 def test_architecture_is_medsam2(model):
@@ -45,7 +47,7 @@ def test_mask_to_logits_marks_inside_and_outside(medsam2_tool):
 
 
 def test_needs_a_click_and_an_image(tiny_models, device):
-    tool = MedSAM2Tool(tiny_models[1], device=device)
+    tool = SAM2Tool(tiny_models[1], device=device)
     with pytest.raises(RuntimeError, match="set_image"):
         tool.predict([Click(0, 0, True)], None)
     with pytest.raises(ValueError, match="at least one click"):
@@ -53,7 +55,7 @@ def test_needs_a_click_and_an_image(tiny_models, device):
 
 
 def test_checkpoint_round_trip_gives_identical_weights(tiny_models, model):
-    tool = MedSAM2Tool(tiny_models[1], device="cpu")
+    tool = SAM2Tool(tiny_models[1], device="cpu")
     saved = torch.load(tiny_models[1], weights_only=True)["model"]
     for name, tensor in tool._predictor.model.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
@@ -62,23 +64,23 @@ def test_checkpoint_round_trip_gives_identical_weights(tiny_models, model):
 def test_wrong_checkpoints_are_refused_with_reasons(tmp_path, model):
     missing = tmp_path / "missing.pt"
     with pytest.raises(CheckpointError, match="no such"):
-        MedSAM2Tool(missing, device="cpu")
+        SAM2Tool(missing, device="cpu")
 
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable"):
-        MedSAM2Tool(corrupt, device="cpu")
+        SAM2Tool(corrupt, device="cpu")
 
     partial = tmp_path / "partial.pt"
     state = model.state_dict()
     torch.save({"model": {k: v for i, (k, v) in enumerate(state.items()) if i % 2}}, partial)
     with pytest.raises(CheckpointError, match="missing keys"):
-        MedSAM2Tool(partial, device="cpu")
+        SAM2Tool(partial, device="cpu")
 
     not_dict = tmp_path / "list.pt"
     torch.save([1, 2, 3], not_dict)
     with pytest.raises(CheckpointError, match="'model' state dict"):
-        MedSAM2Tool(not_dict, device="cpu")
+        SAM2Tool(not_dict, device="cpu")
 
 
 class Payload:
@@ -91,12 +93,12 @@ def test_pickled_code_is_never_executed(tmp_path, capsys):
     with evil.open("wb") as handle:
         pickle.dump({"model": Payload()}, handle)
     with pytest.raises(CheckpointError, match="weights-only"):
-        MedSAM2Tool(evil, device="cpu")
+        SAM2Tool(evil, device="cpu")
     assert "pickle code ran" not in capsys.readouterr().out
 
 
 def test_embeddings_of_recent_images_are_reused(tiny_models, sample_image, device):
-    tool = MedSAM2Tool(tiny_models[1], device=device, cached_images=2)
+    tool = SAM2Tool(tiny_models[1], device=device, cached_images=2)
     other = np.ascontiguousarray(sample_image[::-1])
     third = np.ascontiguousarray(sample_image[:, ::-1])
     clicks = [Click(60, 40, True)]

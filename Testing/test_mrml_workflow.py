@@ -22,7 +22,7 @@ from volume_data import mni_crop  # noqa: E402
 
 from IBISAgentLib.backends import LocalBackend  # noqa: E402
 from IBISAgentLib.loading import load_models  # noqa: E402
-from IBISAgentLib.medsam2 import MedSAM2Tool  # noqa: E402
+from IBISAgentLib.tools.click_tool import SAM2Tool  # noqa: E402
 from IBISAgentLib.trace import Trace  # noqa: E402
 from IBISAgentLib.workflow import COLORS, BackendChoice, Failed, SliceChanged, WorkflowDriver  # noqa: E402
 from IBISAgentMRML import (  # noqa: E402
@@ -150,7 +150,7 @@ def test_masking_applies_to_the_agents_writes_and_a_cancel_restores_exactly(worl
             cancel.wait(30)
             return OUTPUTS[1]
 
-    backend = LocalBackend(ClicksThenWaits, MedSAM2Tool(tiny_models[1], device=device))
+    backend = LocalBackend(ClicksThenWaits, SAM2Tool(tiny_models[1], device=device))
     driver = WorkflowDriver(lambda choice: backend)
     driver.start(case, "x", world["target"], world["record"], LOCAL)
     assert release.wait(60)
@@ -177,7 +177,7 @@ def test_closing_the_scene_mid_run_writes_nothing_and_leaves_the_driver_ready(wo
             release.wait(30)
             return OUTPUTS[0]
 
-    backend = LocalBackend(WaitsForRelease, MedSAM2Tool(tiny_models[1], device=device))
+    backend = LocalBackend(WaitsForRelease, SAM2Tool(tiny_models[1], device=device))
     driver = WorkflowDriver(lambda choice: backend)
     scene = world["scene"]
     scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, lambda caller, event: driver.close(timeout=0.1))

@@ -8,14 +8,14 @@ import SimpleITK as sitk
 import torch
 
 from IBISAgentLib.geometry import SliceGeometry
-from IBISAgentLib.propagation import MedSAM2Propagator, PropagationCancelled, keep_largest_component
+from IBISAgentLib.tools.propagation import PropagationCancelled, SAM2Propagator, keep_largest_component
 
 SHAPE = (9, 40, 48)  # k, j, i
 
 
 @pytest.fixture(scope="module")
 def propagator(tiny_models, device):
-    return MedSAM2Propagator(tiny_models[1], device=device)
+    return SAM2Propagator(tiny_models[1], device=device)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def nothing_there_propagator(tiny_models, tmp_path_factory, device):
     state[head] = torch.full_like(state[head], -1000.0)
     path = tmp_path_factory.mktemp("absent") / "medsam2_absent.pt"
     torch.save({"model": state}, path)
-    return MedSAM2Propagator(path, device=device)
+    return SAM2Propagator(path, device=device)
 
 
 def setup(key_index=4):
@@ -82,7 +82,7 @@ def test_cancel_returns_nothing_unless_partial_is_asked(propagator):
 
 
 def test_frames_are_rendered_on_demand_once(propagator, monkeypatch):
-    from IBISAgentLib import propagation
+    from IBISAgentLib.tools import propagation
 
     rendered = []
     original = propagation.SliceFrames.__getitem__
@@ -94,7 +94,7 @@ def test_frames_are_rendered_on_demand_once(propagator, monkeypatch):
 
 def test_frames_are_the_image_tools_preprocessing_of_each_slice(propagator):
     """Slices are normalized on the model's device; the result is what sam2's transforms make of the slice."""
-    from IBISAgentLib.propagation import SliceFrames
+    from IBISAgentLib.tools.propagation import SliceFrames
 
     volume, key, _ = setup()
     frames = SliceFrames(volume, key, 0, 8, propagator.transforms, propagator.device)

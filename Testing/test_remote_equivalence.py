@@ -78,8 +78,8 @@ def test_volume_with_propagation_local_and_remote_are_identical(tmp_path, server
 def test_cancelled_remote_propagation_says_so(server, tmp_path):
     import threading
 
-    from IBISAgentLib.propagation import PropagationCancelled
     from IBISAgentLib.remote import RemoteBackend
+    from IBISAgentLib.tools.propagation import PropagationCancelled
     from IBISAgentLib.volume_case import VolumeCase
 
     backend = RemoteBackend(server.url, token=server.token)

@@ -58,9 +58,9 @@ def test_clicks_drive_the_tool_with_history_and_previous_logits(sample_image, me
 
 
 def test_one_image_embedding_per_image(sample_image, tiny_models, device):
-    from IBISAgentLib.medsam2 import MedSAM2Tool
+    from IBISAgentLib.tools.click_tool import SAM2Tool
 
-    tool = MedSAM2Tool(tiny_models[1], device=device)
+    tool = SAM2Tool(tiny_models[1], device=device)
     outputs = [click("positive", 0.1 * i, 0.5) for i in range(1, 6)] + [TERMINATE]
     session, _ = new_session(sample_image, tool, outputs)
     session.run()
@@ -71,9 +71,9 @@ def test_one_image_embedding_per_image(sample_image, tiny_models, device):
 
 
 def test_terminate_first_means_target_absent_and_empty_mask(sample_image, tiny_models, device):
-    from IBISAgentLib.medsam2 import MedSAM2Tool
+    from IBISAgentLib.tools.click_tool import SAM2Tool
 
-    tool = MedSAM2Tool(tiny_models[1], device=device)
+    tool = SAM2Tool(tiny_models[1], device=device)
     answer = "<think>no tumor visible</think><action>Terminate</action><answer>No liver tumor in this slice.</answer>"
     session, _ = new_session(sample_image, tool, [answer])
     trace = session.run()

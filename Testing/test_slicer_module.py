@@ -14,10 +14,14 @@ import jsonschema
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "IBISAgent" / "IBISAgent.py"
 EFFECT_DIR = REPO / "SegmentEditorIBISAgent"
+DESKTOP_DIR = REPO / "IBISAgent" / "IBISAgentDesktop"
+MRML_DIR = REPO / "IBISAgentMRML"
 SLICER_FILES = (
     MODULE,
     EFFECT_DIR / "SegmentEditorIBISAgent.py",
     EFFECT_DIR / "SegmentEditorIBISAgentLib" / "SegmentEditorEffect.py",
+    *sorted(DESKTOP_DIR.glob("*.py")),
+    *sorted(MRML_DIR.glob("*.py")),  # runs on slicer-core in CI; its names must also exist in desktop Slicer 5.10
 )
 UI = REPO / "IBISAgent" / "Resources" / "UI" / "IBISAgent.ui"
 CHECKED = REPO / "IBISAgent" / "Testing" / "SlicerAPI.txt"
@@ -140,11 +144,13 @@ def test_the_effect_is_registered_at_startup_and_writes_undoably():
     register = (EFFECT_DIR / "SegmentEditorIBISAgent.py").read_text()
     assert 'slicer.app.connect("startupCompleted()", self.registerEditorEffect)' in register
     effect = (EFFECT_DIR / "SegmentEditorIBISAgentLib" / "SegmentEditorEffect.py").read_text()
-    body = effect[effect.index("def applyMask") : effect.index("# -- commands")]
+    body = effect[effect.index("def applyMask") :]
     assert body.index("saveStateForUndo()") < body.index("modifySegmentByLabelmap(")
     # Other segments are never modified: "modify other segments" is off for the write and restored after it.
     assert body.index("SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)") < body.index("finally:")
     assert "parameters.SetOverwriteMode(overwrite)" in body[body.index("finally:") :]
+    # The modifier is built by the MRML adapter, which honours both nodes' parent transforms (tested on slicer-core).
+    assert "modifier_labelmap(segmentationNode, volumeNode, mask, reference)" in body
     module = MODULE.read_text()
     adapter = module[: module.index("class IBISAgentTest")]  # the self-test may set up segments directly
     assert adapter.count("updateSegmentBinaryLabelmapFromArray") == 0  # the module writes only through the effect

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from IBISAgentLib.actions import Action, format_response, parse_response
-from IBISAgentLib.classical_tool import RandomWalkerTool
 from IBISAgentLib.interfaces import Click, PolicyRequest
 from IBISAgentLib.policies import ReplayPolicy
 from IBISAgentLib.prompts import IBIS_V1
 from IBISAgentLib.session import AgentSession
+from IBISAgentLib.tools.classical import RandomWalkerTool
 from IBISAgentLib.training.oracle import OraclePolicy, depth, iou, next_click
 from IBISAgentLib.training.rewards import (
     RewardState,

@@ -11,7 +11,7 @@ from workflow_ports import ArrayTarget
 
 from IBISAgentLib.backends import LocalBackend
 from IBISAgentLib.loading import load_models
-from IBISAgentLib.medsam2 import MedSAM2Tool
+from IBISAgentLib.tools.click_tool import SAM2Tool
 from IBISAgentLib.volume_case import VolumeCase
 from IBISAgentLib.workflow import (
     BackendChoice,
@@ -158,7 +158,7 @@ def test_a_cancelled_run_is_rolled_back_and_the_segment_restored(tiny_models, ca
             cancel.wait(30)
             return OUTPUTS[1]
 
-    backend = LocalBackend(ClicksThenWaits, MedSAM2Tool(tiny_models[1], device=device))
+    backend = LocalBackend(ClicksThenWaits, SAM2Tool(tiny_models[1], device=device))
     driver = WorkflowDriver(lambda choice: backend)
     before = np.zeros(case.windowed.shape, bool)
     before[1, 5:9, 5:9] = True
@@ -258,7 +258,7 @@ def waiting_driver(tiny_models, device):
             release.wait(30)
             return OUTPUTS[0]
 
-    backend = LocalBackend(WaitsForRelease, MedSAM2Tool(tiny_models[1], device=device))
+    backend = LocalBackend(WaitsForRelease, SAM2Tool(tiny_models[1], device=device))
     return WorkflowDriver(lambda choice: backend), release
 
 

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 import IBISAgentLib
 from IBISAgentLib.backends import LocalBackend
 from IBISAgentLib.jsontext import dump_bytes
-from IBISAgentLib.propagation import PropagationCancelled
 from IBISAgentLib.protocol import API_VERSION, ProtocolError, content_hasher, decode_image, decode_mask, encode_mask
+from IBISAgentLib.tools.propagation import PropagationCancelled
 from IBISAgentLib.trace import Step
 from IBISAgentLib.volume_case import VolumeCase
 from IBISAgentLib.windowing import Window

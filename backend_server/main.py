@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from IBISAgentLib.cli import UserError, add_segmenter_options, load_local_backend
 from IBISAgentLib.remote import TOKEN_ENV, is_loopback, token_from
 
 from .config import ServerConfig
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mllm", help="as for ibisagent segment (default: $IBISAGENT_MLLM or the released IBIS)")
     parser.add_argument("--mllm-model", help="model name at an http(s) endpoint")
     parser.add_argument("--api-key", help="API key for an http(s) endpoint")
-    parser.add_argument("--sam2", help="as for ibisagent segment (default: $IBISAGENT_SAM2 or the released MedSAM2)")
+    add_segmenter_options(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions)
     parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout, help="seconds (default 900)")
@@ -55,10 +56,6 @@ def register(commands: Any) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from IBISAgentLib.backends import LocalBackend
-    from IBISAgentLib.loading import load_models
-    from IBISAgentLib.weights import WeightsUnavailable, mllm_spec, sam2_spec
-
     from .app import create_app
 
     try:
@@ -73,15 +70,12 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    mllm, sam2 = mllm_spec(args.mllm), sam2_spec(args.sam2)
-    print(f"loading policy {mllm} and MedSAM2 {sam2} ...", file=sys.stderr, flush=True)
     try:
-        policy_factory, tool = load_models(mllm, sam2, args.device, args.mllm_model, args.api_key)
-    except (WeightsUnavailable, ValueError) as exc:
+        backend = load_local_backend(args)
+        backend.propagator  # noqa: B018  (models load once, at start-up)
+    except (UserError, ValueError) as exc:
         print(f"ibisagent serve: error: {exc}", file=sys.stderr)
         return 2
-    backend = LocalBackend(policy_factory, tool, device=args.device)
-    backend.propagator  # noqa: B018  (models load once, at start-up)
     config = ServerConfig(
         token=token,
         max_sessions=args.max_sessions,
@@ -90,7 +84,7 @@ def serve(args: argparse.Namespace) -> int:
         max_upload_bytes=args.max_upload_mb << 20,
         image_store_bytes=args.image_store_mb << 20,
     )
-    models = {"policy": policy_factory().description, "tool": tool.description}
+    models = {"policy": backend.policy_factory().description, "tool": backend.tool.description}
     app = create_app(backend, config, models)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))

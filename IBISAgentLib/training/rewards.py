@@ -125,13 +125,13 @@ def tool_for(name: str) -> SegmentationTool:
     """``classical`` or a MedSAM2 checkpoint path; built once per process."""
     if name not in _TOOLS:
         if name == "classical":
-            from ..classical_tool import RandomWalkerTool
+            from ..tools.classical import RandomWalkerTool
 
             _TOOLS[name] = RandomWalkerTool()
         else:
-            from ..medsam2 import MedSAM2Tool
+            from ..tools.click_tool import SAM2Tool
 
-            _TOOLS[name] = MedSAM2Tool(name)
+            _TOOLS[name] = SAM2Tool(name)
     return _TOOLS[name]
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from ..backends import Backend
 
+STORED = ("server", "mllm", "sam2", "sam2_variant", "propagator", "propagator_variant", "device")
+
 
 @dataclass(frozen=True)
 class BackendChoice:
@@ -18,6 +20,9 @@ class BackendChoice:
     server: str | None = None
     mllm: str | None = None
     sam2: str | None = None
+    sam2_variant: str | None = None
+    propagator: str | None = None
+    propagator_variant: str | None = None
     device: str = "auto"
     token: str | None = field(default=None, repr=False)
 
@@ -27,15 +32,12 @@ class BackendChoice:
 
     def settings(self) -> dict[str, str]:
         """The choice as strings to store; never the token."""
-        return {"server": self.server or "", "mllm": self.mllm or "", "sam2": self.sam2 or "", "device": self.device}
+        return {name: getattr(self, name) or "" for name in STORED}
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], token: str | None = None) -> BackendChoice:
-        def text(name: str) -> str | None:
-            value = str(settings.get(name) or "").strip()
-            return value or None
-
-        return cls(text("server"), text("mllm"), text("sam2"), text("device") or "auto", token or None)
+        values = {name: str(settings.get(name) or "").strip() or None for name in STORED}
+        return cls(**{**values, "device": values["device"] or "auto"}, token=token or None)
 
     def describe(self) -> str:
         return f"server {self.server}" if self.remote else f"this computer ({self.mllm or 'default model'})"
@@ -46,9 +48,10 @@ class BackendChoice:
             from ..remote import RemoteBackend
 
             return RemoteBackend(self.server, token=self.token)
-        from ..backends import LocalBackend
-        from ..loading import load_models
+        from ..loading import load_backend
         from ..weights import mllm_spec, sam2_spec
 
-        policies, tool = load_models(mllm_spec(self.mllm), sam2_spec(self.sam2), self.device, tqdm_class=tqdm_class)
-        return LocalBackend(policies, tool, device=self.device)
+        return load_backend(
+            mllm_spec(self.mllm), sam2_spec(self.sam2), self.device, sam2_variant=self.sam2_variant,
+            propagator=self.propagator, propagator_variant=self.propagator_variant, tqdm_class=tqdm_class,
+        )  # fmt: skip

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..backends import Backend, Session
 from ..geometry import SliceGeometry
-from ..propagation import PropagationCancelled
+from ..tools.propagation import PropagationCancelled
 from ..trace import Step
 from ..volume_case import VolumeCase
 from .choice import BackendChoice

@@ -1,8 +1,8 @@
 """The IBISAgent flow inside the Segment Editor: type, run, correct by clicking on the slice, undo,
-propagate. Every write goes through this effect, so the Segment Editor's editable area, intensity range
-and undo history apply; the IBISAgent module writes through it too. Other segments are never modified."""
+propagate. It renders the same workflow driver as the IBISAgent module (IBISAgentDesktop.hub), and every
+write of the agent goes through this effect's applyMask, so the Segment Editor's editable area, intensity
+range and undo history apply. Other segments are never modified."""
 
-import logging
 import os
 
 import qt
@@ -17,12 +17,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self.controller = None
-        self.controllerKey = None
-        self.pendingAfterOpen = None
-        self.logic = None
-        self.timer = None
-        self.target = None
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -47,8 +41,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- options panel -----------------------------------------------------------------------------
 
     def setupOptionsFrame(self):
-        import IBISAgent
+        from IBISAgentDesktop.hub import hub
 
+        self.hub = hub()
         self.instructionEdit = qt.QLineEdit()
         self.instructionEdit.placeholderText = "segment the liver tumor"
         self.scriptedEffect.addLabeledOptionsWidget("Instruction:", self.instructionEdit)
@@ -63,44 +58,84 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for button in (self.runButton, self.stepButton, self.undoButton, self.propagateButton):
             buttons.addWidget(button)
         self.scriptedEffect.addOptionsWidget(buttons)
+        self.statusLabel = qt.QLabel("Ready.")
+        self.scriptedEffect.addOptionsWidget(self.statusLabel)
         self.reasoningText = qt.QPlainTextEdit()
         self.reasoningText.readOnly = True
         self.scriptedEffect.addOptionsWidget(self.reasoningText)
         self.runButton.connect("clicked()", self.onRun)
         self.stepButton.connect("clicked()", self.onStep)
-        self.undoButton.connect("clicked()", self.onUndo)
-        self.propagateButton.connect("clicked()", self.onPropagate)
-        self.timer = qt.QTimer()
-        self.timer.setInterval(IBISAgent.POLL_MS)
-        self.timer.connect("timeout()", self.onPoll)
+        self.undoButton.connect("clicked()", lambda: self.hub.command(self.hub.driver.undo))
+        self.propagateButton.connect("clicked()", lambda: self.hub.command(self.hub.driver.propagate))
+        self.hub.views.append(self)
 
     def deactivate(self):
-        if self.controller is not None and self.controller.state.busy:
-            self.controller.cancel()
+        if self.hub.driver.state.busy:
+            self.hub.driver.cancel()
 
-    # -- writing (also used by the IBISAgent module) -----------------------------------------------
+    # -- commands ----------------------------------------------------------------------------------
+
+    def onRun(self):
+        if self.hub.driver.state.busy:
+            self.hub.driver.cancel()
+        else:
+            self.start("run")
+
+    def onStep(self):
+        if self.hub.driver.has_session:
+            self.hub.command(self.hub.driver.step)
+        else:
+            self.start("step")
+
+    def start(self, then):
+        parameters = self.scriptedEffect.parameterSetNode()
+        self.hub.start(
+            parameters.GetSourceVolumeNode(),
+            parameters.GetSegmentationNode(),
+            parameters.GetSelectedSegmentID(),
+            self.viewSelector.currentText,
+            self.instructionEdit.text.strip(),
+            20,
+            then,
+        )
+
+    def render(self, driver):
+        state = driver.state
+        self.reasoningText.plainText = "\n".join(state.log)
+        self.statusLabel.text = state.status
+        self.runButton.text = "Cancel" if state.busy else "Run"
+
+    # -- corrections by clicking in the slice views ------------------------------------------------
+
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if viewWidget.className() != "qMRMLSliceWidget" or eventId != vtk.vtkCommand.LeftButtonPressEvent:
+            return False
+        if not self.hub.driver.has_session:
+            return False
+        if callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
+            return False
+        ras = tuple(self.xyToRas(callerInteractor.GetEventPosition(), viewWidget))
+        positive = not callerInteractor.GetShiftKey()
+        self.hub.command(lambda: self.hub.driver.click(ras, positive))
+        return True
+
+    # -- writing (the module's writes come here too) ------------------------------------------------
 
     def applyMask(self, mask, segmentationNode, segmentId, volumeNode, bypassMasking=False):
-        """Set a segment to ``mask`` ((k, j, i) on ``volumeNode``'s grid), as one undoable step.
+        """Set a segment to ``mask`` ((k, j, i) on ``volumeNode``'s grid, both nodes' transforms honoured) as
+        one undoable step. "Modify other segments" is off for the write, so only this segment changes and a
+        restore puts everything back by restoring it alone. Slicer's bypassMasking skips the editable area
+        but not the intensity range, so a bypassing write turns the range off for its duration too."""
+        from IBISAgentMRML.segments import modifier_labelmap
 
-        The editor's "modify other segments" setting is set to none for the write: the result goes into
-        this segment only, and a restore can put everything back by restoring this segment alone.
-        """
-        labelNode = slicer.modules.volumes.logic().CreateAndAddLabelVolume(volumeNode, "__IBISAgent__")
         parameters = self.scriptedEffect.parameterSetNode()
-        overwrite = parameters.GetOverwriteMode()
+        overwrite, intensity = parameters.GetOverwriteMode(), parameters.GetSourceVolumeIntensityMask()
+        reference = self.scriptedEffect.defaultModifierLabelmap()
+        labelmap = modifier_labelmap(segmentationNode, volumeNode, mask, reference)
         try:
-            slicer.util.updateVolumeFromArray(labelNode, mask.astype("uint8"))
-            labelmap = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelNode)
-            # With masking on, the editor needs the modifier on the segmentation's own grid.
-            reference = self.scriptedEffect.defaultModifierLabelmap()
-            if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(reference, labelmap):
-                resampled = slicer.vtkOrientedImageData()
-                slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                    labelmap, reference, resampled, False, True
-                )
-                labelmap = resampled
             parameters.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+            if bypassMasking:
+                parameters.SetSourceVolumeIntensityMask(False)
             self.scriptedEffect.saveStateForUndo()
             self.scriptedEffect.modifySegmentByLabelmap(
                 segmentationNode,
@@ -111,137 +146,4 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             )
         finally:
             parameters.SetOverwriteMode(overwrite)
-            slicer.mrmlScene.RemoveNode(labelNode)
-
-    # -- commands ----------------------------------------------------------------------------------
-
-    def moduleLogic(self):
-        if self.logic is None:
-            import IBISAgent
-
-            self.logic = IBISAgent.IBISAgentLogic()
-        return self.logic
-
-    def onRun(self):
-        if self.controller is not None and self.controller.state.busy:
-            self.controller.cancel()
-            return
-        self.start("run")
-
-    def onStep(self):
-        if self.controller is not None and self.controller.session is not None:
-            self.command(self.controller.step)
-        else:
-            self.start("step")
-
-    def onUndo(self):
-        if self.controller is not None and self.controller.session is not None:
-            self.command(self.controller.undo)
-
-    def onPropagate(self):
-        if self.controller is None or self.controller.session is None:
-            slicer.util.errorDisplay("Segment a slice first: propagation grows that result through the volume.")
-            return
-        self.command(self.controller.propagate)
-
-    def start(self, then):
-        import IBISAgent
-        from IBISAgentLib.controller import InteractionController
-
-        parameters = self.scriptedEffect.parameterSetNode()
-        volumeNode = parameters.GetSourceVolumeNode()
-        instruction = self.instructionEdit.text.strip()
-        if volumeNode is None or not instruction or not parameters.GetSelectedSegmentID():
-            slicer.util.errorDisplay("Select a source volume and a segment, and type what to segment.")
-            return
-        target = IBISAgent.SegmentTarget(
-            parameters.GetSegmentationNode(), parameters.GetSelectedSegmentID(), volumeNode
-        )
-        logic = self.moduleLogic()
-        try:
-            case = logic.caseFromView(volumeNode, self.viewSelector.currentText)
-            factory = logic.backendFactoryFromSettings()
-        except (ValueError, RuntimeError) as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        if factory is None:
-            return
-        # One controller (and so one loaded model or server connection) per choice of backend.
-        key = tuple(qt.QSettings().value("IBISAgent/" + name, "") for name in ("backend", "serverUrl", "mllm", "sam2"))
-        if self.controller is None or key != self.controllerKey:
-            if self.controller is not None:
-                self.controller.close()
-            self.controller, self.controllerKey = InteractionController(factory), key
-        self.target, self.pendingAfterOpen = target, then
-        segment = logic.segmentArray(target)
-        self.command(lambda: self.controller.open(case, instruction, segment=segment))
-
-    def command(self, call):
-        """Run a controller command, keeping the segment as it was so a failure or cancel can restore it."""
-        from IBISAgentLib.controller import ControllerBusy
-
-        try:
-            self.moduleLogic().snapshotSegment(self.target)
-            call()
-        except (ControllerBusy, ValueError) as exc:
-            self.pendingAfterOpen = None
-            slicer.util.errorDisplay(str(exc))
-            return
-        self.timer.start()
-        self.runButton.text = "Cancel"
-
-    def onPoll(self):
-        import IBISAgent
-
-        if self.controller is None:
-            self.timer.stop()
-            return
-        logic = self.moduleLogic()
-        logic.showDownloads()
-        for event in self.controller.poll(wait=IBISAgent.WORKER_TIME_S):
-            try:
-                self.applyEvent(event)
-            except Exception as exc:  # a failure here must reach the user, and must not stop the other events
-                logging.exception("IBISAgent: applying a %s event failed", event.kind)
-                slicer.util.errorDisplay(f"IBISAgent could not apply the result ({event.kind}): {exc}")
-        state = self.controller.state
-        self.moduleLogic().showMarkers(state.markers)
-        self.reasoningText.plainText = "\n".join(state.log)
-        if not state.busy and not self.pendingAfterOpen:
-            self.timer.stop()
-            self.runButton.text = "Run"
-            if self.controller.session is not None:
-                self.moduleLogic().storeTraceOf(self.controller)
-
-    def applyEvent(self, event):
-        target, logic = self.target, self.moduleLogic()
-        if event.kind in ("opened", "idle"):
-            logic.closeDownloads()
-        if target.segmentationNode.GetScene() is None:
-            return  # the scene was closed (which deactivated this effect and cancelled the run): nothing to write
-        if event.plane is not None or event.mask is not None:
-            updated = logic.segmentAfter(target, self.controller, event)
-            if updated is not None:
-                self.applyMask(updated, target.segmentationNode, target.segmentId, target.volumeNode)
-        elif event.kind == "revert" and logic.snapshot is not None:
-            self.applyMask(logic.snapshot, target.segmentationNode, target.segmentId, target.volumeNode, True)
-        elif event.kind == "error":
-            slicer.util.errorDisplay(f"IBISAgent: {event.message}")
-        elif event.kind == "idle" and self.pendingAfterOpen:
-            then, self.pendingAfterOpen = self.pendingAfterOpen, None
-            if self.controller.session is not None:
-                self.command(self.controller.run if then == "run" else self.controller.step)
-
-    # -- corrections by clicking in the slice views ------------------------------------------------
-
-    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
-        if viewWidget.className() != "qMRMLSliceWidget" or eventId != vtk.vtkCommand.LeftButtonPressEvent:
-            return False
-        if self.controller is None or self.controller.session is None:
-            return False
-        if callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
-            return False
-        ras = self.xyToRas(callerInteractor.GetEventPosition(), viewWidget)
-        positive = not callerInteractor.GetShiftKey()
-        self.command(lambda: self.controller.click(tuple(ras), positive))
-        return True
+            parameters.SetSourceVolumeIntensityMask(intensity)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from IBISAgentLib.medsam2 import MedSAM2Tool
 from IBISAgentLib.policies import ReplayPolicy
 from IBISAgentLib.session import AgentSession
 from IBISAgentLib.tiny_models import _build_random_medsam2
+from IBISAgentLib.tools.click_tool import SAM2Tool
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "medsam2.pt"
         _build_random_medsam2(checkpoint)
-        tool = MedSAM2Tool(checkpoint, device=args.device)
+        tool = SAM2Tool(checkpoint, device=args.device)
 
     opened: list[str] = []
     counting = [False]

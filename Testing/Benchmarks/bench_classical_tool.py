@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from volume_data import mni_path
 
-from IBISAgentLib.classical_tool import RandomWalkerTool
 from IBISAgentLib.rendering import to_rgb_uint8
 from IBISAgentLib.session import AgentSession
+from IBISAgentLib.tools.classical import RandomWalkerTool
 from IBISAgentLib.training.oracle import OraclePolicy, iou
 from IBISAgentLib.volume_case import VolumeCase
 

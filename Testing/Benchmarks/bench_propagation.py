@@ -33,9 +33,9 @@ def worker(mode: str, slices: int, checkpoint: str, device: str) -> dict[str, fl
     import torch
 
     from IBISAgentLib.geometry import SliceGeometry
-    from IBISAgentLib.propagation import MedSAM2Propagator, in_memory_state
+    from IBISAgentLib.tools.propagation import SAM2Propagator, in_memory_state
 
-    propagator = MedSAM2Propagator(checkpoint, device=device)
+    propagator = SAM2Propagator(checkpoint, device=device)
     on_gpu = device.startswith("cuda")
     mask = np.zeros((512, 512), bool)
     mask[200:300, 180:320] = True

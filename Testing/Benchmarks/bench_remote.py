@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from server_process import ServerProcess
 
 from IBISAgentLib.devices import resolve_device
-from IBISAgentLib.medsam2 import MedSAM2Tool
 from IBISAgentLib.policies import ReplayPolicy
 from IBISAgentLib.protocol import UploadedImage
 from IBISAgentLib.remote import RemoteBackend
 from IBISAgentLib.session import AgentSession
 from IBISAgentLib.tiny_models import _build_random_medsam2
+from IBISAgentLib.tools.click_tool import SAM2Tool
 
 TURNS = 20
 
@@ -62,7 +62,7 @@ def main() -> None:
         replay = Path(folder) / "outputs.json"
         replay.write_text(json.dumps(outputs()))
 
-        local = AgentSession(image, "x", ReplayPolicy(outputs()), MedSAM2Tool(checkpoint, device=device))
+        local = AgentSession(image, "x", ReplayPolicy(outputs()), SAM2Tool(checkpoint, device=device))
         local_ms, _ = step_times(local)
 
         with ServerProcess(

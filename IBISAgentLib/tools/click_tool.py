@@ -1,4 +1,5 @@
-"""MedSAM2 (SAM2.1 hiera-tiny at 512 px) on the ``sam2`` package: model building and the click tool.
+"""The click tool on any SAM 2 family network (MedSAM2 by default): one embedding per image, all clicks plus
+the previous low-resolution logits per call, the best of the multimask outputs kept.
 
 torch and sam2 are imported inside the functions, so importing this module stays light.
 """
@@ -13,72 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .devices import resolve_device
-from .interfaces import Click, ToolResult
+from ..devices import resolve_device
+from ..interfaces import Click, ToolResult
+from .sam2_model import build_model
+from .variants import MEDSAM2, SAM2Variant
 
-# MedSAM2 is sam2.1_hiera_t with a 512 px input; the memory attention's RoPE grid follows the image
-# (512 / 16 = 32). Everything else is the stock config.
-MEDSAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-MEDSAM2_IMAGE_SIZE = 512
-MEDSAM2_OVERRIDES = (
-    f"++model.image_size={MEDSAM2_IMAGE_SIZE}",
-    "++model.memory_attention.layer.self_attention.feat_sizes=[32,32]",
-    "++model.memory_attention.layer.cross_attention.feat_sizes=[32,32]",
-)
 # Logit magnitude standing for "surely inside/outside" when an existing mask becomes a SAM mask prompt.
 MASK_PROMPT_LOGIT = 10.0
-
-
-class CheckpointError(ValueError):
-    """A MedSAM2 checkpoint that cannot be loaded into the MedSAM2 architecture."""
-
-
-def build_medsam2(checkpoint: str | Path | None, device: str, video: bool = False) -> Any:
-    """Build the MedSAM2 network (``video=True``: sam2's video predictor, for propagation) and load weights.
-
-    The checkpoint is a ``{"model": state_dict}`` file as ``MedSAM2_latest.pt`` is; it is read with
-    ``weights_only=True`` and must match the architecture key for key.
-    """
-    import sam2  # noqa: F401  (registers sam2's config module with hydra)
-    from sam2.build_sam import build_sam2, build_sam2_video_predictor
-
-    build = build_sam2_video_predictor if video else build_sam2
-    model = build(MEDSAM2_CONFIG, ckpt_path=None, device="cpu", hydra_overrides_extra=list(MEDSAM2_OVERRIDES))
-    if checkpoint is not None:
-        load_checkpoint(model, Path(checkpoint))
-    return model.to(device).eval()
-
-
-def load_checkpoint(model: Any, path: Path) -> None:
-    import torch
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such MedSAM2 checkpoint file")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint ({exc})") from exc
-    state = content.get("model", content) if isinstance(content, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a dict with a 'model' state dict")
-    expected = model.state_dict()
-    wrong = [
-        f"{key} {tuple(value.shape)} (expected {tuple(expected[key].shape)})"
-        for key, value in state.items()
-        if key in expected and hasattr(value, "shape") and value.shape != expected[key].shape
-    ]
-    if wrong:  # load_state_dict would raise torch's "size mismatch" for these, strict or not
-        raise CheckpointError(
-            f"{path}: does not match MedSAM2 (SAM2.1 hiera-tiny, 512 px): {len(wrong)} tensors have other shapes "
-            f"(e.g. {'; '.join(wrong[:2])}): is it another model's checkpoint?"
-        )
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: does not match MedSAM2 (SAM2.1 hiera-tiny, 512 px): "
-            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
-            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})"
-        )
 
 
 @functools.cache
@@ -104,22 +46,35 @@ def _predictor_class() -> type:
     return ImagePredictorAnySize
 
 
-class MedSAM2Tool:
-    """The MedSAM2 click tool: one embedding per image, all clicks plus the previous logits per call.
+class SAM2Tool:
+    """The click tool. The embeddings of the last ``cached_images`` images are kept (about 4 MB each at
+    512 px, 16 MB at 1024), so sessions on different images that take turns on one tool, as on the server,
+    do not recompute them."""
 
-    The embeddings of the last ``cached_images`` images are kept (about 4 MB each at 512 px), so sessions
-    on different images that take turns on one tool, as on the server, do not recompute them.
-    """
-
-    def __init__(self, checkpoint: str | Path | None, device: str = "auto", cached_images: int = 16) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path | None,
+        device: str = "auto",
+        cached_images: int = 16,
+        variant: SAM2Variant = MEDSAM2,
+    ) -> None:
         self.device = resolve_device(device)
+        self.variant = variant
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
-        self.description = f"MedSAM2 ({Path(checkpoint).name if checkpoint else 'random weights'})"
-        self._predictor = _predictor_class()(build_medsam2(checkpoint, self.device))
+        self.description = f"{variant.title} ({Path(checkpoint).name if checkpoint else 'random weights'})"
+        self._predictor = _predictor_class()(build_model(variant, checkpoint, self.device))
         self._image_key: str | None = None
         self._embeddings: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self.cached_images = cached_images
         self.embeddings_computed = 0
+
+    def identity(self) -> dict[str, str]:
+        """What the trace records of this tool."""
+        return {
+            "tool_variant": self.variant.name,
+            "tool_image_size": str(self.variant.image_size),
+            "tool_checkpoint": self.checkpoint or "random weights",
+        }
 
     @property
     def low_res_size(self) -> int:

@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 from scipy import ndimage
 
-from .interfaces import Click, ToolResult
+from ..interfaces import Click, ToolResult
 
 
 class RandomWalkerTool:
@@ -32,6 +32,9 @@ class RandomWalkerTool:
         self._grey = image.astype(np.float32).mean(axis=2) / 255.0
         self._key = key
         self.embeddings_computed += 1
+
+    def identity(self) -> dict[str, str]:
+        return {"tool_variant": "random-walker"}
 
     def release(self, key: str) -> None:
         if key == self._key:

@@ -1,9 +1,10 @@
-"""Slice-by-slice MedSAM2 propagation of a key-slice mask through a volume.
+"""Slice-by-slice propagation of a key-slice mask through a volume with a SAM 2 family video predictor.
 
-MedSAM2's 3D procedure: prompt the key slice with the mask, propagate forward, reset, prompt again and
-propagate backward; the result is the union of both directions (logits > 0), optionally reduced to its
-largest connected component. Frames are rendered from the in-memory volume when the predictor asks for
-them and old per-frame memories are dropped, so memory stays flat however many slices there are.
+MedSAM2's 3D procedure, used for every variant: prompt the key slice with the mask, propagate forward,
+reset, prompt again and propagate backward; the result is the union of both directions (logits > 0),
+optionally reduced to its largest connected component. Frames are rendered from the in-memory volume when
+the predictor asks for them and old per-frame memories are dropped, so memory stays flat however many
+slices there are.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .devices import resolve_device
-from .geometry import SliceGeometry
-from .medsam2 import MEDSAM2_IMAGE_SIZE, build_medsam2
+from ..devices import resolve_device
+from ..geometry import SliceGeometry
+from .sam2_model import build_model
+from .variants import MEDSAM2, SAM2Variant
 
 # Frames a propagation step can still look back at: 7 memory frames, and object pointers from up to
 # 16 frames (sam2's max_obj_ptrs_in_encoder). Older per-frame outputs are never read again.
@@ -39,7 +41,7 @@ class PropagationResult:
 
 
 class SliceFrames(Sequence):
-    """The slices of a range as normalized 512 x 512 tensors on the model's device, rendered when asked for.
+    """The slices of a range as normalized tensors at the model's size on its device, rendered when asked for.
 
     Each slice travels to the device as 8-bit values and is resized and normalized there with the image
     tool's own transforms (as sam2's ToTensor, Resize, Normalize), so on a GPU the CPU copies a quarter of
@@ -55,7 +57,7 @@ class SliceFrames(Sequence):
     def __len__(self) -> int:
         return self.last - self.first + 1
 
-    def __getitem__(self, frame: int) -> Any:  # a (3, 512, 512) float tensor
+    def __getitem__(self, frame: int) -> Any:  # a (3, size, size) float tensor
         import torch
 
         if not 0 <= frame < len(self):
@@ -92,16 +94,18 @@ def in_memory_state(predictor: Any, frames: Sequence[Any], height: int, width: i
     }
 
 
-class MedSAM2Propagator:
-    """Grows a key-slice mask into a 3D mask with MedSAM2's video predictor."""
+class SAM2Propagator:
+    """Grows a key-slice mask into a 3D mask with a SAM 2 family video predictor (MedSAM2 by default)."""
 
-    def __init__(self, checkpoint: str | Path | None, device: str = "auto") -> None:
+    def __init__(self, checkpoint: str | Path | None, device: str = "auto", variant: SAM2Variant = MEDSAM2) -> None:
         from sam2.utils.transforms import SAM2Transforms
 
         self.device = resolve_device(device)
-        self.predictor = build_medsam2(checkpoint, self.device, video=True)
+        self.variant = variant
+        self.checkpoint = str(checkpoint) if checkpoint is not None else None
+        self.predictor = build_model(variant, checkpoint, self.device, video=True)
         # The image tool's own preprocessing, so propagation sees slices exactly as the agent's tool does.
-        self.transforms = SAM2Transforms(resolution=MEDSAM2_IMAGE_SIZE, mask_threshold=0.0)
+        self.transforms = SAM2Transforms(resolution=variant.image_size, mask_threshold=0.0)
 
     def propagate(
         self,

@@ -1,0 +1,55 @@
+"""From what the user typed (``--sam2`` a file or a Hugging Face id, ``--sam2-variant`` a name) to a variant
+and a checkpoint file: the variant is named, else taken from the released weights' repo, else told by the
+checkpoint's tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..weights import HubRef, is_hub_ref, resolve_sam2_file
+from .sam2_model import detect, read_state
+from .variants import SAM2Variant, variant_named, variant_of_repo
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """A variant and its checkpoint (None: random weights, for tests and benchmarks)."""
+
+    variant: SAM2Variant
+    checkpoint: Path | None
+
+    def tool(self, device: str = "auto") -> Any:  # -> SAM2Tool
+        from .click_tool import SAM2Tool
+
+        return SAM2Tool(self.checkpoint, device=device, variant=self.variant)
+
+    def propagator(self, device: str = "auto") -> Any:  # -> SAM2Propagator
+        from .propagation import SAM2Propagator
+
+        return SAM2Propagator(self.checkpoint, device=device, variant=self.variant)
+
+    def identity(self, role: str) -> dict[str, str]:
+        """What the trace records: the variant, its image size and the checkpoint, under ``role``."""
+        return {
+            f"{role}_variant": self.variant.name,
+            f"{role}_image_size": str(self.variant.image_size),
+            f"{role}_checkpoint": str(self.checkpoint) if self.checkpoint else "random weights",
+        }
+
+
+def resolve_segmenter(spec: str, variant: str | None = None, tqdm_class: type | None = None) -> SegmenterSpec:
+    """Raises WeightsUnavailable (not on disk, not downloadable), CheckpointError (tensors that fit no variant
+    or several) or ValueError (an unknown variant name), each with a one-line reason."""
+    chosen = variant_named(variant) if variant else None
+    if is_hub_ref(spec):
+        ref = HubRef.parse(spec)
+        released = variant_of_repo(ref.repo)
+        if ref.path is None and released is not None:
+            spec = str(HubRef(ref.repo, released.hub_file))  # "facebook/sam2-hiera-large", as sam2 takes it
+        chosen = chosen or released
+    path = resolve_sam2_file(spec, tqdm_class)
+    if chosen is None:
+        chosen = detect(read_state(path), path)
+    return SegmenterSpec(chosen, path)
