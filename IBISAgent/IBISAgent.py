@@ -77,9 +77,16 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.interactionObserver = interaction.AddObserver(
             slicer.vtkMRMLInteractionNode.InteractionModeChangedEvent, self.onInteractionModeChanged
         )
-        remote, server, mllm, sam2 = settings.stored_fields()
+        from IBISAgentLib.tools import VARIANTS
+
+        self.ui.sam2VariantSelector.addItem("tell from the file", "")
+        for variant in VARIANTS:
+            self.ui.sam2VariantSelector.addItem(f"{variant.title} ({variant.image_size} px)", variant.name)
+        remote, fields = settings.stored_fields()
         self.ui.backendSelector.currentIndex = 1 if remote else 0
-        self.ui.serverUrlEdit.text, self.ui.mllmEdit.text, self.ui.sam2Edit.text = server, mllm, sam2
+        self.ui.serverUrlEdit.text, self.ui.mllmEdit.text = fields["server"], fields["mllm"]
+        self.ui.sam2Edit.text, self.ui.propagatorEdit.text = fields["sam2"], fields["propagator"]
+        self.ui.sam2VariantSelector.currentIndex = max(0, self.ui.sam2VariantSelector.findData(fields["sam2_variant"]))
         self.onBackendChanged(self.ui.backendSelector.currentIndex)
         self.render(self.hub.driver)
 
@@ -96,14 +103,21 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         remote = index == 1
         for widget in (self.ui.serverUrlEdit, self.ui.tokenEdit, self.ui.testConnectionButton):
             widget.enabled = remote
-        for widget in (self.ui.mllmEdit, self.ui.sam2Edit):
+        for widget in (self.ui.mllmEdit, self.ui.sam2Edit, self.ui.sam2VariantSelector, self.ui.propagatorEdit):
             widget.enabled = not remote
 
     def saveSettings(self):
         from IBISAgentDesktop import settings
 
         ui = self.ui
-        settings.save(ui.backendSelector.currentIndex == 1, ui.serverUrlEdit.text, ui.mllmEdit.text, ui.sam2Edit.text)
+        fields = {
+            "server": ui.serverUrlEdit.text,
+            "mllm": ui.mllmEdit.text,
+            "sam2": ui.sam2Edit.text,
+            "sam2_variant": ui.sam2VariantSelector.currentData or "",
+            "propagator": ui.propagatorEdit.text,
+        }
+        settings.save(ui.backendSelector.currentIndex == 1, fields)
 
     def onTestConnection(self):
         from IBISAgentLib.remote import RemoteBackend, RemoteError

@@ -20,7 +20,7 @@ from .images import ImageInputError, read_mask, read_rgb_image, write_mask, writ
 from .prompts import IBIS_V1
 from .remote import RemoteError
 from .rendering import overlay_mask
-from .tools import SETTINGS, VARIANTS, CheckpointError, resolve_segmenter
+from .tools import MEDSAM2, SETTINGS, VARIANTS, CheckpointError, resolve_segmenter, variant_named
 from .trace import ImageInfo, Step, Trace
 from .volumes import write_labelmap
 
@@ -165,6 +165,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+RELEASED = variant_named("sam2-hiera-l")
 
 
 def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
@@ -180,12 +181,20 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--setting",
         choices=tuple(SETTINGS),
-        help="paper: MedSAM2 (the paper, the default); released: SAM 2 hiera-large at 1024 px, the segmenter the "
-        "released IBIS weights were tuned with in the authors' code",
+        help=f"paper: {MEDSAM2.title} (the paper, the default); released: {RELEASED.title} at "
+        f"{RELEASED.image_size} px, the segmenter the released IBIS weights were tuned with in the authors' code",
     )
-    group.add_argument("--sam2-variant", choices=VARIANT_NAMES, help="the variant of --sam2, where it does not tell")
+    names = ", ".join(VARIANT_NAMES)
+    group.add_argument(
+        "--sam2-variant",
+        choices=VARIANT_NAMES,
+        metavar="NAME",
+        help=f"the variant of --sam2, where it does not tell: {names}",
+    )
     group.add_argument("--propagator", help="the checkpoint that propagates through volumes (default: --sam2's)")
-    group.add_argument("--propagator-variant", choices=VARIANT_NAMES, help="the variant of --propagator")
+    group.add_argument(
+        "--propagator-variant", choices=VARIANT_NAMES, metavar="NAME", help="the variant of --propagator"
+    )
 
 
 def segmenter_specs(args: argparse.Namespace) -> tuple[str, str | None, str | None, str | None]:

@@ -115,7 +115,10 @@ def _other_architecture(tmp_path, tiny_models):
     [
         (lambda t, m: [t / "bomb.png", "--prompt", "x"], "declares more pixels"),
         (lambda t, m: [t / "nan.tiff", "--prompt", "x"], "NaN"),
-        (lambda t, m: [SAMPLE, "--prompt", "x", "--mllm", m[0], "--sam2", _other_architecture(t, m)], "other shapes"),
+        (
+            lambda t, m: [SAMPLE, "--prompt", "x", "--mllm", m[0], "--sam2", _other_architecture(t, m)],
+            "fit no SAM 2 family variant",
+        ),
         (lambda t, m: [SAMPLE, "--prompt", "x", "--out", t], "is a folder"),
         (lambda t, m: [SAMPLE, "--prompt", "x", "--trace", t / "bomb.png" / "trace.json"], "is a file, not a folder"),
         (lambda t, m: [SAMPLE, "--prompt", "x", "--click", "128,0"], "outside the 128x128 image"),

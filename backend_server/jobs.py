@@ -34,10 +34,16 @@ class ModelWorker:
 
     def _loop(self) -> None:
         while (item := self._jobs.get()) is not None:
-            job, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(job())
-            except BaseException as exc:  # the submitter reads it from the future and answers for it
-                future.set_exception(exc)
+            _run(*item)
+            # Else the last job (a closed session's close, and with it the session and its volume) stays
+            # referenced from this frame while the worker waits for the next one.
+            del item
+
+
+def _run(job: Callable[[], Any], future: Future) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(job())
+    except BaseException as exc:  # the submitter reads it from the future and answers for it
+        future.set_exception(exc)

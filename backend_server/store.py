@@ -90,6 +90,7 @@ class SessionStore:
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        _pin_malloc_thresholds()
         threading.Thread(target=self._reap_forever, name="ibisagent-session-reaper", daemon=True).start()
 
     def add(self, session: Any, image: str) -> str | None:
@@ -170,8 +171,30 @@ def _return_memory() -> None:
     """Hand freed memory back to the system: glibc keeps freed blocks of the heap for reuse otherwise, and
     the server's resident size would stay at its peak long after the sessions are gone."""
     gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def _pin_malloc_thresholds() -> None:
+    """Fix glibc's trim and mmap thresholds at their defaults. Left dynamic, glibc raises both each time it
+    frees an mmapped block (up to 32 and 64 MiB); from then on blocks of that size (a windowed volume, a
+    model activation) come from the arena of the thread that asked, and a thread arena's free top is given
+    back neither on free (it is below the raised trim threshold) nor by malloc_trim (which trims only the
+    main heap's top), so every request and worker thread keeps its last large block resident for good."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+
+
+def _glibc() -> ctypes.CDLL | None:
     libc_name = ctypes.util.find_library("c")
     if libc_name and "libc" in libc_name:
         libc = ctypes.CDLL(libc_name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+        if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt"):
+            return libc
+    return None

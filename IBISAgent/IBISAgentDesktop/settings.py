@@ -9,6 +9,7 @@ from IBISAgentLib.workflow import BackendChoice
 
 PREFIX = "IBISAgent/"
 TOKEN_ENV = "IBISAGENT_TOKEN"
+FIELDS = ("server", "mllm", "sam2", "sam2_variant", "propagator")
 _token = {"value": None}  # typed in the module this session; the effect uses it too
 
 
@@ -16,24 +17,23 @@ def set_token(token):
     _token["value"] = token or None
 
 
-def load():
-    """The stored choice, with the token typed in the module (else IBISAGENT_TOKEN)."""
-    settings = qt.QSettings()
-    stored = {name: settings.value(PREFIX + name, "") for name in ("server", "mllm", "sam2")}
-    if settings.value(PREFIX + "remote", "false") not in (True, "true"):
-        stored["server"] = ""
-    return BackendChoice.from_settings(stored, token=_token["value"] or os.environ.get(TOKEN_ENV))
-
-
-def save(remote, server, mllm, sam2):
-    settings = qt.QSettings()
-    settings.setValue(PREFIX + "remote", "true" if remote else "false")
-    for name, value in (("server", server), ("mllm", mllm), ("sam2", sam2)):
-        settings.setValue(PREFIX + name, value.strip())
-
-
 def stored_fields():
-    """What the module's fields show: (remote, server, mllm, sam2)."""
+    """What the module's fields show: whether a server is used, and each field's text."""
     settings = qt.QSettings()
     remote = settings.value(PREFIX + "remote", "false") in (True, "true")
-    return remote, *(settings.value(PREFIX + name, "") for name in ("server", "mllm", "sam2"))
+    return remote, {name: settings.value(PREFIX + name, "") for name in FIELDS}
+
+
+def save(remote, fields):
+    settings = qt.QSettings()
+    settings.setValue(PREFIX + "remote", "true" if remote else "false")
+    for name in FIELDS:
+        settings.setValue(PREFIX + name, fields.get(name, "").strip())
+
+
+def load():
+    """The stored choice, with the token typed in the module (else IBISAGENT_TOKEN)."""
+    remote, fields = stored_fields()
+    if not remote:
+        fields["server"] = ""
+    return BackendChoice.from_settings(fields, token=_token["value"] or os.environ.get(TOKEN_ENV))
