@@ -13,7 +13,7 @@ python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 python -m pip install --quiet hydra-core iopath tqdm pillow numpy
 # sam2 1.1.0 is an sdist; without SAM2_BUILD_CUDA=0 it compiles a CUDA extension (only hole filling uses it).
 SAM2_BUILD_CUDA=${SAM2_BUILD_CUDA:-0} python -m pip install --quiet --no-build-isolation --no-deps "sam2==1.1.0"
-python -m pip install --quiet -e ".[models,server,training,test,slicer]"
+python -m pip install --quiet -e ".[models,server,training,test,slicer,web]"
 # Real medical test data that ships inside packages (MNI152 T1 + tissue maps, a CT DICOM slice);
 # only their files are used, so their own dependencies are not needed.
 python -m pip install --quiet --no-deps "nilearn==0.14.1" "pydicom==3.0.2"

@@ -1,0 +1,173 @@
+"""The app: trame-slicer's scene and remote-rendered views, the panel, and the bridge to the workflow driver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trame.app import TrameApp
+from trame.ui.vuetify3 import SinglePageWithDrawerLayout
+from trame.widgets import client, html
+from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui, create_vertical_view_gutter_ui
+from trame_slicer.core import LayoutManager
+from trame_slicer.rca_view import register_rca_factories
+
+from IBISAgentLib.workflow import BackendChoice
+
+from .bridge import DriverBridge
+from .clicks import CorrectionClicks
+from .panel import DEFAULTS, build_panel
+from .saving import save_outputs
+from .scene import WebScene
+
+LAYOUT = "Axial Primary"  # the Red view large, 3D / Green / Yellow beside it
+
+
+class IBISAgentWebApp(TrameApp):
+    def __init__(self, server: Any = None, *, choice: BackendChoice, out_dir: Path, max_turns: int = 20) -> None:
+        super().__init__(server, client_type="vue3")
+        self.out_dir = Path(out_dir)
+        self.scene = WebScene()
+        self.state.update(DEFAULTS)
+        self.state.ia_models = choice.describe()
+        self.state.trame__title = "IBISAgent"
+        register_rca_factories(
+            self.scene.app.view_manager, self.server, slice_view_ui_f=_slice_view_ui, three_d_view_ui_f=_three_d_view_ui
+        )
+        self.layout_manager = LayoutManager(self.scene.scene, self.scene.app.view_manager, self.server)
+        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layout_manager.set_layout(LAYOUT)
+        self.bridge = DriverBridge(self.server, self.scene, choice, max_turns=max_turns)
+        self.clicks = CorrectionClicks(
+            self.scene.app.view_manager.get_slice_views(), self.bridge.on_click, lambda: bool(self.state.ia_mode)
+        )
+        self._saved: dict[str, Path] = {}
+        self._clients = 0
+        self.server.controller.on_client_connected.add(self._on_client_connected)
+        self.server.controller.on_client_exited.add(self._on_client_exited)
+        self.server.trigger("ia_download")(self.on_download)
+        self._build_ui()
+
+    def _build_ui(self) -> None:
+        with SinglePageWithDrawerLayout(self.server, theme="dark") as self.ui:
+            self.ui.title.set_text("IBISAgent")
+            self.ui.drawer.width = 400
+            with self.ui.drawer:
+                build_panel(self)
+            with self.ui.content:
+                client.Style("html { overflow-y: auto; }")
+                self.layout_manager.initialize_layout_grid(self.ui)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def _on_client_connected(self, *_args, **_kwargs) -> None:
+        self._clients += 1
+        self.state.ia_clients = self._clients
+        self.scene.fit_views()  # views re-fit at their first real size (reported after the client connects)
+        self.bridge.refresh_segments()
+        self.bridge.render()
+
+    def _on_client_exited(self, *_args, **_kwargs) -> None:
+        self._clients = max(0, self._clients - 1)
+        self.state.ia_clients = self._clients
+
+    # -- actions the panel calls -----------------------------------------------------------------------
+
+    def on_upload(self, files: list[dict]) -> None:
+        if self.bridge.driver.state.busy:
+            self.bridge.notify("Wait for the agent or press Cancel before opening another volume.")
+            return
+        self.bridge.close()
+        message = self.scene.open_uploads(list(files or []))
+        self._after_open(message)
+
+    def _after_open(self, message: str | None) -> None:
+        if message is None:
+            self.state.ia_segment = ""
+            self.state.ia_downloads, self.state.ia_saved = [], ""
+        self.bridge.notify(message or "")
+        self.bridge.refresh_segments()
+        self.bridge.render()
+
+    def on_add_segment(self) -> None:
+        name = str(self.state.ia_new_segment or "").strip()
+        if not name:
+            self.bridge.notify("Type a name for the new segment.")
+            return
+        if self.scene.volume is None:
+            self.bridge.notify("Open a volume first.")
+            return
+        self.state.ia_segment = self.scene.add_segment(name)
+        self.state.ia_new_segment = ""
+        self.bridge.notify("")
+        self.bridge.refresh_segments()
+
+    def on_run(self) -> None:
+        self.bridge.on_run()
+
+    def on_step(self) -> None:
+        self.bridge.on_step()
+
+    def on_continue(self) -> None:
+        self.bridge.on_continue()
+
+    def on_undo(self) -> None:
+        self.bridge.on_undo()
+
+    def on_propagate(self) -> None:
+        self.bridge.on_propagate()
+
+    def on_cancel(self) -> None:
+        self.bridge.on_cancel()
+
+    def on_save(self) -> None:
+        driver = self.bridge.driver
+        if driver.state.busy:
+            self.bridge.notify("Wait for the agent or press Cancel before saving.")
+            return
+        target = driver.target if driver.has_session else None
+        if target is not None:
+            segmentation, segment_id = target.segmentation_node, target.segment_id
+        else:
+            resolved = self.scene.resolve_segment(self.state.ia_segment)
+            if resolved is None:
+                self.bridge.notify("There is no segment to save yet: run the agent or pick a target segment.")
+                return
+            segmentation, segment_id = resolved
+        try:
+            trace = driver.trace_json() if driver.has_session else None
+            paths, voxels = save_outputs(
+                self.out_dir, self.scene.scene, self.scene.volume, segmentation, segment_id, trace
+            )
+        except Exception as exc:  # a full disk, a folder we cannot write: say so, keep working
+            self.bridge.notify(f"Could not save: {exc}")
+            return
+        self._saved = {p.name: p for p in paths}
+        with self.state:
+            self.state.ia_downloads = [{"name": p.name} for p in paths]
+            self.state.ia_saved = (
+                f"Saved {len(paths)} files to {self.out_dir.resolve()} ({voxels} voxels in the segment)."
+            )
+            self.state.ia_message = ""
+
+    def on_download(self, name: str) -> Any:
+        path = self._saved.get(name)
+        if path is None or not path.is_file():
+            self.bridge.notify(f"{name} is no longer there: press Save again.")
+            return None
+        return self.server.protocol.addAttachment(path.read_bytes())
+
+
+def _view_tag(view: Any) -> None:
+    """A hidden tag naming the view, so pages and tests can find a view's image (class "ia-view-Red")."""
+    html.Span(classes=f"ia-view-tag ia-view-{view.get_singleton_tag()}", style="display: none")
+
+
+def _slice_view_ui(server: Any, view_id: str, view: Any) -> None:
+    create_vertical_slice_view_gutter_ui(server, view_id, view)
+    _view_tag(view)
+
+
+def _three_d_view_ui(server: Any, view_id: str, view: Any) -> None:
+    create_vertical_view_gutter_ui(server, view_id, view)
+    _view_tag(view)

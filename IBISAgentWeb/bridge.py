@@ -1,0 +1,242 @@
+"""Between the page and the workflow driver: commands forwarded (a refusal becomes a message in the page),
+the driver polled on the event-loop thread every 50 ms while it works (model work runs on the driver's own
+worker thread; ``poll()`` applies its results to the scene here, on the thread that owns VTK), and the
+driver's state rendered into trame's state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from trame.app import asynchronous
+
+from IBISAgentLib.workflow import BackendChoice, DriverBusy, Failed, WorkflowDriver
+from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, volume_case
+
+from .scene import VIEW_NAMES, WebScene
+
+POLL_S = 0.05
+TIMING = bool(os.environ.get("IBISAGENT_WEB_TIMING"))  # print click / apply times (benchmarks)
+REFUSALS = (DriverBusy, AdapterError, ValueError, RuntimeError)
+
+
+class DriverBridge:
+    def __init__(
+        self,
+        server: Any,
+        scene: WebScene,
+        choice: BackendChoice,
+        max_turns: int = 20,
+    ) -> None:
+        self.server, self.state, self.scene, self.choice = server, server.state, scene, choice
+        self.max_turns = max_turns
+        self.driver = WorkflowDriver()
+        self.editor: LogicEditor | None = None
+        self.record: MRMLRecord | None = None
+        self._polling = False
+        self._rendered_log = -1
+        self._session_opened = None
+        self._fitted_3d = None
+        scene.scene.AddObserver(scene.scene.StartCloseEvent, lambda *_: self.close())
+
+    # -- volume changes ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The volume (and with it the target and markers) is about to go: end the session first."""
+        self.driver.close(timeout=5.0)
+        self.record = None
+        self._session_opened = None
+        self.render()
+
+    def ports(self) -> tuple[LogicEditor, MRMLRecord]:
+        scene = self.scene.scene
+        if self.editor is None or self.editor.editor_node.GetScene() is not scene:
+            self.editor = LogicEditor(scene, self.scene.app.app_logic)
+        if self.record is None:
+            self.record = MRMLRecord(scene)
+        return self.editor, self.record
+
+    # -- commands ------------------------------------------------------------------------------------
+
+    def command(self, call: Callable[[], Any]) -> bool:
+        """Forward a command; a refusal (busy, bad input, no session) is a message in the page."""
+        try:
+            call()
+        except REFUSALS as exc:
+            self.notify(str(exc) or exc.__class__.__name__)
+            self.render()
+            return False
+        self.notify("")
+        self.render()
+        self.ensure_polling()
+        return True
+
+    def on_run(self) -> None:
+        if self.driver.state.busy:
+            self.driver.cancel()
+            self.render()
+            return
+        self.start("run")
+
+    def on_step(self) -> None:
+        if self.driver.has_session and self._session_key() == self._session_opened:
+            self.command(self.driver.step)
+        else:
+            self.start("step")
+
+    def on_continue(self) -> None:
+        self.command(self.driver.run)
+
+    def on_undo(self) -> None:
+        self.command(self.driver.undo)
+
+    def on_cancel(self) -> None:
+        self.driver.cancel()
+
+    def on_propagate(self) -> None:
+        def call() -> None:
+            first, last = _int(self.state.ia_first, "first slice"), _int(self.state.ia_last, "last slice")
+            empty = _int(self.state.ia_stop_after_empty, "stop after empty slices")
+            self.driver.propagate(first, last, stop_after_empty=empty, largest_component=bool(self.state.ia_largest))
+
+        self.command(call)
+
+    def on_click(self, view_name: str, ras: tuple[float, float, float]) -> None:
+        """A click on a slice view while Add/Remove point is on."""
+        mode = self.state.ia_mode
+        if mode not in ("add", "remove"):
+            return
+        agent_view = self._session_opened[2] if self._session_opened else None
+        if agent_view is not None and view_name != agent_view:
+            self.notify(f"Corrections go on the {VIEW_NAMES[agent_view]} view, where the agent works.")
+            self.render()
+            return
+        self._clicked_at = time.perf_counter()
+        self.command(lambda: self.driver.click(tuple(float(v) for v in ras), mode == "add"))
+
+    def start(self, then: str) -> None:
+        def call() -> None:
+            volume = self.scene.volume
+            if volume is None:
+                raise ValueError("Open a volume first.")
+            instruction = str(self.state.ia_instruction or "").strip()
+            if not instruction:
+                raise ValueError("Type what to segment in Instruction, for example 'segment the liver tumor'.")
+            view_name = self.state.ia_view
+            slice_node = self.scene.slice_node(view_name)
+            if slice_node is None:
+                raise ValueError(f"The {view_name} view is not shown: choose another view.")
+            align_view(slice_node, volume)  # a tilted volume: the view turns onto the voxel plane the agent sees
+            case, _ = volume_case(volume, slice_node)
+            editor, record = self.ports()
+            target = self.scene.resolve_segment(self.state.ia_segment)
+            if target is None:  # none chosen yet: a segment named after the instruction
+                self.state.ia_segment = self.scene.add_segment(instruction)
+                target = self.scene.resolve_segment(self.state.ia_segment)
+                self.refresh_segments()
+            node, segment_id = target
+            port = MRMLSegment(node, segment_id, volume, editor)
+            self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=self.max_turns)
+            self._session_opened = self._session_key()
+
+        self.command(call)
+
+    def _session_key(self) -> tuple[Any, ...]:
+        volume = self.scene.volume
+        return (volume.GetID() if volume else None, self.state.ia_segment, self.state.ia_view)
+
+    # -- polling and rendering -------------------------------------------------------------------------
+
+    def ensure_polling(self) -> None:
+        if not self._polling and self.driver.state.busy:
+            self._polling = True
+            asynchronous.create_task(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        try:
+            while True:
+                begun = time.perf_counter()
+                events = self.driver.poll()
+                if TIMING and events:
+                    applied = time.perf_counter()
+                    since = 1000 * (begun - getattr(self, "_clicked_at", begun))
+                    print(
+                        f"timing: events {[type(e).__name__ for e in events]} arrived <= {since:.0f} ms after the "
+                        f"click, applied in {1000 * (applied - begun):.0f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                failures = [e.message for e in events if isinstance(e, Failed)]
+                if failures:
+                    self.notify(failures[-1])
+                if events:
+                    self.render()
+                    self._fit_3d_once()
+                if not self.driver.state.busy:
+                    self.render()
+                    return
+                await asyncio.sleep(POLL_S)
+        finally:
+            self._polling = False
+
+    def _fit_3d_once(self) -> None:
+        """Without volume rendering the 3D view has nothing to fit to until the segment's surface exists."""
+        opened, session = self._session_opened, self.driver.session
+        if opened is not None and self._fitted_3d != opened and session is not None and session.mask.any():
+            for view in self.scene.app.view_manager.get_threed_views():
+                view.reset_view()
+                view.schedule_render()
+            self._fitted_3d = opened
+
+    def notify(self, message: str) -> None:
+        with self.state:
+            self.state.ia_message = message
+
+    def refresh_segments(self) -> None:
+        with self.state:
+            self.state.ia_segments = self.scene.segment_items()
+            volume = self.scene.volume
+            self.state.ia_volume_name = volume.GetName() if volume is not None else ""
+
+    def render(self) -> None:
+        driver, state = self.driver, self.driver.state
+        session = driver.session
+        with self.state:
+            self.state.ia_status = state.status
+            self.state.ia_busy = state.busy
+            if len(state.log) != self._rendered_log or not state.log:
+                self.state.ia_log = list(state.log)
+                self._rendered_log = len(state.log)
+            self.state.ia_markers = [
+                {"label": m.label, "source": m.source, "ras": ", ".join(f"{v:.1f}" for v in m.ras)}
+                for m in state.markers
+            ]
+            if state.progress:
+                done, total = state.progress
+                self.state.ia_progress = round(100 * done / max(total, 1))
+                self.state.ia_progress_text = f"{done} of {total} slices"
+            else:
+                self.state.ia_progress, self.state.ia_progress_text = 0, ""
+            self.state.ia_has_session = driver.has_session
+            self.state.ia_mask_area = int(session.mask.sum()) if session is not None else 0
+            case = driver.case
+            if case is not None:
+                geometry = case.geometry
+                where = f"{geometry.axis} slice {geometry.index}"
+                if self.state.ia_slice_where != where:  # a new session: the whole volume by default
+                    self.state.ia_slice_where = where
+                    self.state.ia_slice_count = geometry.count
+                    self.state.ia_first, self.state.ia_last = 0, geometry.count - 1
+            else:
+                self.state.ia_slice_where = ""
+
+
+def _int(value: Any, what: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{value}' is not a whole number ({what}).") from None

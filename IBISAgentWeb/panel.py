@@ -1,0 +1,188 @@
+"""The side panel (vuetify3): volume, target segment, instruction, agent's view, the commands, correction
+mode, propagation, save, and what the driver reports (status, markers, the reasoning log)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trame.widgets import html
+from trame.widgets import vuetify3 as v
+
+from .scene import VIEW_NAMES
+
+DEFAULTS = {
+    "ia_volume_name": "",
+    "ia_segments": [],
+    "ia_segment": "",
+    "ia_new_segment": "",
+    "ia_instruction": "",
+    "ia_view": "Red",
+    "ia_mode": None,
+    "ia_busy": False,
+    "ia_status": "Ready.",
+    "ia_log": [],
+    "ia_markers": [],
+    "ia_message": "",
+    "ia_progress": 0,
+    "ia_progress_text": "",
+    "ia_has_session": False,
+    "ia_mask_area": 0,
+    "ia_slice_where": "",
+    "ia_slice_count": 0,
+    "ia_first": 0,
+    "ia_last": 0,
+    "ia_stop_after_empty": 3,
+    "ia_largest": False,
+    "ia_saved": "",
+    "ia_downloads": [],
+    "ia_clients": 0,
+    "ia_models": "",
+}
+
+
+def build_panel(actions: Any) -> None:
+    """``actions`` has on_upload, on_add_segment, on_run, on_step, on_continue, on_undo, on_propagate,
+    on_cancel, on_save; the download trigger is registered as 'ia_download'."""
+    with html.Div(classes="pa-3 d-flex flex-column", style="gap: 10px"):
+        v.VAlert(
+            "All tabs of this page share one scene and one agent session: use one tab per user.",
+            v_if="ia_clients > 1",
+            type="warning",
+            density="compact",
+            variant="tonal",
+        )
+        v.VAlert(
+            "{{ ia_message }}",
+            v_if="ia_message",
+            type="error",
+            density="compact",
+            variant="tonal",
+            closable=True,
+            click_close="ia_message = ''",
+        )
+        html.Div("Volume: {{ ia_volume_name || 'none: open one below' }}", classes="text-body-2")
+        v.VFileInput(
+            label="Open volume (NIfTI, NRRD, MHA, DICOM files)",
+            multiple=True,
+            density="compact",
+            hide_details=True,
+            prepend_icon="mdi-folder-open",
+            accept=".nii,.gz,.nrrd,.nhdr,.mha,.mhd,.raw,.dcm,application/dicom",
+            disabled=("ia_busy",),
+            change=(actions.on_upload, "[$event.target.files]"),
+        )
+        v.VSelect(
+            label="Target segment",
+            items=("ia_segments",),
+            v_model=("ia_segment",),
+            item_title="title",
+            item_value="value",
+            placeholder="new: named after the instruction",
+            persistent_placeholder=True,
+            density="compact",
+            hide_details=True,
+            disabled=("ia_busy",),
+        )
+        with html.Div(classes="d-flex", style="gap: 6px"):
+            v.VTextField(
+                label="New segment name",
+                v_model=("ia_new_segment",),
+                density="compact",
+                hide_details=True,
+                disabled=("ia_busy || !ia_volume_name",),
+            )
+            v.VBtn("Add segment", click=actions.on_add_segment, disabled=("ia_busy || !ia_volume_name",))
+        v.VTextarea(
+            label="Instruction",
+            v_model=("ia_instruction",),
+            rows=2,
+            auto_grow=True,
+            density="compact",
+            hide_details=True,
+            placeholder="segment the liver tumor",
+        )
+        v.VSelect(
+            label="Agent's view",
+            items=("ia_views", [{"title": t, "value": k} for k, t in VIEW_NAMES.items()]),
+            v_model=("ia_view",),
+            item_title="title",
+            item_value="value",
+            density="compact",
+            hide_details=True,
+            disabled=("ia_busy",),
+        )
+        with html.Div(classes="d-flex flex-wrap", style="gap: 6px"):
+            v.VBtn("{{ ia_busy ? 'Cancel' : 'Run' }}", click=actions.on_run, color=("ia_busy ? 'error' : 'primary'",))
+            v.VBtn("Step", click=actions.on_step, disabled=("ia_busy",))
+            v.VBtn("Continue", click=actions.on_continue, disabled=("ia_busy || !ia_has_session",))
+            v.VBtn("Undo", click=actions.on_undo, disabled=("ia_busy || !ia_has_session",))
+        with v.VBtnToggle(v_model=("ia_mode",), density="compact", divided=True, variant="outlined"):
+            v.VBtn("Add point", value="add", disabled=("!ia_has_session",))
+            v.VBtn("Remove point", value="remove", disabled=("!ia_has_session",))
+        html.Div(
+            "Click on the {{ ia_view }} view to {{ ia_mode === 'add' ? 'add to' : 'remove from' }} the mask.",
+            v_if="ia_mode",
+            classes="text-caption",
+        )
+        html.Div(
+            "Agent on {{ ia_slice_where }}; mask on that slice: {{ ia_mask_area }} px",
+            v_if="ia_slice_where",
+            classes="text-body-2 ia-mask-area",
+        )
+        with v.VCard(variant="outlined", classes="pa-2"):
+            html.Div("Propagate in 3D", classes="text-subtitle-2")
+            with html.Div(classes="d-flex", style="gap: 6px"):
+                v.VTextField(
+                    label="First slice", v_model=("ia_first",), type="number", density="compact", hide_details=True
+                )
+                v.VTextField(
+                    label="Last slice", v_model=("ia_last",), type="number", density="compact", hide_details=True
+                )
+                v.VTextField(
+                    label="Stop after empty",
+                    v_model=("ia_stop_after_empty",),
+                    type="number",
+                    density="compact",
+                    hide_details=True,
+                )
+            with html.Div(classes="d-flex align-center", style="gap: 6px"):
+                v.VBtn("Propagate", click=actions.on_propagate, disabled=("ia_busy || !ia_has_session",))
+                v.VBtn("Cancel propagation", click=actions.on_cancel, v_if="ia_busy && ia_progress_text", color="error")
+            v.VProgressLinear(
+                model_value=("ia_progress",),
+                v_if="ia_busy && ia_progress_text",
+                height=8,
+                color="primary",
+                raw_attrs=['aria-label="Propagation progress"'],
+            )
+            html.Div("{{ ia_progress_text }}", v_if="ia_progress_text", classes="text-caption")
+        with html.Div(classes="d-flex align-center flex-wrap", style="gap: 6px"):
+            v.VBtn("Save", click=actions.on_save, disabled=("ia_busy || !ia_volume_name",))
+            v.VBtn(
+                "{{ item.name }}",
+                v_for="item in ia_downloads",
+                key="item.name",
+                size="small",
+                variant="text",
+                prepend_icon="mdi-download",
+                click="utils.download(item.name, trigger('ia_download', [item.name]), 'application/octet-stream')",
+            )
+        html.Div("{{ ia_saved }}", v_if="ia_saved", classes="text-caption")
+        html.Div("Models: {{ ia_models }}", classes="text-caption")
+        html.Div("{{ ia_status }}", raw_attrs=['role="status"'], classes="text-body-1 font-weight-medium")
+        with html.Div(
+            v_if="ia_markers.length", raw_attrs=['role="list"', 'aria-label="Markers"'], classes="text-body-2"
+        ):
+            html.Span(
+                "{{ m.label }} ({{ m.source }})",
+                v_for="m in ia_markers",
+                key="m.label",
+                raw_attrs=['role="listitem"', ':title="m.ras"'],
+                classes="mr-2",
+            )
+        with html.Div(
+            raw_attrs=['role="log"', 'aria-label="Reasoning"', 'aria-live="polite"'],
+            style="max-height: 30vh; overflow-y: auto; white-space: pre-wrap; font-size: 0.85rem;",
+            classes="pa-2 border rounded",
+        ):
+            html.Div("{{ line }}", v_for="(line, i) in ia_log", key="i", classes="mb-1")

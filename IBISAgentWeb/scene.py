@@ -1,0 +1,206 @@
+"""The web app's scene: trame-slicer's SlicerApp with the extra logics the MRML adapter needs, volumes opened
+into it (never through the stock Open, which clears the whole scene, layout node included), segments to
+pick or add, and views fitted once they have their real size."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import slicer
+from trame_slicer.core import SlicerApp
+from trame_slicer.utils import write_client_files_to_dir
+from vtkmodules.vtkCommonCore import vtkCommand
+
+VIEW_NAMES = {"Red": "Red (axial)", "Yellow": "Yellow (sagittal)", "Green": "Green (coronal)"}
+REFIT_S = 5.0
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+class WebScene:
+    def __init__(self) -> None:
+        self.app = SlicerApp()
+        self.scene = self.app.scene
+        # What IBISAgentMRML's headless scene also has: transforms (world geometry) and texts (the trace node,
+        # saved with the scene). SlicerApp registers Colors, Markups, Volumes, Segmentations, SubjectHierarchy.
+        self.app.register_module_logic(slicer.vtkSlicerTransformLogic(), logic_name="Transforms")
+        self.app.register_module_logic(slicer.vtkSlicerTextsLogic(), logic_name="Texts")
+        self.volume: Any = None
+        self._unfitted: set[str] = set()
+        self._fit_until = 0.0
+        self._observed: set[str] = set()
+
+    # -- volumes -----------------------------------------------------------------------------------
+
+    def open_paths(self, paths: list[str]) -> str | None:
+        """Open a volume (one file, several DICOM files, or a folder of them); None or a message."""
+        files: list[str] = []
+        for path in paths:
+            p = Path(path)
+            if p.is_dir():
+                files += sorted(str(f) for f in p.iterdir() if f.is_file())
+            elif p.is_file():
+                files.append(str(p))
+            else:
+                return f"{path} does not exist."
+        return self._open(files, ", ".join(Path(p).name for p in paths))
+
+    def open_uploads(self, uploads: list[dict]) -> str | None:
+        """Files from the browser's file input ({name, content, ...}); None or a message."""
+        if not uploads:
+            return "No file was received."
+        with tempfile.TemporaryDirectory(prefix="ibisagent-upload-") as folder:
+            try:
+                files = write_client_files_to_dir(uploads, folder)
+            except Exception as exc:  # a truncated or odd upload
+                return f"The upload could not be received ({exc})."
+            return self._open(files, ", ".join(Path(f).name for f in files[:3]) + ("…" if len(files) > 3 else ""))
+
+    def _open(self, files: list[str], label: str) -> str | None:
+        before = set(self._volume_ids())
+        try:
+            nodes = [n for n in self.app.io_manager.load_volumes(files) if n is not None]
+        except Exception as exc:
+            nodes, error = [], str(exc)
+        else:
+            error = ""
+        nodes = [n for n in nodes if n.GetID() not in before]
+        if not nodes:
+            self._remove_new_volumes(before)
+            return (
+                f"Could not read {label} as a volume{': ' + error if error else ''}. The web app opens NIfTI "
+                "(.nii, .nii.gz), NRRD, MHA/MHD and DICOM series."
+            )
+        node = max(nodes, key=_voxel_count)
+        problem = _check_volume(node)
+        if problem:
+            self._remove_new_volumes(before)
+            return problem
+        for extra in nodes:
+            if extra is not node:
+                self.scene.RemoveNode(extra)
+        self._replace_volume(node)
+        return None
+
+    def _volume_ids(self) -> list[str]:
+        return [n.GetID() for n in self.scene.GetNodesByClass("vtkMRMLVolumeNode")]
+
+    def _remove_new_volumes(self, before: set[str]) -> None:
+        for node in list(self.scene.GetNodesByClass("vtkMRMLVolumeNode")):
+            if node.GetID() not in before:
+                self.scene.RemoveNode(node)
+
+    def _replace_volume(self, node: Any) -> None:
+        """The new volume replaces the old one with its segmentations and markers; the layout stays."""
+        for class_name in ("vtkMRMLSegmentationNode", "vtkMRMLMarkupsFiducialNode", "vtkMRMLTextNode"):
+            for old in list(self.scene.GetNodesByClass(class_name)):
+                self.scene.RemoveNode(old)
+        for old in list(self.scene.GetNodesByClass("vtkMRMLVolumeNode")):
+            if old is not node:
+                self.scene.RemoveNode(old)
+        self.volume = node
+        display = self.app.display_manager
+        # Slice views only: volume rendering stays off (6-14 s per update on llvmpipe).
+        display.show_volume_in_slice_background(node)
+        display.show_volume_in_slice_foreground(None)
+        self.fit_views()
+
+    # -- views -------------------------------------------------------------------------------------
+
+    def slice_node(self, view_name: str) -> Any:
+        view = self.app.view_manager.get_view(view_name)
+        return None if view is None else view.get_view_node()
+
+    def slice_view(self, view_name: str) -> Any:
+        return self.app.view_manager.get_view(view_name)
+
+    def fit_views(self) -> None:
+        """Fit every view to the volume; views whose size the browser has not reported yet are fitted again at
+        their real size, and for a few seconds every resize fits again (the browser reports the final size of
+        its layout in steps; a fit at an intermediate size comes out wrong)."""
+        self._fit_until = time.monotonic() + REFIT_S
+        for view in self.app.view_manager.get_views():
+            tag = view.get_singleton_tag()
+            if tag not in self._observed:
+                view.render_window().AddObserver(vtkCommand.WindowResizeEvent, lambda *_a, v=view: self._on_resize(v))
+                self._observed.add(tag)
+            self._unfitted.add(tag)
+            if _has_real_size(view):
+                self._fit(view)
+
+    def _on_resize(self, view: Any) -> None:
+        pending = view.get_singleton_tag() in self._unfitted or time.monotonic() < self._fit_until
+        if pending and _has_real_size(view):
+            self._fit(view)
+
+    def _fit(self, view: Any) -> None:
+        view.reset_view()
+        view.schedule_render()
+        if self.volume is not None:
+            self._unfitted.discard(view.get_singleton_tag())
+
+    # -- segments ----------------------------------------------------------------------------------
+
+    def segment_items(self) -> list[dict[str, str]]:
+        """Every segment of every segmentation, as 'node id|segment id' values for a picker."""
+        items = []
+        for node in self.scene.GetNodesByClass("vtkMRMLSegmentationNode"):
+            segmentation = node.GetSegmentation()
+            for n in range(segmentation.GetNumberOfSegments()):
+                segment_id = segmentation.GetNthSegmentID(n)
+                name = segmentation.GetSegment(segment_id).GetName()
+                items.append({"title": f"{name} ({node.GetName()})", "value": f"{node.GetID()}|{segment_id}"})
+        return items
+
+    def resolve_segment(self, value: str) -> tuple[Any, str] | None:
+        if not value or "|" not in value:
+            return None
+        node_id, segment_id = value.split("|", 1)
+        node = self.scene.GetNodeByID(node_id)
+        if node is None or not node.GetSegmentation().GetSegment(segment_id):
+            return None
+        return node, segment_id
+
+    def add_segment(self, name: str) -> str:
+        """A new empty segment in the app's segmentation (made on first use); its picker value."""
+        node = self._segmentation()
+        segment_id = node.GetSegmentation().AddEmptySegment("", name)
+        return f"{node.GetID()}|{segment_id}"
+
+    def _segmentation(self) -> Any:
+        for node in self.scene.GetNodesByClass("vtkMRMLSegmentationNode"):
+            return node
+        node = self.app.segmentation_editor.create_empty_segmentation_node()
+        node.SetName("IBISAgent segmentation")
+        node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume)
+        node.CreateClosedSurfaceRepresentation()  # the segment's surface in the 3D view
+        return node
+
+
+def _voxel_count(node: Any) -> int:
+    i, j, k = node.GetImageData().GetDimensions() if node.GetImageData() else (0, 0, 0)
+    return i * j * k
+
+
+def _check_volume(node: Any) -> str | None:
+    image = node.GetImageData()
+    name = node.GetName()
+    if image is None:
+        return f"'{name}' holds no voxels."
+    dims = image.GetDimensions()
+    if min(dims) <= 1:
+        return (
+            f"'{name}' is a 2D image ({dims[0]} x {dims[1]} x {dims[2]}): the web app segments 3D volumes "
+            "(CT or MR). For a 2D image use: ibisagent segment IMAGE --prompt …"
+        )
+    if image.GetNumberOfScalarComponents() != 1:
+        components = image.GetNumberOfScalarComponents()
+        return f"'{name}' has {components} components per voxel: open a scalar (greyscale) volume."
+    return None
+
+
+def _has_real_size(view: Any) -> bool:
+    width, height = view.render_window().GetSize()
+    return width > 50 and height > 50

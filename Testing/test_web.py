@@ -1,0 +1,333 @@
+"""The web app in a real browser (Debian's chromium through Playwright) against a real `ibisagent web` on
+127.0.0.1, with the tiny MedSAM2 and replayed model outputs, on a block of the real MNI T1 brain."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install 'ibisagent[web]')")
+pytest.importorskip("playwright", reason="playwright is not installed (the test extra)")
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:
+    pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from volume_data import mni_crop  # noqa: E402
+
+OUTPUTS = [
+    "<think>white matter here</think><action>Positive Point (0.5000, 0.5000)</action>",
+    "<think>too much</think><action>Negative Point (0.2000, 0.3000)</action>",
+    "<think>good</think><action>Terminate</action><answer>Done.</answer>",
+]
+expect.set_options(timeout=60_000)  # the first Run loads the models (torch import included)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_models):
+    folder = tmp_path_factory.mktemp("web")
+    volume = folder / "brain.nii.gz"
+    sitk.WriteImage(mni_crop((64, 72, 24), (66, 80, 78)), str(volume))
+    flat = folder / "flat.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(48 * 40, dtype=np.int16).reshape(40, 48)), str(flat))
+    broken = folder / "broken.nii.gz"
+    broken.write_bytes(b"this is not a volume")
+    replay = folder / "outputs.json"
+    replay.write_text(json.dumps(OUTPUTS))
+    return {
+        "folder": folder,
+        "sam2": tiny_models[1],
+        "volume": volume,
+        "flat": flat,
+        "broken": broken,
+        "replay": replay,
+    }
+
+
+def start_server(*args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(cwd / "server.log", "w")  # noqa: SIM115 (the process writes it until stop_server)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "IBISAgentLib", "web", *args, "--port", "0"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            raise RuntimeError(f"the server stopped: {(cwd / 'server.log').read_text()[-2000:]}")
+        match = re.search(r"IBISAgent web app: open (http://127\.0\.0\.1:\d+/)", line)
+        if match:
+            return process, match.group(1)
+    process.kill()
+    raise RuntimeError("the server did not start within 120 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--headless=new", "--disable-dev-shm-usage"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()
+
+
+def view_image(page, name: str):
+    return page.locator(f"div:has(> span.ia-view-{name}) img.image-display-area")
+
+
+def log_text(page) -> str:
+    return page.get_by_role("log", name="Reasoning").inner_text()
+
+
+def mask_area(page) -> int:
+    return int(re.search(r"mask on that slice: (\d+) px", page.locator(".ia-mask-area").inner_text()).group(1))
+
+
+def alert(page):
+    return page.get_by_role("alert")
+
+
+def frame_after(page, name: str, since_png: bytes, timeout: float = 20.0) -> bytes:
+    """The view's image once it differs from ``since_png``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        png = view_image(page, name).screenshot()
+        if png != since_png:
+            page.wait_for_timeout(300)  # let the stream settle on the final frame
+            return view_image(page, name).screenshot()
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the {name} view did not change")
+
+
+def pixels(png: bytes) -> np.ndarray:
+    from io import BytesIO
+
+    from PIL import Image
+
+    return np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(int)
+
+
+def test_run_correct_undo_propagate_save(data, page, tmp_path):
+    out = tmp_path / "out"
+    server, url = start_server(
+        str(data["volume"]), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
+        "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        page.goto(url)
+        expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
+        red = view_image(page, "Red")
+        expect(red).to_be_visible()
+        page.wait_for_timeout(1500)  # views fitted at their final size
+
+        page.get_by_label("Instruction").fill("segment the white matter")
+        page.get_by_role("button", name="Run", exact=True).click()
+        log = page.get_by_role("log", name="Reasoning")
+        expect(log).to_contain_text("1. agent: positive click — white matter here")
+        expect(log).to_contain_text("2. agent: negative click — too much")
+        expect(log).to_contain_text("stopped: terminate — Done.")
+        expect(page.get_by_role("status")).to_have_text("Stopped: terminate — Done.")
+        markers = page.get_by_role("list", name="Markers")
+        expect(markers).to_contain_text("1+ (agent)")
+        expect(markers).to_contain_text("2− (agent)")
+        # The segment is named after the instruction and is the target now.
+        expect(page.get_by_text("segment the white matter (IBISAgent segmentation)")).to_be_visible()
+        after_run = mask_area(page)
+        assert after_run > 0
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(tmp_path / "after_run.png"))
+        before_click = red.screenshot()
+
+        # A correction on the agent's slice, where the volume is (left of the centre, mid-height).
+        page.get_by_role("button", name="Add point").click()
+        box = red.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.30, box["y"] + box["height"] * 0.45)
+        expect(log).to_contain_text("4. you: positive click")
+        expect(markers).to_contain_text("3+ (user)")
+        corrected = mask_area(page)
+        assert corrected != after_run
+        after_click = frame_after(page, "Red", before_click)
+        assert np.abs(pixels(after_click) - pixels(before_click)).max() > 40
+
+        # Undo takes the correction back: the mask, the markers and the view.
+        page.get_by_role("button", name="Add point").click()  # correction mode off
+        page.get_by_role("button", name="Undo").click()
+        expect(log).to_contain_text("undone: step 4")
+        expect(markers).not_to_contain_text("3+")
+        assert mask_area(page) == after_run
+        after_undo = frame_after(page, "Red", after_click)
+        assert np.abs(pixels(after_undo) - pixels(before_click)).mean() < 1.0
+
+        # Propagate through two slices either side of the agent's slice.
+        where = page.locator(".ia-mask-area").inner_text()
+        index = int(re.search(r"axial slice (\d+)", where).group(1))
+        page.get_by_label("First slice").fill(str(index - 2))
+        page.get_by_label("Last slice").fill(str(index + 2))
+        page.get_by_label("Stop after empty").fill("0")
+        page.get_by_role("button", name="Propagate", exact=True).click()
+        expect(log).to_contain_text(f"propagated through slices {index - 2}–{index + 2}")
+
+        # Save: the four files, their voxels the session's segment.
+        page.get_by_role("button", name="Save").click()
+        saved = page.get_by_text(re.compile(r"Saved 4 files to .* \((\d+) voxels in the segment\)"))
+        expect(saved).to_be_visible()
+        voxels = int(re.search(r"\((\d+) voxels", saved.inner_text()).group(1))
+        stem = "segment_the_white_matter"
+        labelmap = sitk.ReadImage(str(out / f"{stem}.nii.gz"))
+        source = sitk.ReadImage(str(data["volume"]))
+        assert labelmap.GetSize() == source.GetSize()
+        np.testing.assert_allclose(labelmap.GetOrigin(), source.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(labelmap.GetDirection(), source.GetDirection(), atol=1e-6)
+        mask = sitk.GetArrayFromImage(labelmap).astype(bool)
+        assert int(mask.sum()) == voxels > 0
+        assert all(mask[k].any() for k in range(index - 2, index + 3))
+        assert not mask[: index - 2].any() and not mask[index + 3 :].any()
+        trace = json.loads((out / f"{stem}_trace.json").read_text())
+        assert [s["source"] for s in trace["steps"]] == ["agent", "agent", "agent"]
+        assert trace["steps"][-1]["mask_area"] == after_run
+        # Propagation rewrites the whole range, the agent's slice included (seen: 1 voxel off the session's mask).
+        assert abs(int(mask[index].sum()) - after_run) <= max(5, after_run // 100)
+        check_bundle_and_seg(out / f"{stem}_scene.mrb", out / f"{stem}.seg.nrrd", mask, tmp_path)
+
+        # The same files as browser downloads.
+        with page.expect_download() as download:
+            page.get_by_role("button", name=f"{stem}.nii.gz").click()
+        assert Path(download.value.path()).read_bytes() == (out / f"{stem}.nii.gz").read_bytes()
+    finally:
+        stop_server(server)
+
+
+def check_bundle_and_seg(mrb: Path, seg_nrrd: Path, mask: np.ndarray, tmp_path: Path) -> None:
+    """The scene bundle and the .seg.nrrd hold the same voxels as the NIfTI labelmap."""
+    import slicer
+
+    from IBISAgentMRML import load_mrb, new_scene, segment_array
+
+    headless = new_scene(tmp_path / "cache")
+    load_mrb(headless.scene, mrb)
+    volume = headless.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    segmentation = headless.scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("segment the white matter")
+    np.testing.assert_array_equal(segment_array(segmentation, segment_id, volume), mask)
+    assert headless.scene.GetFirstNodeByName("IBISAgent trace") is not None
+    labels = {
+        headless.scene.GetNthNodeByClass(i, "vtkMRMLMarkupsFiducialNode").GetNthControlPointLabel(n)
+        for i in range(headless.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode"))
+        for n in range(headless.scene.GetNthNodeByClass(i, "vtkMRMLMarkupsFiducialNode").GetNumberOfControlPoints())
+    }
+    assert labels == {"1+", "2−"}
+    loaded = slicer.vtkMRMLSegmentationNode()
+    headless.scene.AddNode(loaded)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(seg_nrrd))
+    assert storage.ReadData(loaded)
+    loaded_id = loaded.GetSegmentation().GetSegmentIdBySegmentName("segment the white matter")
+    np.testing.assert_array_equal(segment_array(loaded, loaded_id, volume), mask)
+    headless.scene.Clear(True)
+
+
+def test_bad_input_is_a_message_and_the_app_keeps_working(data, page, tmp_path):
+    server, url = start_server(
+        str(data["volume"]), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
+        "--out", str(tmp_path / "out"), cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        page.goto(url)
+        expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
+        page.wait_for_timeout(1000)
+        run = page.get_by_role("button", name="Run", exact=True)
+
+        run.click()  # no instruction
+        expect(alert(page)).to_contain_text("Type what to segment")
+
+        upload = page.locator("input[type=file]")
+        upload.set_input_files(str(data["broken"]))
+        expect(alert(page)).to_contain_text("Could not read broken.nii.gz as a volume")
+        upload.set_input_files(str(data["flat"]))
+        expect(alert(page)).to_contain_text("is a 2D image")
+        expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()  # the volume stays
+
+        page.get_by_label("Instruction").fill("segment the white matter")
+        run.click()
+        log = page.get_by_role("log", name="Reasoning")
+        expect(log).to_contain_text("stopped: terminate")
+        before = mask_area(page)
+
+        page.get_by_role("button", name="Add point").click()
+        yellow = view_image(page, "Yellow").bounding_box()
+        page.mouse.click(yellow["x"] + yellow["width"] / 2, yellow["y"] + yellow["height"] / 2)
+        expect(alert(page)).to_contain_text("Corrections go on the Red (axial) view")
+        red = view_image(page, "Red").bounding_box()
+        page.mouse.click(red["x"] + red["width"] / 2, red["y"] + 5)  # the black band above the volume
+        expect(alert(page)).to_contain_text("outside the volume")
+        assert mask_area(page) == before
+
+        # Still working: a correction on the slice goes through.
+        page.mouse.click(red["x"] + red["width"] * 0.30, red["y"] + red["height"] * 0.45)
+        expect(log).to_contain_text("4. you: positive click")
+        expect(alert(page)).to_have_count(0)
+    finally:
+        stop_server(server)
+
+
+def test_a_server_that_is_gone_is_a_message(data, page, tmp_path):
+    server, url = start_server(str(data["volume"]), "--server", "http://127.0.0.1:9/", cwd=tmp_path)
+    try:
+        page.goto(url)
+        expect(page.get_by_text("Models: server http://127.0.0.1:9/")).to_be_visible()
+        page.get_by_label("Instruction").fill("segment the white matter")
+        page.get_by_role("button", name="Run", exact=True).click()
+        expect(alert(page)).to_be_visible()
+        expect(page.get_by_role("log", name="Reasoning")).to_contain_text("error:")
+        expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled()  # ready for the next try
+        print("server gone:", alert(page).inner_text())
+    finally:
+        stop_server(server)
+
+
+def test_a_non_loopback_bind_needs_an_access_key(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "IBISAgentLib", "web", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "--access-key-file" in result.stderr and "Traceback" not in result.stderr
