@@ -50,6 +50,14 @@ def test_visits_forward_then_backward_and_keeps_the_key_mask(propagator):
     assert np.array_equal(result.mask[4], mask)
 
 
+def test_the_key_slice_is_exactly_the_given_mask(propagator):
+    volume, key, _ = setup()
+    rows, columns = np.ogrid[: key.height, : key.width]
+    blob = ((rows - 20) ** 2 + (columns - 23) ** 2 < 90) | ((rows - columns) % 7 == 0) & (rows > 5) & (rows < 30)
+    result = propagator.propagate(volume, key, blob, last=5, stop_after_empty=0)
+    assert np.array_equal(key.extract(result.mask), blob)
+
+
 def test_range_is_respected(propagator):
     volume, key, mask = setup()
     result = propagator.propagate(volume, key, mask, first=3, last=6, stop_after_empty=0)

@@ -176,6 +176,7 @@ class SAM2Propagator:
                         empty_run = 0 if plane.any() else empty_run + 1
                         if stop_after_empty and empty_run >= stop_after_empty:
                             break
+        key.insert(result.mask, key_mask)  # the key slice is given, not predicted (its resampling drifts a voxel)
         if largest_component:
             result.mask = keep_largest_component(result.mask)
         return result
