@@ -53,7 +53,7 @@ class IBISAgentWebApp(TrameApp):
             self.ui.title.set_text("IBISAgent")
             self.ui.drawer.width = 400
             with self.ui.drawer:
-                build_panel(self)
+                build_panel(self, self.bridge)
             with self.ui.content:
                 client.Style("html { overflow-y: auto; }")
                 self.layout_manager.initialize_layout_grid(self.ui)
@@ -101,24 +101,6 @@ class IBISAgentWebApp(TrameApp):
         self.state.ia_new_segment = ""
         self.bridge.notify("")
         self.bridge.refresh_segments()
-
-    def on_run(self) -> None:
-        self.bridge.on_run()
-
-    def on_step(self) -> None:
-        self.bridge.on_step()
-
-    def on_continue(self) -> None:
-        self.bridge.on_continue()
-
-    def on_undo(self) -> None:
-        self.bridge.on_undo()
-
-    def on_propagate(self) -> None:
-        self.bridge.on_propagate()
-
-    def on_cancel(self) -> None:
-        self.bridge.on_cancel()
 
     def on_save(self) -> None:
         driver = self.bridge.driver

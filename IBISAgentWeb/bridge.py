@@ -17,7 +17,7 @@ from trame.app import asynchronous
 from IBISAgentLib.workflow import BackendChoice, DriverBusy, Failed, WorkflowDriver
 from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, volume_case
 
-from .scene import VIEW_NAMES, WebScene
+from .scene import VIEW_NAMES, WebScene, show_surface
 
 POLL_S = 0.05
 TIMING = bool(os.environ.get("IBISAGENT_WEB_TIMING"))  # print click / apply times (benchmarks)
@@ -140,6 +140,7 @@ class DriverBridge:
                 self.refresh_segments()
             node, segment_id = target
             port = MRMLSegment(node, segment_id, volume, editor)
+            show_surface(node)
             self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=self.max_turns)
             self._session_opened = self._session_key()
 

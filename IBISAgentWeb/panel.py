@@ -40,9 +40,10 @@ DEFAULTS = {
 }
 
 
-def build_panel(actions: Any) -> None:
-    """``actions`` has on_upload, on_add_segment, on_run, on_step, on_continue, on_undo, on_propagate,
-    on_cancel, on_save; the download trigger is registered as 'ia_download'."""
+def build_panel(actions: Any, bridge: Any) -> None:
+    """``actions`` (the app) has on_upload, on_add_segment and on_save; the agent's buttons go straight to
+    ``bridge`` (on_run, on_step, on_continue, on_undo, on_propagate, on_cancel); the download trigger is
+    registered as 'ia_download'."""
     with html.Div(classes="pa-3 d-flex flex-column", style="gap: 10px"):
         v.VAlert(
             "All tabs of this page share one scene and one agent session: use one tab per user.",
@@ -112,10 +113,10 @@ def build_panel(actions: Any) -> None:
             disabled=("ia_busy",),
         )
         with html.Div(classes="d-flex flex-wrap", style="gap: 6px"):
-            v.VBtn("{{ ia_busy ? 'Cancel' : 'Run' }}", click=actions.on_run, color=("ia_busy ? 'error' : 'primary'",))
-            v.VBtn("Step", click=actions.on_step, disabled=("ia_busy",))
-            v.VBtn("Continue", click=actions.on_continue, disabled=("ia_busy || !ia_has_session",))
-            v.VBtn("Undo", click=actions.on_undo, disabled=("ia_busy || !ia_has_session",))
+            v.VBtn("{{ ia_busy ? 'Cancel' : 'Run' }}", click=bridge.on_run, color=("ia_busy ? 'error' : 'primary'",))
+            v.VBtn("Step", click=bridge.on_step, disabled=("ia_busy",))
+            v.VBtn("Continue", click=bridge.on_continue, disabled=("ia_busy || !ia_has_session",))
+            v.VBtn("Undo", click=bridge.on_undo, disabled=("ia_busy || !ia_has_session",))
         with v.VBtnToggle(v_model=("ia_mode",), density="compact", divided=True, variant="outlined"):
             v.VBtn("Add point", value="add", disabled=("!ia_has_session",))
             v.VBtn("Remove point", value="remove", disabled=("!ia_has_session",))
@@ -146,8 +147,8 @@ def build_panel(actions: Any) -> None:
                     hide_details=True,
                 )
             with html.Div(classes="d-flex align-center", style="gap: 6px"):
-                v.VBtn("Propagate", click=actions.on_propagate, disabled=("ia_busy || !ia_has_session",))
-                v.VBtn("Cancel propagation", click=actions.on_cancel, v_if="ia_busy && ia_progress_text", color="error")
+                v.VBtn("Propagate", click=bridge.on_propagate, disabled=("ia_busy || !ia_has_session",))
+                v.VBtn("Cancel propagation", click=bridge.on_cancel, v_if="ia_busy && ia_progress_text", color="error")
             v.VProgressLinear(
                 model_value=("ia_progress",),
                 v_if="ia_busy && ia_progress_text",

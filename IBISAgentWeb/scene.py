@@ -175,8 +175,17 @@ class WebScene:
         node = self.app.segmentation_editor.create_empty_segmentation_node()
         node.SetName("IBISAgent segmentation")
         node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume)
-        node.CreateClosedSurfaceRepresentation()  # the segment's surface in the 3D view
         return node
+
+
+def show_surface(segmentation: Any) -> None:
+    """The segments' surfaces in the 3D view, as Slicer's "Show 3D": the closed-surface representation is
+    built (and kept up to date with every write) and is what the 3D view draws."""
+    surface = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    if segmentation.GetDisplayNode() is None:
+        segmentation.CreateDefaultDisplayNodes()
+    segmentation.CreateClosedSurfaceRepresentation()
+    segmentation.GetDisplayNode().SetPreferredDisplayRepresentationName3D(surface)
 
 
 def _voxel_count(node: Any) -> int:

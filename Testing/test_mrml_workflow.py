@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ import SimpleITK as sitk  # noqa: E402
 from mrml_scene import SceneBuilder, rotation, translation  # noqa: E402
 from test_cli import ibisagent, replay_file  # noqa: E402
 from volume_data import mni_crop  # noqa: E402
+from workflow_ports import clicks_then_waits, waits_for_release  # noqa: E402
 
 from IBISAgentLib.backends import LocalBackend  # noqa: E402
 from IBISAgentLib.loading import load_models  # noqa: E402
@@ -134,22 +134,7 @@ def test_masking_applies_to_the_agents_writes_and_a_cancel_restores_exactly(worl
     editor.editor_node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
     editor.editor_node.SetMaskSegmentID(world["other"])
 
-    release = threading.Event()
-
-    class ClicksThenWaits:
-        description = "one click, then waits for the cancel"
-
-        def __init__(self):
-            self.calls = 0
-
-        def generate(self, request, cancel):
-            self.calls += 1
-            if self.calls == 1:
-                return OUTPUTS[0]
-            release.set()
-            cancel.wait(30)
-            return OUTPUTS[1]
-
+    ClicksThenWaits, release = clicks_then_waits(OUTPUTS[0], OUTPUTS[1])
     backend = LocalBackend(ClicksThenWaits, SAM2Tool(tiny_models[1], device=device))
     driver = WorkflowDriver(lambda choice: backend)
     driver.start(case, "x", world["target"], world["record"], LOCAL)
@@ -168,15 +153,7 @@ def test_masking_applies_to_the_agents_writes_and_a_cancel_restores_exactly(worl
 
 
 def test_closing_the_scene_mid_run_writes_nothing_and_leaves_the_driver_ready(world, tiny_models, device):
-    release = threading.Event()
-
-    class WaitsForRelease:
-        description = "answers once released"
-
-        def generate(self, request, cancel):
-            release.wait(30)
-            return OUTPUTS[0]
-
+    WaitsForRelease, release = waits_for_release(OUTPUTS[0])
     backend = LocalBackend(WaitsForRelease, SAM2Tool(tiny_models[1], device=device))
     driver = WorkflowDriver(lambda choice: backend)
     scene = world["scene"]

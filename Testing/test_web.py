@@ -156,6 +156,7 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         red = view_image(page, "Red")
         expect(red).to_be_visible()
         page.wait_for_timeout(1500)  # views fitted at their final size
+        empty_3d = view_image(page, "ThreeD").screenshot()
 
         page.get_by_label("Instruction").fill("segment the white matter")
         page.get_by_role("button", name="Run", exact=True).click()
@@ -203,6 +204,10 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         page.get_by_label("Stop after empty").fill("0")
         page.get_by_role("button", name="Propagate", exact=True).click()
         expect(log).to_contain_text(f"propagated through slices {index - 2}–{index + 2}")
+        page.wait_for_timeout(1500)
+        with_surface = pixels(view_image(page, "ThreeD").screenshot())
+        changed = (np.abs(with_surface - pixels(empty_3d)).max(axis=2) > 40).mean()
+        assert changed > 0.03, f"the 3D view shows no segment surface ({changed:.1%} of its pixels changed)"
 
         # Save: the four files, their voxels the session's segment.
         page.get_by_role("button", name="Save").click()

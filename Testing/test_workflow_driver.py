@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 from volume_data import mni_crop
-from workflow_ports import ArrayTarget
+from workflow_ports import ArrayTarget, clicks_then_waits, waits_for_release
 
 from IBISAgentLib.backends import LocalBackend
 from IBISAgentLib.loading import load_models
@@ -142,22 +142,7 @@ def test_failures_say_why_and_put_the_segment_back(driver, case):
 
 
 def test_a_cancelled_run_is_rolled_back_and_the_segment_restored(tiny_models, case, device):
-    release = threading.Event()
-
-    class ClicksThenWaits:
-        description = "test policy: one click, then waits until cancelled"
-
-        def __init__(self):
-            self.calls = 0
-
-        def generate(self, request, cancel):
-            self.calls += 1
-            if self.calls == 1:
-                return OUTPUTS[0]
-            release.set()
-            cancel.wait(30)
-            return OUTPUTS[1]
-
+    ClicksThenWaits, release = clicks_then_waits(OUTPUTS[0], OUTPUTS[1])
     backend = LocalBackend(ClicksThenWaits, SAM2Tool(tiny_models[1], device=device))
     driver = WorkflowDriver(lambda choice: backend)
     before = np.zeros(case.windowed.shape, bool)
@@ -249,15 +234,7 @@ def test_the_choice_is_stored_without_its_token():
 
 def waiting_driver(tiny_models, device):
     """A driver whose policy answers (one positive click) only once ``release`` is set."""
-    release = threading.Event()
-
-    class WaitsForRelease:
-        description = "test policy: answers once released"
-
-        def generate(self, request, cancel):
-            release.wait(30)
-            return OUTPUTS[0]
-
+    WaitsForRelease, release = waits_for_release(OUTPUTS[0])
     backend = LocalBackend(WaitsForRelease, SAM2Tool(tiny_models[1], device=device))
     return WorkflowDriver(lambda choice: backend), release
 

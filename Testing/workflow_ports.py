@@ -1,7 +1,10 @@
-"""The driver's ports over plain arrays: a front end's segment and record without a scene (the MRML ones
-are tested on Slicer's core in test_mrml_*.py)."""
+"""For the workflow tests: the driver's ports over plain arrays (a front end's segment and record without a
+scene; the MRML ones are tested on Slicer's core in test_mrml_*.py), and policies that hold a run open
+until the test lets it go."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -30,3 +33,38 @@ class ArrayTarget:
 
     def store_trace(self, text: str) -> None:
         self.traces.append(text)
+
+
+def clicks_then_waits(click: str, later: str) -> tuple[type, threading.Event]:
+    """A policy class that answers ``click``, then sets the event and waits for the cancel before ``later``."""
+    reached = threading.Event()
+
+    class ClicksThenWaits:
+        description = "test policy: one click, then waits until cancelled"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def generate(self, request, cancel):
+            self.calls += 1
+            if self.calls == 1:
+                return click
+            reached.set()
+            cancel.wait(30)
+            return later
+
+    return ClicksThenWaits, reached
+
+
+def waits_for_release(answer: str) -> tuple[type, threading.Event]:
+    """A policy class that answers only once the returned event is set."""
+    release = threading.Event()
+
+    class WaitsForRelease:
+        description = "test policy: answers once released"
+
+        def generate(self, request, cancel):
+            release.wait(30)
+            return answer
+
+    return WaitsForRelease, release

@@ -8,14 +8,11 @@ so a 100 KB output costs about 100 x a 1 KB one and never holds the server's GIL
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from test_actions import ADVERSARIAL
-
-from IBISAgentLib.actions import parse_response
+from test_actions import ADVERSARIAL, parse_seconds
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 CASES = {
@@ -24,19 +21,10 @@ CASES = {
 }
 
 
-def seconds(text: str) -> float:
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        parse_response(text)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 def main() -> None:
     print(f"{'output':34s}" + "".join(f"{size:>12,d} B" for size in SIZES) + "   1 MB / 1 KB")
     for name, make in CASES.items():
-        times = [seconds(make(size)) for size in SIZES]
+        times = [parse_seconds(make(size)) for size in SIZES]
         print(f"{name:34s}" + "".join(f"{t * 1e3:11.3f} ms" for t in times) + f"   {times[-1] / times[0]:9.0f}x")
 
 
