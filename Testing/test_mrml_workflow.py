@@ -18,13 +18,13 @@ import SimpleITK as sitk  # noqa: E402
 from mrml_scene import SceneBuilder, rotation, translation  # noqa: E402
 from test_cli import ibisagent, replay_file  # noqa: E402
 from volume_data import mni_crop  # noqa: E402
-from workflow_ports import clicks_then_waits, waits_for_release  # noqa: E402
+from workflow_ports import LOCAL, OUTPUTS, clicks_then_waits, waits_for_release  # noqa: E402
 
 from IBISAgentLib.backends import LocalBackend  # noqa: E402
 from IBISAgentLib.loading import load_models  # noqa: E402
 from IBISAgentLib.tools.click_tool import SAM2Tool  # noqa: E402
 from IBISAgentLib.trace import Trace  # noqa: E402
-from IBISAgentLib.workflow import COLORS, BackendChoice, Failed, SliceChanged, WorkflowDriver  # noqa: E402
+from IBISAgentLib.workflow import COLORS, Failed, SliceChanged, WorkflowDriver  # noqa: E402
 from IBISAgentMRML import (  # noqa: E402
     LogicEditor,
     MRMLRecord,
@@ -38,13 +38,6 @@ from IBISAgentMRML import (  # noqa: E402
     xy_to_world,
 )
 from IBISAgentMRML.record import TRACE_NODE_NAME  # noqa: E402
-
-OUTPUTS = [
-    "<think>white matter here</think><action>Positive Point (0.5000, 0.5000)</action>",
-    "<think>too much</think><action>Negative Point (0.2000, 0.3000)</action>",
-    "<think>good</think><action>Terminate</action><answer>Done.</answer>",
-]
-LOCAL = BackendChoice()
 
 
 @pytest.fixture()

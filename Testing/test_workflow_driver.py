@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 from volume_data import mni_crop
-from workflow_ports import ArrayTarget, clicks_then_waits, waits_for_release
+from workflow_ports import LOCAL, OUTPUTS, ArrayTarget, clicks_then_waits, waits_for_release
 
 from IBISAgentLib.backends import LocalBackend
 from IBISAgentLib.loading import load_models
@@ -27,13 +27,6 @@ from IBISAgentLib.workflow import (
     TraceReady,
     WorkflowDriver,
 )
-
-OUTPUTS = [
-    "<think>white matter here</think><action>Positive Point (0.5000, 0.5000)</action>",
-    "<think>too much</think><action>Negative Point (0.2000, 0.3000)</action>",
-    "<think>good</think><action>Terminate</action><answer>Done.</answer>",
-]
-LOCAL = BackendChoice()
 
 
 @pytest.fixture()

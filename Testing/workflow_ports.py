@@ -8,6 +8,16 @@ import threading
 
 import numpy as np
 
+from IBISAgentLib.workflow import BackendChoice
+
+# A replayed agent run: a click, a correction, then Terminate.
+OUTPUTS = [
+    "<think>white matter here</think><action>Positive Point (0.5000, 0.5000)</action>",
+    "<think>too much</think><action>Negative Point (0.2000, 0.3000)</action>",
+    "<think>good</think><action>Terminate</action><answer>Done.</answer>",
+]
+LOCAL = BackendChoice()  # the choice the tests hand the driver (their backend builder ignores it)
+
 
 class ArrayTarget:
     def __init__(self, shape: tuple[int, int, int], segment: np.ndarray | None = None) -> None:
