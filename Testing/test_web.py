@@ -311,6 +311,32 @@ def test_bad_input_is_a_message_and_the_app_keeps_working(data, page, tmp_path):
         stop_server(server)
 
 
+def test_volumes_open_from_the_page_nifti_and_a_dicom_series(data, page, tmp_path):
+    from volume_data import ct_phantom, write_dicom_series
+
+    series = tmp_path / "series"
+    ct = sitk.GetImageFromArray(ct_phantom((6, 40, 48)))
+    ct.SetSpacing((0.8, 0.8, 2.5))
+    write_dicom_series(ct, series)
+    server, url = start_server("--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
+                               "--out", str(tmp_path / "out"), cwd=tmp_path)  # fmt: skip
+    try:
+        page.goto(url)
+        expect(page.get_by_text("Volume: none: open one below")).to_be_visible()
+        upload = page.locator("input[type=file]")
+        upload.set_input_files(str(data["volume"]))
+        expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
+        upload.set_input_files(sorted(str(p) for p in series.iterdir()))
+        expect(page.get_by_text("Volume: brain.nii.gz")).to_have_count(0)
+        expect(alert(page)).to_have_count(0)
+        page.get_by_label("Instruction").fill("segment the bone")
+        page.get_by_role("button", name="Run", exact=True).click()
+        expect(page.get_by_role("log", name="Reasoning")).to_contain_text("stopped: terminate")
+        expect(page.get_by_text(re.compile(r"Agent on axial slice \d+"))).to_be_visible()
+    finally:
+        stop_server(server)
+
+
 def test_a_server_that_is_gone_is_a_message(data, page, tmp_path):
     server, url = start_server(str(data["volume"]), "--server", "http://127.0.0.1:9/", cwd=tmp_path)
     try:
