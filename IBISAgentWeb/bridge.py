@@ -11,9 +11,11 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from trame.app import asynchronous
 
+from IBISAgentLib.remote import is_loopback
 from IBISAgentLib.workflow import BackendChoice, DriverBusy, Failed, WorkflowDriver
 from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, volume_case
 
@@ -33,7 +35,9 @@ class DriverBridge:
         max_turns: int = 20,
     ) -> None:
         self.server, self.state, self.scene, self.choice = server, server.state, scene, choice
-        self.max_turns = max_turns
+        self.state.ia_max_turns = max_turns
+        self._consented: set[str] = set()  # servers the user agreed to send images to, this process
+        self._pending_start: str | None = None
         self.driver = WorkflowDriver()
         self.editor: LogicEditor | None = None
         self.record: MRMLRecord | None = None
@@ -119,6 +123,12 @@ class DriverBridge:
         self.command(lambda: self.driver.click(tuple(float(v) for v in ras), mode == "add"))
 
     def start(self, then: str) -> None:
+        host = urlsplit(self.choice.server).hostname if self.choice.remote else None
+        if host and not is_loopback(host) and host not in self._consented:
+            with self.state:  # the page asks once per server before an image leaves this computer
+                self.state.ia_consent_host, self._pending_start = host, then
+            return
+
         def call() -> None:
             volume = self.scene.volume
             if volume is None:
@@ -141,10 +151,24 @@ class DriverBridge:
             node, segment_id = target
             port = MRMLSegment(node, segment_id, volume, editor)
             show_surface(node)
-            self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=self.max_turns)
+            turns = _int(self.state.ia_max_turns, "max turns")
+            self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=turns)
             self._session_opened = self._session_key()
 
         self.command(call)
+
+    def on_consent_given(self) -> None:
+        self._consented.add(self.state.ia_consent_host)
+        then, self._pending_start = self._pending_start, None
+        with self.state:
+            self.state.ia_consent_host = ""
+        self.start(then or "run")
+
+    def on_consent_refused(self) -> None:
+        self._pending_start = None
+        with self.state:
+            self.state.ia_consent_host = ""
+        self.notify("Nothing was sent to the server.")
 
     def _session_key(self) -> tuple[Any, ...]:
         volume = self.scene.volume

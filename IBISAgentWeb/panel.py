@@ -36,6 +36,8 @@ DEFAULTS = {
     "ia_saved": "",
     "ia_downloads": [],
     "ia_clients": 0,
+    "ia_max_turns": 20,
+    "ia_consent_host": "",
     "ia_models": "",
 }
 
@@ -112,6 +114,25 @@ def build_panel(actions: Any, bridge: Any) -> None:
             hide_details=True,
             disabled=("ia_busy",),
         )
+        v.VTextField(
+            label="Max turns",
+            v_model=("ia_max_turns",),
+            type="number",
+            density="compact",
+            hide_details=True,
+            disabled=("ia_busy",),
+        )
+        with (
+            v.VDialog(model_value=("!!ia_consent_host",), persistent=True, max_width=520),
+            v.VCard(title="Send images to a server?"),
+        ):
+            v.VCardText(
+                "IBISAgent will send this volume and your instruction to the server {{ ia_consent_host }}. "
+                "Make sure this is allowed for these images."
+            )
+            with v.VCardActions():
+                v.VBtn("Do not send", click=bridge.on_consent_refused)
+                v.VBtn("Send", click=bridge.on_consent_given, color="primary")
         with html.Div(classes="d-flex flex-wrap", style="gap: 6px"):
             v.VBtn("{{ ia_busy ? 'Cancel' : 'Run' }}", click=bridge.on_run, color=("ia_busy ? 'error' : 'primary'",))
             v.VBtn("Step", click=bridge.on_step, disabled=("ia_busy",))
@@ -146,6 +167,12 @@ def build_panel(actions: Any, bridge: Any) -> None:
                     density="compact",
                     hide_details=True,
                 )
+            v.VCheckbox(
+                label="Keep the largest connected part",
+                v_model=("ia_largest",),
+                density="compact",
+                hide_details=True,
+            )
             with html.Div(classes="d-flex align-center", style="gap: 6px"):
                 v.VBtn("Propagate", click=bridge.on_propagate, disabled=("ia_busy || !ia_has_session",))
                 v.VBtn("Cancel propagation", click=bridge.on_cancel, v_if="ia_busy && ia_progress_text", color="error")

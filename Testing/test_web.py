@@ -330,9 +330,27 @@ def test_volumes_open_from_the_page_nifti_and_a_dicom_series(data, page, tmp_pat
         expect(page.get_by_text("Volume: brain.nii.gz")).to_have_count(0)
         expect(alert(page)).to_have_count(0)
         page.get_by_label("Instruction").fill("segment the bone")
+        page.get_by_label("Max turns").fill("1")
         page.get_by_role("button", name="Run", exact=True).click()
-        expect(page.get_by_role("log", name="Reasoning")).to_contain_text("stopped: terminate")
+        expect(page.get_by_role("log", name="Reasoning")).to_contain_text("stopped: max_turns")
         expect(page.get_by_text(re.compile(r"Agent on axial slice \d+"))).to_be_visible()
+    finally:
+        stop_server(server)
+
+
+def test_images_leave_for_another_machine_only_after_consent(data, page, tmp_path):
+    server, url = start_server(str(data["volume"]), "--server", "https://ibis.hospital.example/", cwd=tmp_path)
+    try:
+        page.goto(url)
+        expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
+        page.get_by_label("Instruction").fill("segment the white matter")
+        page.get_by_role("button", name="Run", exact=True).click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("to the server ibis.hospital.example")
+        dialog.get_by_role("button", name="Do not send").click()
+        expect(alert(page)).to_contain_text("Nothing was sent to the server.")
+        expect(page.get_by_role("dialog")).to_have_count(0)
+        expect(page.get_by_role("log", name="Reasoning")).not_to_contain_text("error")  # nothing was started
     finally:
         stop_server(server)
 
