@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -85,10 +84,7 @@ class LocalBackend:
         self.policy_factory = policy_factory
         self.tool = tool
         self.device = device
-        variant = getattr(tool, "variant", None)
-        checkpoint = getattr(tool, "checkpoint", None)
-        same_as_tool = SegmenterSpec(variant, Path(checkpoint) if checkpoint else None) if variant else None
-        self.propagator_spec = propagator or same_as_tool
+        self.propagator_spec = propagator or getattr(tool, "spec", None)  # a SAM 2 family tool's own model
         self._propagator = None
         self._cases: weakref.WeakKeyDictionary[AgentSession, VolumeCase] = weakref.WeakKeyDictionary()
 

@@ -616,14 +616,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _tiny_models(args: argparse.Namespace) -> int:
-    from .tiny_models import build_tiny_models
+    from .tiny_models import build_random_segmenter, build_tiny_models
 
     mllm, medsam2 = build_tiny_models(args.directory)
     print(f"tiny Qwen2.5-VL: {mllm}\ntiny MedSAM2:   {medsam2}")
     for name in args.variant:
-        from .tiny_models import build_random_segmenter
-        from .tools import variant_named
-
         path = build_random_segmenter(Path(args.directory) / f"{name}.pt", variant_named(name))
         print(f"random {name}: {path}")
     return EXIT_OK

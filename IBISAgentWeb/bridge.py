@@ -6,9 +6,6 @@ driver's state rendered into trame's state."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +19,6 @@ from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, al
 from .scene import VIEW_NAMES, WebScene, show_surface
 
 POLL_S = 0.05
-TIMING = bool(os.environ.get("IBISAGENT_WEB_TIMING"))  # print click / apply times (benchmarks)
 REFUSALS = (DriverBusy, AdapterError, ValueError, RuntimeError)
 
 
@@ -119,7 +115,6 @@ class DriverBridge:
             self.notify(f"Corrections go on the {VIEW_NAMES[agent_view]} view, where the agent works.")
             self.render()
             return
-        self._clicked_at = time.perf_counter()
         self.command(lambda: self.driver.click(tuple(float(v) for v in ras), mode == "add"))
 
     def start(self, then: str) -> None:
@@ -184,17 +179,7 @@ class DriverBridge:
     async def _poll_loop(self) -> None:
         try:
             while True:
-                begun = time.perf_counter()
                 events = self.driver.poll()
-                if TIMING and events:
-                    applied = time.perf_counter()
-                    since = 1000 * (begun - getattr(self, "_clicked_at", begun))
-                    print(
-                        f"timing: events {[type(e).__name__ for e in events]} arrived <= {since:.0f} ms after the "
-                        f"click, applied in {1000 * (applied - begun):.0f} ms",
-                        file=sys.stderr,
-                        flush=True,
-                    )
                 failures = [e.message for e in events if isinstance(e, Failed)]
                 if failures:
                     self.notify(failures[-1])
@@ -254,7 +239,6 @@ class DriverBridge:
                 where = f"{geometry.axis} slice {geometry.index}"
                 if self.state.ia_slice_where != where:  # a new session: the whole volume by default
                     self.state.ia_slice_where = where
-                    self.state.ia_slice_count = geometry.count
                     self.state.ia_first, self.state.ia_last = 0, geometry.count - 1
             else:
                 self.state.ia_slice_where = ""

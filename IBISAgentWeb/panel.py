@@ -28,7 +28,6 @@ DEFAULTS = {
     "ia_has_session": False,
     "ia_mask_area": 0,
     "ia_slice_where": "",
-    "ia_slice_count": 0,
     "ia_first": 0,
     "ia_last": 0,
     "ia_stop_after_empty": 3,

@@ -16,7 +16,6 @@ from vtkmodules.vtkCommonCore import vtkCommand
 
 VIEW_NAMES = {"Red": "Red (axial)", "Yellow": "Yellow (sagittal)", "Green": "Green (coronal)"}
 REFIT_S = 5.0
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 
 class WebScene:
@@ -112,9 +111,6 @@ class WebScene:
     def slice_node(self, view_name: str) -> Any:
         view = self.app.view_manager.get_view(view_name)
         return None if view is None else view.get_view_node()
-
-    def slice_view(self, view_name: str) -> Any:
-        return self.app.view_manager.get_view(view_name)
 
     def fit_views(self) -> None:
         """Fit every view to the volume; views whose size the browser has not reported yet are fitted again at

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,16 @@ def start_server(*args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
             return process, match.group(1)
     process.kill()
     raise RuntimeError("the server did not start within 120 s")
+
+
+@contextlib.contextmanager
+def served(*args: str, cwd: Path) -> Iterator[str]:
+    """A running `ibisagent web` for the length of the block; its URL."""
+    server, url = start_server(*args, cwd=cwd)
+    try:
+        yield url
+    finally:
+        stop_server(server)
 
 
 def stop_server(process: subprocess.Popen) -> None:
@@ -146,11 +158,10 @@ def pixels(png: bytes) -> np.ndarray:
 
 def test_run_correct_undo_propagate_save(data, page, tmp_path):
     out = tmp_path / "out"
-    server, url = start_server(
+    with served(
         str(data["volume"]), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
         "--out", str(out), cwd=tmp_path,
-    )  # fmt: skip
-    try:
+    ) as url:  # fmt: skip
         page.goto(url)
         expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
         red = view_image(page, "Red")
@@ -234,8 +245,6 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         with page.expect_download() as download:
             page.get_by_role("button", name=f"{stem}.nii.gz").click()
         assert Path(download.value.path()).read_bytes() == (out / f"{stem}.nii.gz").read_bytes()
-    finally:
-        stop_server(server)
 
 
 def check_bundle_and_seg(mrb: Path, seg_nrrd: Path, mask: np.ndarray, tmp_path: Path) -> None:
@@ -268,11 +277,10 @@ def check_bundle_and_seg(mrb: Path, seg_nrrd: Path, mask: np.ndarray, tmp_path: 
 
 
 def test_bad_input_is_a_message_and_the_app_keeps_working(data, page, tmp_path):
-    server, url = start_server(
+    with served(
         str(data["volume"]), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
         "--out", str(tmp_path / "out"), cwd=tmp_path,
-    )  # fmt: skip
-    try:
+    ) as url:  # fmt: skip
         page.goto(url)
         expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
         page.wait_for_timeout(1000)
@@ -307,8 +315,6 @@ def test_bad_input_is_a_message_and_the_app_keeps_working(data, page, tmp_path):
         page.mouse.click(red["x"] + red["width"] * 0.30, red["y"] + red["height"] * 0.45)
         expect(log).to_contain_text("4. you: positive click")
         expect(alert(page)).to_have_count(0)
-    finally:
-        stop_server(server)
 
 
 def test_volumes_open_from_the_page_nifti_and_a_dicom_series(data, page, tmp_path):
@@ -318,9 +324,8 @@ def test_volumes_open_from_the_page_nifti_and_a_dicom_series(data, page, tmp_pat
     ct = sitk.GetImageFromArray(ct_phantom((6, 40, 48)))
     ct.SetSpacing((0.8, 0.8, 2.5))
     write_dicom_series(ct, series)
-    server, url = start_server("--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
-                               "--out", str(tmp_path / "out"), cwd=tmp_path)  # fmt: skip
-    try:
+    with served("--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
+                "--out", str(tmp_path / "out"), cwd=tmp_path) as url:  # fmt: skip
         page.goto(url)
         expect(page.get_by_text("Volume: none: open one below")).to_be_visible()
         upload = page.locator("input[type=file]")
@@ -334,13 +339,10 @@ def test_volumes_open_from_the_page_nifti_and_a_dicom_series(data, page, tmp_pat
         page.get_by_role("button", name="Run", exact=True).click()
         expect(page.get_by_role("log", name="Reasoning")).to_contain_text("stopped: max_turns")
         expect(page.get_by_text(re.compile(r"Agent on axial slice \d+"))).to_be_visible()
-    finally:
-        stop_server(server)
 
 
 def test_images_leave_for_another_machine_only_after_consent(data, page, tmp_path):
-    server, url = start_server(str(data["volume"]), "--server", "https://ibis.hospital.example/", cwd=tmp_path)
-    try:
+    with served(str(data["volume"]), "--server", "https://ibis.hospital.example/", cwd=tmp_path) as url:
         page.goto(url)
         expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
         page.get_by_label("Instruction").fill("segment the white matter")
@@ -351,13 +353,10 @@ def test_images_leave_for_another_machine_only_after_consent(data, page, tmp_pat
         expect(alert(page)).to_contain_text("Nothing was sent to the server.")
         expect(page.get_by_role("dialog")).to_have_count(0)
         expect(page.get_by_role("log", name="Reasoning")).not_to_contain_text("error")  # nothing was started
-    finally:
-        stop_server(server)
 
 
 def test_a_server_that_is_gone_is_a_message(data, page, tmp_path):
-    server, url = start_server(str(data["volume"]), "--server", "http://127.0.0.1:9/", cwd=tmp_path)
-    try:
+    with served(str(data["volume"]), "--server", "http://127.0.0.1:9/", cwd=tmp_path) as url:
         page.goto(url)
         expect(page.get_by_text("Models: server http://127.0.0.1:9/")).to_be_visible()
         page.get_by_label("Instruction").fill("segment the white matter")
@@ -365,9 +364,6 @@ def test_a_server_that_is_gone_is_a_message(data, page, tmp_path):
         expect(alert(page)).to_be_visible()
         expect(page.get_by_role("log", name="Reasoning")).to_contain_text("error:")
         expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled()  # ready for the next try
-        print("server gone:", alert(page).inner_text())
-    finally:
-        stop_server(server)
 
 
 def test_a_non_loopback_bind_needs_an_access_key(tmp_path):

@@ -57,6 +57,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .memory import pin_malloc_thresholds
 
     try:
         token = token_from(args.token, args.token_file)
@@ -70,6 +71,7 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    pin_malloc_thresholds()  # before the models load, so no thread arena keeps a large block
     try:
         backend = load_local_backend(args)
         backend.propagator  # noqa: B018  (models load once, at start-up)

@@ -6,9 +6,6 @@ and nobody asked for within the same time is dropped, so memory goes back once t
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import secrets
 import threading
 import time
@@ -18,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from IBISAgentLib.protocol import UploadedImage
+
+from .memory import return_memory
 
 
 class ImageStore:
@@ -90,7 +89,6 @@ class SessionStore:
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        _pin_malloc_thresholds()
         threading.Thread(target=self._reap_forever, name="ibisagent-session-reaper", daemon=True).start()
 
     def add(self, session: Any, image: str) -> str | None:
@@ -151,7 +149,7 @@ class SessionStore:
                 in_use = {entry.image for entry in self._entries.values()}
             dropped = self.images.expire(self.idle_timeout, in_use)
             if closed or dropped:
-                _return_memory()
+                return_memory()
 
     def _reap_locked(self) -> int:
         now = time.monotonic()
@@ -165,36 +163,3 @@ class SessionStore:
             self.on_close(entry.session)
             del self._entries[session_id]
         return len(expired)
-
-
-def _return_memory() -> None:
-    """Hand freed memory back to the system: glibc keeps freed blocks of the heap for reuse otherwise, and
-    the server's resident size would stay at its peak long after the sessions are gone."""
-    gc.collect()
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-
-
-def _pin_malloc_thresholds() -> None:
-    """Fix glibc's trim and mmap thresholds at their defaults. Left dynamic, glibc raises both each time it
-    frees an mmapped block (up to 32 and 64 MiB); from then on blocks of that size (a windowed volume, a
-    model activation) come from the arena of the thread that asked, and a thread arena's free top is given
-    back neither on free (it is below the raised trim threshold) nor by malloc_trim (which trims only the
-    main heap's top), so every request and worker thread keeps its last large block resident for good."""
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
-
-
-def _glibc() -> ctypes.CDLL | None:
-    libc_name = ctypes.util.find_library("c")
-    if libc_name and "libc" in libc_name:
-        libc = ctypes.CDLL(libc_name)
-        if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt"):
-            return libc
-    return None

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..devices import resolve_device
 from ..interfaces import Click, ToolResult
+from .resolve import SegmenterSpec
 from .sam2_model import build_model
 from .variants import MEDSAM2, SAM2Variant
 
@@ -61,6 +62,7 @@ class SAM2Tool:
         self.device = resolve_device(device)
         self.variant = variant
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
+        self.spec = SegmenterSpec(variant, Path(checkpoint) if checkpoint is not None else None)
         self.description = f"{variant.title} ({Path(checkpoint).name if checkpoint else 'random weights'})"
         self._predictor = _predictor_class()(build_model(variant, checkpoint, self.device))
         self._image_key: str | None = None
@@ -69,12 +71,7 @@ class SAM2Tool:
         self.embeddings_computed = 0
 
     def identity(self) -> dict[str, str]:
-        """What the trace records of this tool."""
-        return {
-            "tool_variant": self.variant.name,
-            "tool_image_size": str(self.variant.image_size),
-            "tool_checkpoint": self.checkpoint or "random weights",
-        }
+        return self.spec.identity("tool")
 
     @property
     def low_res_size(self) -> int:

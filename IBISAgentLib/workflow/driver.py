@@ -48,7 +48,14 @@ class DriverState:
     stop_reason: str | None = None
     answer: str | None = None
     progress: tuple[int, int] | None = None  # propagation: slices done, total
-    status: str = "Ready."
+
+    @property
+    def status(self) -> str:
+        if self.busy:
+            return "Working…" + (f" {self.progress[0]} of {self.progress[1]} slices" if self.progress else "")
+        if self.stop_reason:
+            return f"Stopped: {self.stop_reason}" + (f" — {self.answer}" if self.answer else "")
+        return "Ready."
 
 
 class WorkflowDriver:
@@ -103,7 +110,7 @@ class WorkflowDriver:
         def job() -> None:
             _close(previous)
             if self._backend is None or choice != self._choice:
-                self._backend, self._choice = None, None
+                self._backend, self._choice = None, None  # a build that fails leaves no stale backend behind
                 self._backend, self._choice = self.build_backend(choice), choice
             session = self._backend.open_session(
                 case, instruction, initial_mask=initial_mask, max_turns=max_turns, on_step=self._on_step
@@ -117,13 +124,14 @@ class WorkflowDriver:
 
     def run(self) -> None:
         """Let the agent carry on from where the session is (Continue)."""
-        self._launch(lambda: self._agent(self._session().run))
+        self._launch(lambda: self._agent(self._session().run), snapshot=self._read_target())
 
     def step(self) -> None:
-        self._launch(lambda: self._agent(self._session().step))
+        self._launch(lambda: self._agent(self._session().step), snapshot=self._read_target())
 
     def click(self, ras: tuple[float, float, float], positive: bool) -> None:
-        """A correction at a world RAS point, which must lie on the agent's slice (ValueError otherwise)."""
+        """A correction at a world RAS point, which must lie on the agent's slice (ValueError otherwise). It
+        writes once, only when it succeeds, so there is nothing to put back and no snapshot to take."""
         column, row = self.ras_to_pixel(ras)
         self._launch(lambda: self._correct(column, row, positive))
 
@@ -159,7 +167,7 @@ class WorkflowDriver:
                 return
             self._emit(Propagated(mask, *span))
 
-        self._launch(job)
+        self._launch(job, snapshot=self._read_target())
 
     def cancel(self) -> None:
         """Stop what runs at the next token or slice; safe from any thread."""
@@ -242,13 +250,15 @@ class WorkflowDriver:
         if self.state.busy:
             raise DriverBusy("IBISAgent is still working: wait for it or press Cancel.")
 
+    def _read_target(self) -> np.ndarray | None:
+        return None if self.target is None else self.target.read()
+
     def _launch(self, job: Callable[[], Any], snapshot: np.ndarray | None = None) -> None:
-        """Run ``job`` on the worker. The target is kept as it is now, for a failure or cancel to restore."""
+        """Run ``job`` on the worker; ``snapshot`` is the target as it was before, for a failure or cancel to
+        restore (None: the job writes only on success, nothing to put back)."""
         self._refuse_if_busy()
         if self._worker is not None:
             self._worker.join()  # it has posted Idle already and is only returning
-        if snapshot is None and self.target is not None:
-            snapshot = self.target.read()
         self._snapshot = snapshot
         self.state.busy, self.state.progress = True, None
         self._cancel.clear()
@@ -267,7 +277,6 @@ class WorkflowDriver:
 
         self._worker = threading.Thread(target=guarded, name="ibisagent-workflow", daemon=True)
         self._worker.start()
-        self._update_status()
 
     def _emit(self, event: Event) -> None:
         """Queue an event from the worker, marked with the operation that thread runs."""
@@ -334,7 +343,6 @@ class WorkflowDriver:
             self._note(event)
         elif isinstance(event, TraceReady) and self.record is not None:
             self.record.store_trace(event.text)
-        self._update_status()
 
     def _note(self, failure: Failed) -> None:
         self.state.log.append(f"error: {failure.message}")
@@ -353,16 +361,6 @@ class WorkflowDriver:
         self.state.markers = self._markers()
         if self.record is not None:
             self.record.show_markers(self.state.markers)
-
-    def _update_status(self) -> None:
-        state = self.state
-        if state.busy:
-            done = f" {state.progress[0]} of {state.progress[1]} slices" if state.progress else ""
-            state.status = f"Working…{done}"
-        elif state.stop_reason:
-            state.status = f"Stopped: {state.stop_reason}" + (f" — {state.answer}" if state.answer else "")
-        else:
-            state.status = "Ready."
 
     def _markers(self) -> list[Marker]:
         return [] if self.session is None else markers_of(self.session.steps)

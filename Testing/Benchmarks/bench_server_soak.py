@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from server_process import ServerProcess
 
 from IBISAgentLib.remote import RemoteBackend
-from IBISAgentLib.tiny_models import _build_random_medsam2
+from IBISAgentLib.tiny_models import build_random_segmenter
+from IBISAgentLib.tools import MEDSAM2
 from IBISAgentLib.volume_case import VolumeCase
 
 IDLE_TIMEOUT = 4.0
@@ -70,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "medsam2.pt"
-        _build_random_medsam2(checkpoint)
+        build_random_segmenter(checkpoint, MEDSAM2)
         replay = Path(folder) / "outputs.json"
         replay.write_text(json.dumps(OUTPUTS * 1000))
         with ServerProcess("--mllm", f"replay:{replay}", "--sam2", str(checkpoint), "--idle-timeout",

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from test_web import start_server, stop_server, view_image
 
-from IBISAgentLib.tiny_models import _build_random_medsam2
+from IBISAgentLib.tiny_models import build_random_segmenter
+from IBISAgentLib.tools import MEDSAM2
 
 INSTRUMENT = """() => {
   const img = document.querySelector("div:has(> span.ia-view-Red) img.image-display-area");
@@ -60,7 +61,7 @@ def run(work: Path, volume: str | None, clicks: int) -> None:
         voxels = np.random.default_rng(0).integers(-1000, 1500, (300, 512, 512), dtype=np.int16)
         sitk.WriteImage(sitk.GetImageFromArray(voxels), volume)
     checkpoint = work / "medsam2.pt"
-    _build_random_medsam2(checkpoint)
+    build_random_segmenter(checkpoint, MEDSAM2)
     replay = work / "outputs.json"
     replay.write_text(
         json.dumps(
