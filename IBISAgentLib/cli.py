@@ -93,6 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sam2-variant", choices=VARIANT_NAMES, help="its variant, where the file does not tell")
     evaluate.add_argument("--report", required=True, help="folder for results.jsonl, report.json and report.md")
     evaluate.add_argument("--max-turns", type=_positive_int, default=20)
+    evaluate.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="sessions run at once against an OpenAI-compatible --mllm endpoint, which batches them (default 1)",
+    )
+    evaluate.add_argument(
+        "--propagate",
+        action="store_true",
+        help="also propagate each volume sample's final mask through its volume and report the 3D Dice and "
+        "95%% Hausdorff distance against its 3D label",
+    )
+    evaluate.add_argument("--propagator", help="the SAM 2 family checkpoint that propagates (default: --sam2's)")
+    evaluate.add_argument(
+        "--propagator-variant", choices=VARIANT_NAMES, help="its variant, where the file does not tell"
+    )
     evaluate.add_argument("--mllm-model")
     evaluate.add_argument("--api-key")
     evaluate.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
@@ -590,6 +606,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     records = _manifest(args.dataset)
     tool = _training_tool(args)
+    propagator = _eval_propagator(args, tool) if args.propagate else None
     if args.policy == "oracle":
         policy_for = lambda sample: OraclePolicy(sample.ground_truth)  # noqa: E731
     else:
@@ -597,22 +614,45 @@ def _eval(args: argparse.Namespace) -> int:
         from .weights import WeightsUnavailable
 
         try:
-            factory = load_policy_factory(args.mllm, args.device, args.mllm_model, args.api_key)
+            factory = load_policy_factory(args.mllm, args.device, args.mllm_model, args.api_key, args.workers)
         except (WeightsUnavailable, ValueError) as exc:
             raise UserError(str(exc)) from exc
         policy_for = lambda sample: factory()  # noqa: E731
+    load = lambda record: load_sample(record, keep_volume=args.propagate)  # noqa: E731
     with tqdm(total=len(records), desc="evaluating", unit="sample", file=sys.stderr) as bar:
         try:
-            report = evaluate(records, load_sample, policy_for, tool, Path(args.report), args.max_turns,
-                              progress=lambda done, total: bar.update(done - bar.n))  # fmt: skip
+            report = evaluate(records, load, policy_for, tool, Path(args.report), args.max_turns,
+                              progress=lambda done, total: bar.update(done - bar.n), workers=args.workers,
+                              propagator=propagator)  # fmt: skip
         except ManifestError as exc:
             raise UserError(str(exc)) from exc
     summary = report["summary"]
+    volumes = (
+        f", {summary['volumes']} volumes: 3D Dice {summary['volume_dice']:.4f}, HD95 "
+        + ("undefined" if summary["hd95_mm"] is None else f"{summary['hd95_mm']:.2f} mm")
+        if "volumes" in summary
+        else ""
+    )
     print(
         f"{summary['samples']} samples: Dice {summary['dice']:.4f}, IoU {summary['iou']:.4f}, F1 {summary['f1']:.4f}, "
-        f"NoC@85 {summary['noc85']:.2f}, NoC@90 {summary['noc90']:.2f} -> {Path(args.report) / 'report.md'}"
+        f"NoC@85 {summary['noc85']:.2f}, NoC@90 {summary['noc90']:.2f}{volumes} -> {Path(args.report) / 'report.md'}"
     )
     return EXIT_OK
+
+
+def _eval_propagator(args: argparse.Namespace, tool):  # -> SAM2Propagator
+    """The propagator of ``--propagate``: ``--propagator``, else the click tool's own SAM 2 family model."""
+    from .loading import load_propagator
+    from .weights import WeightsUnavailable
+
+    if args.propagator:
+        try:
+            return load_propagator(args.propagator, args.propagator_variant).propagator(args.device)
+        except (WeightsUnavailable, ValueError) as exc:
+            raise UserError(str(exc)) from exc
+    if args.tool == "classical":
+        raise UserError("--propagate with --tool classical needs --propagator (the random walker cannot propagate)")
+    return tool.spec.propagator(args.device)
 
 
 def _tiny_models(args: argparse.Namespace) -> int:

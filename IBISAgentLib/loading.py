@@ -80,10 +80,20 @@ def load_propagator(spec: str, variant: str | None = None, tqdm_class: type | No
 
 
 def load_policy_factory(
-    mllm: str, device: str = "auto", model_name: str | None = None, api_key: str | None = None
+    mllm: str, device: str = "auto", model_name: str | None = None, api_key: str | None = None, workers: int = 1
 ) -> Callable[[], Policy]:
-    """The policy factory alone (for evaluation with a tool of one's choice)."""
-    return _shared_unless_replay(mllm, _policy_factory(mllm, device, model_name, api_key))
+    """The policy factory alone (for evaluation with a tool of one's choice). With several ``workers``
+    (sessions on several threads) every session gets a client of its own; a model in this process cannot
+    serve them at once, so it is refused."""
+    make_policy = _policy_factory(mllm, device, model_name, api_key)
+    if workers == 1:
+        return _shared_unless_replay(mllm, make_policy)
+    if not (spec_is_replay(mllm) or spec_is_endpoint(mllm)):
+        raise ValueError(
+            f"{workers} workers need the model behind an OpenAI-compatible endpoint (--mllm http://HOST/v1, e.g. "
+            "vLLM), which batches their requests; a model in this process runs one session at a time"
+        )
+    return make_policy
 
 
 def _shared_unless_replay(spec: str, make_policy: Callable[[], Policy]) -> Callable[[], Policy]:
@@ -97,6 +107,10 @@ def spec_is_replay(spec: str) -> bool:
     return spec.startswith("replay:")
 
 
+def spec_is_endpoint(spec: str) -> bool:
+    return spec.startswith(("http://", "https://"))
+
+
 def _policy_factory(
     spec: str, device: str, model_name: str | None, api_key: str | None, tqdm_class: type | None = None
 ) -> Callable[[], Policy]:
@@ -106,7 +120,7 @@ def _policy_factory(
 
         outputs = ReplayPolicy.from_file(spec.removeprefix("replay:")).outputs
         return lambda: ReplayPolicy(outputs, source=Path(spec.removeprefix("replay:")).name)
-    if spec.startswith(("http://", "https://")):
+    if spec_is_endpoint(spec):
         from .policies.openai_http import OpenAIChatPolicy
 
         return lambda: OpenAIChatPolicy(

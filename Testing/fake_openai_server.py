@@ -1,7 +1,9 @@
 """A small OpenAI-compatible chat-completions server on 127.0.0.1 standing in for vLLM/SGLang.
 
-It records every request and answers from a script, so tests can check what crossed the wire and
-drive the client's error handling (4xx, 5xx, streamed chunks).
+It records every request and answers from a script, or from ``respond(body)`` when given one, so tests
+can check what crossed the wire and drive the client's error handling (4xx, 5xx, streamed chunks).
+``latency`` holds every answer back (a model's time to answer, for throughput benchmarks); requests are
+served on threads, so concurrent clients wait at the same time, as a batching server lets them.
 """
 
 from __future__ import annotations
@@ -9,13 +11,22 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeOpenAIServer:
-    def __init__(self, models: list[str] | None = None, chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        models: list[str] | None = None,
+        chunk_delay: float = 0.0,
+        respond: Callable[[dict], tuple[int, str]] | None = None,
+        latency: float = 0.0,
+    ) -> None:
         self.models = models if models is not None else ["ibis-7b"]
         self.chunk_delay = chunk_delay
+        self.respond = respond
+        self.latency = latency
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.replies: list[tuple[int, str]] = []  # (status, content) answered in order; then 200 "Terminate"
@@ -35,7 +46,11 @@ class FakeOpenAIServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
                 server.headers.append(dict(self.headers))
-                status, content = server.replies.pop(0) if server.replies else (200, "<action>Terminate</action>")
+                time.sleep(server.latency)
+                if server.respond is not None:
+                    status, content = server.respond(body)
+                else:
+                    status, content = server.replies.pop(0) if server.replies else (200, "<action>Terminate</action>")
                 if status != 200:
                     self._send(status, {"error": {"message": content}})
                     return

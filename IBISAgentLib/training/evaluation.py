@@ -1,26 +1,38 @@
 """The evaluation harness: per-sample overlap (SimpleITK's label overlap filter), turns, stop reason and
-time; NoC@85 / NoC@90 for click policies; tables per modality and overall. Resumable: every finished
-sample is appended to ``results.jsonl`` and skipped on the next run."""
+time; NoC@85 / NoC@90 for click policies; with a propagator, the volume-level Dice and 95 % Hausdorff
+distance of the propagated 3D mask; tables per modality and overall. Resumable: every finished sample is
+appended to ``results.jsonl`` and skipped on the next run. ``workers`` sessions run at once (threads:
+the model behind an OpenAI-compatible endpoint batches their requests), sharing one click tool and one
+propagator, so the results are those of one worker."""
 
 from __future__ import annotations
 
 import json
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..geometry import SliceGeometry
 from ..interfaces import Policy, SegmentationTool
 from ..session import AgentSession
+from ..tools.shared import SharedTool
 from .manifest import Sample
 from .oracle import iou
 
 NOC_THRESHOLDS = (0.85, 0.90)
 NOC_CAP = 20  # clicks counted for a sample that never reaches the threshold, as in the literature
+HAUSDORFF_PERCENTILE = 95
+
+
+class Propagator(Protocol):
+    def propagate(self, volume: np.ndarray, key: SliceGeometry, key_mask: np.ndarray) -> Any: ...
 
 
 def overlap(truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -37,26 +49,67 @@ def overlap(truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     return {"iou": measures.GetJaccardCoefficient(), "dice": measures.GetDiceCoefficient(), "f1": f1}
 
 
+def volume_overlap(truth: np.ndarray, mask: np.ndarray, reference: sitk.Image) -> dict[str, float | None]:
+    """Dice and the 95 % Hausdorff distance in mm of two (k, j, i) masks on ``reference``'s grid.
+
+    HD95 is the larger of the two directed 95th percentiles of surface-to-surface distances (as MONAI
+    computes it); surfaces are SimpleITK's label contours, distances its Maurer distance maps in physical
+    units. It is None when either mask is empty (undefined)."""
+    dice = overlap(truth, mask)["dice"]
+    if not truth.any() or not mask.any():
+        return {"volume_dice": dice, "hd95_mm": None}
+    images = []
+    for array in (truth, mask):
+        image = sitk.GetImageFromArray(array.astype(np.uint8))
+        image.CopyInformation(reference)
+        images.append(image)
+    # Copies, not views: a view does not keep the filter's output image alive.
+    surfaces = [sitk.GetArrayFromImage(sitk.LabelContour(image)) > 0 for image in images]
+    distances = [
+        np.abs(sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(image, squaredDistance=False, useImageSpacing=True)))
+        for image in images
+    ]
+    directed = (
+        np.percentile(distances[1][surfaces[0]], HAUSDORFF_PERCENTILE),
+        np.percentile(distances[0][surfaces[1]], HAUSDORFF_PERCENTILE),
+    )
+    return {"volume_dice": dice, "hd95_mm": float(max(directed))}
+
+
 def clicks_to_reach(ious: list[float], threshold: float) -> int:
     return next((count for count, value in enumerate(ious, start=1) if value >= threshold), NOC_CAP)
 
 
-def evaluate_sample(sample: Sample, policy: Policy, tool: SegmentationTool, max_turns: int) -> dict[str, Any]:
+def evaluate_sample(
+    sample: Sample,
+    policy: Policy,
+    tool: SegmentationTool,
+    max_turns: int,
+    propagate: Callable[[Sample, np.ndarray], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """One sample's row; ``propagate`` (sample, key-slice mask) -> 3D mask adds the volume-level measures."""
     started = time.perf_counter()
     session = AgentSession(sample.image, sample.instruction or f"Segment the {sample.target}.", policy, tool,
                            max_turns=max_turns, image_source=sample.id)  # fmt: skip
-    trace = session.run()
+    try:
+        trace = session.run()
+    finally:
+        session.close()
     click_ious = [iou(sample.ground_truth, s.mask) for s in trace.steps if s.pixel is not None and s.mask is not None]
-    return {
+    row = {
         "id": sample.id,
         "modality": sample.modality,
         **overlap(sample.ground_truth, session.mask),
         "turns": len(trace.steps),
         "clicks": len(click_ious),
         "stop_reason": trace.stop_reason,
-        "seconds": time.perf_counter() - started,
         **{f"noc{round(t * 100)}": clicks_to_reach(click_ious, t) for t in NOC_THRESHOLDS},
     }
+    if propagate is not None and sample.case is not None and sample.volume_truth is not None:
+        volume = propagate(sample, session.mask)
+        row.update(volume_overlap(sample.volume_truth, volume, sample.case.image))
+    row["seconds"] = time.perf_counter() - started
+    return row
 
 
 def evaluate(
@@ -67,25 +120,45 @@ def evaluate(
     report_dir: Path,
     max_turns: int = 20,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
+    propagator: Propagator | None = None,
 ) -> dict[str, Any]:
+    """Evaluate every record not yet in ``report_dir/results.jsonl`` with ``workers`` sessions at once.
+
+    ``policy_for`` is called once per sample, on the worker's thread: with several workers it must give
+    each session a policy of its own or one that is safe to share (an HTTP client, the oracle)."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     report_dir.mkdir(parents=True, exist_ok=True)
     results_path = report_dir / "results.jsonl"
-    done = {}
-    if results_path.exists():
-        for line in results_path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[row["id"]] = row
+    done = _finished(results_path)
+    shared = SharedTool(tool)
+    propagate = None if propagator is None else _serialized_propagation(propagator)
+    written = threading.Lock()
+
     with results_path.open("a", encoding="utf-8") as results:
-        for index, record in enumerate(records, start=1):
-            if str(record["id"]) not in done:
-                sample = load(record)
-                row = evaluate_sample(sample, policy_for(sample), tool, max_turns)
+
+        def run(record: dict) -> None:
+            sample = load(record)
+            row = evaluate_sample(sample, policy_for(sample), shared, max_turns, propagate)
+            with written:
                 results.write(json.dumps(row) + "\n")
                 results.flush()
                 done[row["id"]] = row
-            if progress is not None:
-                progress(index, len(records))
+                if progress is not None:
+                    progress(len(done), len(records))
+
+        todo = [record for record in records if str(record["id"]) not in done]
+        if progress is not None:
+            progress(len(records) - len(todo), len(records))
+        with ThreadPoolExecutor(workers, thread_name_prefix="ibisagent-eval") as pool:
+            futures = [pool.submit(run, record) for record in todo]
+            try:
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            finally:  # on a failure or Ctrl-C no new sample starts; those running finish and are kept
+                pool.shutdown(wait=False, cancel_futures=True)
+        for future in finished:
+            future.result()
     rows = [done[str(r["id"])] for r in records]
     report = {"summary": summarize(rows), "per_modality": {}, "samples": rows}
     for modality in sorted({r["modality"] for r in rows}):
@@ -95,23 +168,74 @@ def evaluate(
     return report
 
 
+def _finished(results_path: Path) -> dict[str, dict]:
+    done = {}
+    if results_path.exists():
+        for line in results_path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["id"]] = row
+    return done
+
+
+def _serialized_propagation(propagator: Propagator) -> Callable[[Sample, np.ndarray], np.ndarray]:
+    """Propagation through the sample's whole volume, one volume at a time (one model, shared)."""
+    lock = threading.Lock()
+
+    def propagate(sample: Sample, key_mask: np.ndarray) -> np.ndarray:
+        assert sample.case is not None
+        with lock:
+            return propagator.propagate(sample.case.windowed, sample.case.geometry, key_mask).mask
+
+    return propagate
+
+
 def summarize(rows: list[dict]) -> dict[str, float]:
+    """Means over the rows; the volume measures over the rows that have them (HD95 where it is defined)."""
     keys = ("dice", "iou", "f1", "turns", "noc85", "noc90", "seconds")
-    return {"samples": len(rows), **{k: statistics.fmean(r[k] for r in rows) for k in keys}}
+    summary: dict[str, float] = {"samples": len(rows), **{k: statistics.fmean(r[k] for r in rows) for k in keys}}
+    volumes = [r for r in rows if "volume_dice" in r]
+    if volumes:
+        summary["volumes"] = len(volumes)
+        summary["volume_dice"] = statistics.fmean(r["volume_dice"] for r in volumes)
+        distances = [r["hd95_mm"] for r in volumes if r["hd95_mm"] is not None]
+        summary["hd95_mm"] = statistics.fmean(distances) if distances else None
+    return summary
 
 
 def markdown(report: dict[str, Any]) -> str:
-    header = "| set | samples | Dice | IoU | F1 | turns | NoC@85 | NoC@90 |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    with_volumes = "volumes" in report["summary"]
+    header = "| set | samples | Dice | IoU | F1 | turns | NoC@85 | NoC@90 |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    if with_volumes:
+        header, rule = header + " volumes | 3D Dice | HD95 (mm) |", rule + "---:|---:|---:|"
 
-    def line(name: str, s: dict[str, float]) -> str:
-        return (
+    def line(name: str, s: dict[str, Any]) -> str:
+        text = (
             f"| {name} | {s['samples']} | {s['dice']:.4f} | {s['iou']:.4f} | {s['f1']:.4f} | {s['turns']:.1f} "
-            f"| {s['noc85']:.2f} | {s['noc90']:.2f} |\n"
+            f"| {s['noc85']:.2f} | {s['noc90']:.2f} |"
         )
+        if with_volumes:
+            text += f" {s.get('volumes', 0)} | {_number(s.get('volume_dice'))} | {_number(s.get('hd95_mm'), 2)} |"
+        return text + "\n"
 
     body = "".join(line(m, s) for m, s in report["per_modality"].items()) + line("**overall**", report["summary"])
-    samples = "| id | modality | Dice | IoU | turns | stop |\n|---|---|---:|---:|---:|---|\n" + "".join(
-        f"| {r['id']} | {r['modality']} | {r['dice']:.4f} | {r['iou']:.4f} | {r['turns']} | {r['stop_reason']} |\n"
-        for r in report["samples"]
+    sample_header = "| id | modality | Dice | IoU | turns | stop |"
+    sample_rule = "|---|---|---:|---:|---:|---|"
+    if with_volumes:
+        sample_header, sample_rule = sample_header + " 3D Dice | HD95 (mm) |", sample_rule + "---:|---:|"
+
+    def sample_line(r: dict[str, Any]) -> str:
+        text = f"| {r['id']} | {r['modality']} | {r['dice']:.4f} | {r['iou']:.4f} | {r['turns']} | {r['stop_reason']} |"
+        if with_volumes:
+            text += f" {_number(r.get('volume_dice'))} | {_number(r.get('hd95_mm'), 2)} |"
+        return text + "\n"
+
+    samples = "".join(sample_line(r) for r in report["samples"])
+    return (
+        f"# IBISAgent evaluation\n\n{header}\n{rule}\n{body}\n## Samples\n\n{sample_header}\n{sample_rule}\n{samples}"
     )
-    return f"# IBISAgent evaluation\n\n{header}{body}\n## Samples\n\n{samples}"
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"

@@ -31,6 +31,8 @@ class Sample:
     target: str
     instruction: str | None
     modality: str
+    case: VolumeCase | None = None  # for a volume: the volume, windowed, and its key slice
+    volume_truth: np.ndarray | None = None  # for a volume: (k, j, i) bool on its grid
 
 
 def read_manifest(path: str | Path) -> list[dict]:
@@ -59,10 +61,13 @@ def read_manifest(path: str | Path) -> list[dict]:
     return records
 
 
-def load_sample(record: dict) -> Sample:
+def load_sample(record: dict, keep_volume: bool = False) -> Sample:
+    """The sample of one manifest record; ``keep_volume`` keeps a volume's case and 3D label on it (for
+    volume-level evaluation; otherwise only the key slice is kept, since synthesis holds every sample)."""
     base = Path(record["_base"])
     image_path, mask_path = base / record["image"], base / record["mask"]
     label = record.get("label")
+    case = labels = None
     try:
         if is_volume_path(image_path):
             case = VolumeCase.load(image_path, record.get("slice"), record.get("window"))
@@ -80,4 +85,6 @@ def load_sample(record: dict) -> Sample:
         target=record.get("target") or record["instruction"],
         instruction=record.get("instruction"),
         modality=str(record.get("modality", "unknown")),
+        case=case if keep_volume else None,
+        volume_truth=labels if keep_volume else None,
     )
