@@ -89,8 +89,7 @@ def evaluate_sample(
 ) -> dict[str, Any]:
     """One sample's row; ``propagate`` (sample, key-slice mask) -> 3D mask adds the volume-level measures."""
     started = time.perf_counter()
-    session = AgentSession(sample.image, sample.instruction or f"Segment the {sample.target}.", policy, tool,
-                           max_turns=max_turns, image_source=sample.id)  # fmt: skip
+    session = AgentSession(sample.image, sample.task, policy, tool, max_turns=max_turns, image_source=sample.id)
     try:
         trace = session.run()
     finally:

@@ -34,6 +34,11 @@ class Sample:
     case: VolumeCase | None = None  # for a volume: the volume, windowed, and its key slice
     volume_truth: np.ndarray | None = None  # for a volume: (k, j, i) bool on its grid
 
+    @property
+    def task(self) -> str:
+        """What the agent is asked: the instruction, or one made from the target's name."""
+        return self.instruction or f"Segment the {self.target}."
+
 
 def read_manifest(path: str | Path) -> list[dict]:
     path = Path(path)
