@@ -76,11 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--teacher", help="OpenAI-compatible endpoint http(s)://HOST/v1 that writes the reasoning")
     synth.add_argument("--teacher-model", help="model name at the teacher endpoint")
-    synth.add_argument("--tool", choices=("sam2", "classical"), default="sam2", help="a SAM 2 family model, or none")
-    synth.add_argument("--sam2", help="the SAM 2 family checkpoint for --tool sam2 (default as for segment)")
-    synth.add_argument("--sam2-variant", choices=VARIANT_NAMES, help="its variant, where the file does not tell")
+    _add_training_tool_options(synth)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     synth.set_defaults(handler=_synth)
 
     evaluate = commands.add_parser("eval", help="evaluate a model or the oracle on a labelled dataset")
@@ -88,9 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     who = evaluate.add_mutually_exclusive_group(required=True)
     who.add_argument("--mllm", help="the model, as for segment")
     who.add_argument("--policy", choices=("oracle",), help="the oracle clicker instead of a model")
-    evaluate.add_argument("--tool", choices=("sam2", "classical"), default="sam2")
-    evaluate.add_argument("--sam2", help="the SAM 2 family checkpoint for --tool sam2 (default as for segment)")
-    evaluate.add_argument("--sam2-variant", choices=VARIANT_NAMES, help="its variant, where the file does not tell")
+    _add_training_tool_options(evaluate)
     evaluate.add_argument("--report", required=True, help="folder for results.jsonl, report.json and report.md")
     evaluate.add_argument("--max-turns", type=_positive_int, default=20)
     evaluate.add_argument(
@@ -111,8 +106,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--mllm-model")
     evaluate.add_argument("--api-key")
-    evaluate.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     evaluate.set_defaults(handler=_eval)
+
+    train = commands.add_parser(
+        "train", help="fine-tune Qwen2.5-VL: sft on synthesized turns, grpo on its own episodes"
+    )
+    recipes = train.add_subparsers(dest="recipe", required=True)
+    grpo = recipes.add_parser("grpo", help="episode GRPO with TRL: G episodes of the agent loop per start")
+    grpo.add_argument("--dataset", required=True, help="manifest JSONL: the starts (image, mask, instruction|target)")
+    grpo.add_argument("--model", required=True, help="the Qwen2.5-VL to train: a folder or a Hugging Face id")
+    grpo.add_argument("--out", required=True, help="folder for the adapter (or model) and episodes.jsonl")
+    _add_training_tool_options(grpo)
+    grpo.add_argument("--group", type=_whole_number_at_least(2), default=4, help="episodes per start, G (default 4)")
+    grpo.add_argument("--starts-per-step", type=_positive_int, default=1, help="starts per optimizer step (1)")
+    grpo.add_argument("--max-turns", type=_positive_int, default=8, help="turns an episode may take (8)")
+    grpo.add_argument("--episode-weight", type=float, default=1.0, help="weight of the episode-return advantage")
+    grpo.add_argument("--shaped-weight", type=float, default=0.5, help="weight of the per-turn shaped advantage")
+    grpo.add_argument("--no-std-scaling", action="store_true", help="centre advantages only (Dr. GRPO)")
+    grpo.add_argument("--lr", type=float, default=1e-6)
+    grpo.add_argument("--epochs", type=float, default=1.0)
+    grpo.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps")
+    grpo.add_argument("--lora-rank", type=int, default=8, help="LoRA rank on the language model; 0: full fine-tuning")
+    grpo.add_argument("--max-completion-length", type=_positive_int, default=512)
+    grpo.add_argument("--temperature", type=float, default=1.0)
+    grpo.add_argument("--vllm", choices=("colocate", "server"), help="sample episodes with vLLM (TRL's modes)")
+    grpo.add_argument("--seed", type=int, default=0)
+    grpo.set_defaults(handler=_train_grpo)
+    sft = recipes.add_parser("sft", help="LoRA SFT with TRL on the turns ibisagent synth wrote")
+    sft.add_argument("--data", required=True, help="the folder ibisagent synth wrote")
+    sft.add_argument("--model", required=True, help="the Qwen2.5-VL to train: a folder or a Hugging Face id")
+    sft.add_argument("--out", required=True)
+    sft.add_argument("--epochs", type=float, default=10.0)
+    sft.add_argument("--lr", type=float, default=1e-5)
+    sft.add_argument("--max-steps", type=int, default=-1)
+    sft.add_argument("--lora-rank", type=_positive_int, default=8)
+    sft.set_defaults(handler=_train_sft)
 
     for plugin in entry_points(group="ibisagent.commands"):
         plugin.load()(commands)
@@ -219,6 +247,14 @@ def segmenter_specs(args: argparse.Namespace) -> tuple[str, str | None, str | No
 
     spec = SETTINGS[args.setting] if args.setting else sam2_spec(args.sam2)
     return spec, args.sam2_variant, args.propagator, args.propagator_variant
+
+
+def _add_training_tool_options(parser: argparse.ArgumentParser) -> None:
+    """The click tool of synthesis, evaluation and training: a SAM 2 family model or the random walker."""
+    parser.add_argument("--tool", choices=("sam2", "classical"), default="sam2", help="a SAM 2 family model, or none")
+    parser.add_argument("--sam2", help="the SAM 2 family checkpoint for --tool sam2 (default as for segment)")
+    parser.add_argument("--sam2-variant", choices=VARIANT_NAMES, help="its variant, where the file does not tell")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
 
 
 def _add_volume_options(parser: argparse.ArgumentParser) -> None:
@@ -653,6 +689,54 @@ def _eval_propagator(args: argparse.Namespace, tool):  # -> SAM2Propagator
     if args.tool == "classical":
         raise UserError("--propagate with --tool classical needs --propagator (the random walker cannot propagate)")
     return tool.spec.propagator(args.device)
+
+
+def _train_grpo(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from .training.episodes import EpisodeWeights
+    from .training.grpo_trl import train
+    from .training.manifest import ManifestError, load_sample
+
+    if args.vllm and importlib.util.find_spec("vllm") is None:
+        raise UserError("--vllm needs vLLM installed (pip install vllm, on a GPU machine)")
+    if args.lora_rank < 0:
+        raise UserError(f"--lora-rank must be 0 (full fine-tuning) or more, got {args.lora_rank}")
+    model = _model_folder(args.model)
+    try:
+        samples = [load_sample(record) for record in _manifest(args.dataset)]
+    except ManifestError as exc:
+        raise UserError(str(exc)) from exc
+    weights = EpisodeWeights(args.episode_weight, args.shaped_weight, scale=not args.no_std_scaling)
+    out = train(samples, _training_tool(args), model, Path(args.out), weights=weights,
+                group_size=args.group, starts_per_step=args.starts_per_step, max_turns=args.max_turns,
+                max_steps=args.max_steps, epochs=args.epochs, learning_rate=args.lr, lora_rank=args.lora_rank,
+                max_completion_length=args.max_completion_length, temperature=args.temperature, vllm=args.vllm,
+                seed=args.seed)  # fmt: skip
+    print(
+        f"{'LoRA adapter' if args.lora_rank else 'model'} written to {out}; episodes logged in {out / 'episodes.jsonl'}"
+    )
+    return EXIT_OK
+
+
+def _train_sft(args: argparse.Namespace) -> int:
+    from .training.sft_trl import train
+
+    if not (Path(args.data) / "sft_trl.jsonl").is_file():
+        raise UserError(f"{args.data} holds no sft_trl.jsonl: give the folder ibisagent synth wrote")
+    out = train(Path(args.data), _model_folder(args.model), Path(args.out), args.epochs, args.lr, args.max_steps,
+                args.lora_rank)  # fmt: skip
+    print(f"LoRA adapter written to {out}")
+    return EXIT_OK
+
+
+def _model_folder(spec: str) -> Path:
+    from .weights import WeightsUnavailable, resolve_mllm_folder
+
+    try:
+        return resolve_mllm_folder(spec)
+    except WeightsUnavailable as exc:
+        raise UserError(str(exc).replace("--mllm", "--model", 1)) from exc
 
 
 def _tiny_models(args: argparse.Namespace) -> int:

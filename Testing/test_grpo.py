@@ -23,8 +23,8 @@ SCRIPTED_TURNS = 2
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    """Two 64 x 64 starts, a bright disc each."""
+def starts(tmp_path_factory):
+    """A manifest of two 64 x 64 starts, a bright disc each."""
     folder = tmp_path_factory.mktemp("starts")
     rows = []
     for index, (cx, cy, r) in enumerate([(30, 32, 14), (36, 28, 12)]):
@@ -36,7 +36,12 @@ def samples(tmp_path_factory):
         write_mask(folder / f"{index}_mask.png", disc)
         rows.append({"image": f"{index}.png", "mask": f"{index}_mask.png", "target": "bright disc"})
     (folder / "starts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return [load_sample(record) for record in read_manifest(folder / "starts.jsonl")]
+    return folder / "starts.jsonl"
+
+
+@pytest.fixture(scope="module")
+def samples(starts):
+    return [load_sample(record) for record in read_manifest(starts)]
 
 
 def scripted_text(group: int, episode: int, turn: int) -> str:
@@ -162,3 +167,20 @@ def test_the_turn_prompt_is_the_products(run, tiny_models):
     images, _ = process_vision_info(messages)
     product = processor(text=[text], images=images)["input_ids"][0]
     assert list(product) == turn.prompt_ids
+
+
+def test_train_grpo_from_the_command_line(starts, tiny_models, tmp_path):
+    """The tiny model's own episodes (noise: two unreadable turns each), one step, LoRA written."""
+    from test_cli import ibisagent
+
+    common = ("train", "grpo", "--dataset", starts, "--model", tiny_models[0], "--tool", "classical")
+    result = ibisagent(*common, "--out", tmp_path, "--max-steps", "1", "--group", "2", "--max-completion-length", "8")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    logged = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(logged) == 2 and {record["trace"]["stop_reason"] for record in logged} <= {"unparseable", "max_turns"}
+
+    missing = ibisagent("train", "grpo", "--dataset", starts, "--model", tmp_path / "nothing", "--out", tmp_path)
+    assert missing.returncode == 2 and "--model" in missing.stderr
+    single = ibisagent(*common, "--out", tmp_path, "--group", "1")
+    assert single.returncode == 2 and "--group" in single.stderr

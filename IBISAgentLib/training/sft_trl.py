@@ -1,12 +1,11 @@
 """Supervised fine-tuning on synthesized trajectories with TRL: LoRA on every linear layer of the
 language model, vision tower frozen, cosine schedule, bf16 on GPU (the authors' recipe, DESIGN.md §4).
 
-    python -m IBISAgentLib.training.sft_trl --data SYNTH_DIR --model QWEN_DIR --out RUN_DIR
+    ibisagent train sft --data SYNTH_DIR --model QWEN_DIR --out RUN_DIR
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 # The language model's projections; the vision tower ("visual") has its own and stays frozen.
@@ -59,22 +58,3 @@ def train(
     trainer.train()
     trainer.save_model(str(out))
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, type=Path, help="folder written by ibisagent synth")
-    parser.add_argument("--model", required=True, type=Path, help="Qwen2.5-VL folder (save_pretrained layout)")
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--epochs", type=float, default=10.0)
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--max-steps", type=int, default=-1)
-    parser.add_argument("--lora-rank", type=int, default=8)
-    args = parser.parse_args(argv)
-    train(args.data, args.model, args.out, args.epochs, args.lr, args.max_steps, args.lora_rank)
-    print(f"LoRA adapter written to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
