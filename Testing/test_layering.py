@@ -30,6 +30,9 @@ LIGHT_MODULES = (
     "IBISAgentLib.tools.propagation",
     "IBISAgentLib.geometry",
     "IBISAgentLib.workflow",
+    "IBISAgentLib.training.evaluation",
+    "IBISAgentLib.training.episodes",
+    "IBISAgentLib.training.grpo_trl",
 )
 
 

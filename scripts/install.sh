@@ -18,3 +18,5 @@ python -m pip install --quiet -e ".[models,server,training,test,slicer,web]"
 # only their files are used, so their own dependencies are not needed.
 python -m pip install --quiet --no-deps "nilearn==0.14.1" "pydicom==3.0.2"
 python -c "import IBISAgentLib, torch, transformers, sam2; print('installed IBISAgent', IBISAgentLib.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+# verl's agent loop is tested in its own environment (verl pins an older transformers).
+bash scripts/install_verl.sh

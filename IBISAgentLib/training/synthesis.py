@@ -121,6 +121,7 @@ class Teacher:
 class SynthesisOutput:
     sft: list[dict] = field(default_factory=list)
     rl: list[dict] = field(default_factory=list)
+    episodes: list[dict] = field(default_factory=list)
     traces: list[dict] = field(default_factory=list)
 
 
@@ -147,6 +148,26 @@ def synthesize_sample(
     write_rgb(base, sample.image)
     write_mask(truth_file, sample.ground_truth)
     result = SynthesisOutput(traces=[trace.to_dict() | {"instruction_category": category}])
+    result.episodes.append(
+        {
+            "data_source": "ibisagent",
+            "agent_name": "ibis_agent",
+            # For verl's bookkeeping only: the agent loop builds each turn's prompt itself.
+            "prompt": [
+                {"role": "system", "content": IBIS_V1.system_prompt},
+                {"role": "user", "content": IBIS_V1.user_text(instruction, refinement=False)},
+            ],
+            "ability": "segmentation",
+            "reward_model": {"style": "rule", "ground_truth": str(truth_file.relative_to(out))},
+            "extra_info": {
+                "image": str(base.resolve()),
+                "mask": str(truth_file.resolve()),
+                "instruction": instruction,
+                "tool": tool_name,
+                "sample": sample.id,
+            },
+        }
+    )
     for step_index, (request, output) in enumerate(recorder.turns, start=1):
         seen = out / "images" / f"{sample.id}_step{step_index:02d}.png"
         write_rgb(seen, request.image)
@@ -192,7 +213,8 @@ def synthesize_sample(
 
 
 def write_datasets(out: Path, records: SynthesisOutput) -> dict[str, Path]:
-    """SFT for LLaMA-Factory (ShareGPT + dataset_info.json) and TRL (messages + images), RL for verl."""
+    """SFT for LLaMA-Factory (ShareGPT + dataset_info.json) and TRL (messages + images), RL for verl (one
+    state a row for the single-turn recipe; one start a row for the agent loop)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -213,6 +235,7 @@ def write_datasets(out: Path, records: SynthesisOutput) -> dict[str, Path]:
         "dataset_info": out / "dataset_info.json",
         "trl": out / "sft_trl.jsonl",
         "rl": out / "rl.parquet",
+        "episodes": out / "episodes.parquet",
         "traces": out / "trajectories.jsonl",
     }
     paths["llamafactory"].write_text(jsontext.dumps(llama, indent=1), encoding="utf-8")
@@ -242,6 +265,9 @@ def write_datasets(out: Path, records: SynthesisOutput) -> dict[str, Path]:
     for index, row in enumerate(records.rl):
         row["extra_info"]["index"] = index
     pq.write_table(pa.Table.from_pylist(records.rl), paths["rl"])
+    for index, row in enumerate(records.episodes):
+        row["extra_info"]["index"] = index
+    pq.write_table(pa.Table.from_pylist(records.episodes), paths["episodes"])
     with paths["traces"].open("w", encoding="utf-8") as handle:
         for trace in records.traces:
             handle.write(jsontext.dumps(trace) + "\n")
@@ -263,6 +289,7 @@ def synthesize(
         one = synthesize_sample(sample, tool, out, rng, teacher, tool_name)
         records.sft += one.sft
         records.rl += one.rl
+        records.episodes += one.episodes
         records.traces += one.traces
         if progress is not None:
             progress(index + 1)
