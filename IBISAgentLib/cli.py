@@ -141,6 +141,11 @@ def _parser() -> argparse.ArgumentParser:
     sft.add_argument("--max-steps", type=int, default=-1)
     sft.add_argument("--lora-rank", type=_positive_int, default=8)
     sft.set_defaults(handler=_train_sft)
+    merge = recipes.add_parser("merge", help="fold a LoRA adapter into its base model (for grpo, segment, vLLM)")
+    merge.add_argument("adapter", help="the folder train sft or train grpo wrote")
+    merge.add_argument("--out", required=True, help="folder for the merged model")
+    merge.add_argument("--base", help="the base model, where the adapter's recorded one is not here")
+    merge.set_defaults(handler=_train_merge)
 
     for plugin in entry_points(group="ibisagent.commands"):
         plugin.load()(commands)
@@ -727,6 +732,18 @@ def _train_sft(args: argparse.Namespace) -> int:
     out = train(Path(args.data), _model_folder(args.model), Path(args.out), args.epochs, args.lr, args.max_steps,
                 args.lora_rank)  # fmt: skip
     print(f"LoRA adapter written to {out}")
+    return EXIT_OK
+
+
+def _train_merge(args: argparse.Namespace) -> int:
+    from .training.merge import MergeError, merge_adapter
+
+    base = _model_folder(args.base) if args.base else None
+    try:
+        out = merge_adapter(Path(args.adapter), Path(args.out), base)
+    except MergeError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"merged model written to {out}")
     return EXIT_OK
 
 

@@ -173,14 +173,21 @@ def test_train_grpo_from_the_command_line(starts, tiny_models, tmp_path):
     """The tiny model's own episodes (noise: two unreadable turns each), one step, LoRA written."""
     from test_cli import ibisagent
 
-    common = ("train", "grpo", "--dataset", starts, "--model", tiny_models[0], "--tool", "classical")
-    result = ibisagent(*common, "--out", tmp_path, "--max-steps", "1", "--group", "2", "--max-completion-length", "8")
+    common = ("train", "grpo", "--dataset", starts, "--tool", "classical", "--max-completion-length", "8")
+    result = ibisagent(*common, "--model", tiny_models[0], "--out", tmp_path, "--max-steps", "1", "--group", "2")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "adapter_model.safetensors").is_file()
     logged = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert len(logged) == 2 and {record["trace"]["stop_reason"] for record in logged} <= {"unparseable", "max_turns"}
 
+    merged = ibisagent("train", "merge", tmp_path, "--out", tmp_path / "merged")
+    assert merged.returncode == 0, merged.stderr
+    again = ibisagent(*common, "--model", tmp_path / "merged", "--out", tmp_path / "again", "--max-steps", "1")
+    assert again.returncode == 0, again.stderr  # a merged model trains on, like any Qwen2.5-VL folder
+    not_adapter = ibisagent("train", "merge", tmp_path / "merged", "--out", tmp_path / "m2")
+    assert not_adapter.returncode == 2 and "not a LoRA adapter" in not_adapter.stderr
+
     missing = ibisagent("train", "grpo", "--dataset", starts, "--model", tmp_path / "nothing", "--out", tmp_path)
     assert missing.returncode == 2 and "--model" in missing.stderr
-    single = ibisagent(*common, "--out", tmp_path, "--group", "1")
+    single = ibisagent(*common, "--model", tiny_models[0], "--out", tmp_path, "--group", "1")
     assert single.returncode == 2 and "--group" in single.stderr
