@@ -96,3 +96,35 @@ def test_every_turn_carries_its_episodes_reward(episode, synthesized):
     info = episode["reward_extra_info"]
     assert info["episode_turns"] == 3 and info["episode_return"] == pytest.approx(episode_return(terms))
     assert info["final_iou"] > 0.5
+
+
+@pytest.mark.parametrize("mode", ["episodes", "single-turn"])
+def test_the_launch_script_composes_with_verls_own_config(mode, synthesized, tiny_models, tmp_path):
+    """The script's hydra overrides, caught on their way to verl's trainer, compose and validate in verl."""
+    shim = tmp_path / "bin" / "python"
+    shim.parent.mkdir()
+    caught = tmp_path / "overrides.txt"
+    shim.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1 $2" = "-m verl.trainer.main_ppo" ]; then shift 2; printf "%s\\n" "$@" > {caught}; exit 0; fi\n'
+        f'exec {VERL_PYTHON} "$@"\n'
+    )
+    shim.chmod(0o755)
+    script = REPO / "IBISAgentLib" / "training" / "verl_grpo.sh"
+    env = {"PATH": f"{shim.parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(["bash", script, mode, synthesized, synthesized, tiny_models[0]], env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    checked = subprocess.run([VERL_PYTHON, REPO / "Testing" / "verl_episode.py", "--launch", caught],
+                             capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    composed = json.loads(checked.stdout.strip().splitlines()[-1])
+    assert composed["kl"] is False and composed["reference_policy"] is False  # no KL, as in the paper
+    if mode == "episodes":
+        assert composed["use_v1"] is True and composed["train_files"] == f"{synthesized}/episodes.parquet"
+        assert composed["loop"] == {"class": "IBISAgentLib.training.verl_agent_loop.IBISAgentLoop", "max_turns": 8}
+    else:
+        assert composed["train_files"] == f"{synthesized}/rl.parquet"
+        assert composed["reward_file"].endswith("IBISAgentLib/training/verl_reward.py") and composed["loop"] is None
+    bad = subprocess.run(["bash", script, "bogus", "a", "b", "c"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "episodes or single-turn" in bad.stderr

@@ -6,6 +6,10 @@ post-processing (multimodal inputs, M-RoPE positions, reward placement) runs on 
 rollout server is replaced, by one that answers with given texts, since vLLM needs a GPU. Prints JSON.
 
     .venv-verl/bin/python Testing/verl_episode.py MODEL_DIR EPISODES.parquet TEXTS.json
+
+With ``--launch OVERRIDES.txt`` (the hydra overrides our launch script passes, one a line) it composes verl's
+trainer config with them, validates it as verl's trainer does, and builds the default agent loop from the
+loop config the way verl's workers do.
 """
 
 from __future__ import annotations
@@ -100,6 +104,42 @@ async def episode(model: str, parquet: str, texts: list[str]) -> dict:
     }
 
 
+async def launch(overrides_file: str) -> dict:
+    import hydra
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    overrides = Path(overrides_file).read_text().splitlines()
+    with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer/config"), version_base=None):
+        settings = compose(config_name="ppo_trainer", overrides=overrides)
+    reference, critic = need_reference_policy(settings), need_critic(settings)
+    validate_config(config=settings, use_reference_policy=reference, use_critic=critic)
+    rollout = settings.actor_rollout_ref.rollout
+    built = None
+    if rollout.agent.agent_loop_config_path:
+        loops = {entry.name: entry for entry in OmegaConf.load(rollout.agent.agent_loop_config_path)}
+        model = settings.actor_rollout_ref.model.path
+        loop = hydra.utils.instantiate(
+            config=loops[rollout.agent.default_agent_loop], trainer_config=DictConfigWrap(settings),
+            server_manager=None, tokenizer=hf_tokenizer(model), processor=hf_processor(model),
+            hf_model_type="qwen2_5_vl", dataset_cls=RLHFDataset, data_config=DictConfigWrap(settings.data),
+            tools=ToolListWrap([]),
+        )  # fmt: skip
+        built = {"class": f"{type(loop).__module__}.{type(loop).__name__}", "max_turns": loop.max_turns}
+    return {
+        "use_v1": settings.trainer.use_v1,
+        "kl": settings.algorithm.use_kl_in_reward or settings.actor_rollout_ref.actor.use_kl_loss,
+        "reference_policy": reference,
+        "reward_file": settings.custom_reward_function.path,
+        "train_files": settings.data.train_files,
+        "loop": built,
+    }
+
+
 if __name__ == "__main__":
-    model, parquet, texts = sys.argv[1], sys.argv[2], json.loads(Path(sys.argv[3]).read_text())
-    print(json.dumps(asyncio.run(episode(model, parquet, texts))))
+    if sys.argv[1] == "--launch":
+        print(json.dumps(asyncio.run(launch(sys.argv[2]))))
+    else:
+        model, parquet, texts = sys.argv[1], sys.argv[2], json.loads(Path(sys.argv[3]).read_text())
+        print(json.dumps(asyncio.run(episode(model, parquet, texts))))
