@@ -158,10 +158,15 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         )
 
     def onPropagate(self):
-        first, last = self.ui.rangeFirstSpinBox.value, self.ui.rangeLastSpinBox.value
-        stopAfterEmpty = self.ui.stopAfterEmptySpinBox.value
-        largest = self.ui.largestComponentCheckBox.checked
-        self.hub.command(lambda: self.hub.driver.propagate(first, last, stopAfterEmpty, largest))
+        from IBISAgentLib.tools import PropagationOptions
+
+        options = PropagationOptions(
+            self.ui.rangeFirstSpinBox.value,
+            self.ui.rangeLastSpinBox.value,
+            self.ui.stopAfterEmptySpinBox.value,
+            self.ui.largestComponentCheckBox.checked,
+        )
+        self.hub.command(lambda: self.hub.driver.propagate(options))
 
     def onPlace(self, positive, on):
         other = self.ui.negativeClickButton if positive else self.ui.positiveClickButton

@@ -5,22 +5,26 @@ to a backend, so switching between the two is one setting."""
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from .interfaces import Policy, SegmentationTool
+from .protocol import source_image
 from .session import DEFAULT_MAX_TURNS, AgentSession
+from .tools.propagation import DEFAULT_PROPAGATION, PropagationOptions
 from .tools.resolve import SegmenterSpec
 from .trace import Step, Trace
 from .volume_case import VolumeCase
 
 
 class Session(Protocol):
-    """What a backend's session offers (AgentSession's interface)."""
+    """What a backend's session offers (AgentSession's interface): the image it segments (the key slice, as
+    RGB) and, for a slice of a volume, that volume."""
 
+    image: np.ndarray
+    case: VolumeCase | None
     steps: list[Step]
     stop_reason: str | None
     answer: str | None
@@ -59,11 +63,8 @@ class Backend(Protocol):
     def propagate(
         self,
         session: Session,
+        options: PropagationOptions = DEFAULT_PROPAGATION,
         *,
-        first: int | None = None,
-        last: int | None = None,
-        stop_after_empty: int = 3,
-        largest_component: bool = False,
         on_progress: Callable[[int, int, int], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> np.ndarray: ...
@@ -84,9 +85,8 @@ class LocalBackend:
         self.policy_factory = policy_factory
         self.tool = tool
         self.device = device
-        self.propagator_spec = propagator or getattr(tool, "spec", None)  # a SAM 2 family tool's own model
+        self.propagator_spec = propagator or tool.spec  # by default a SAM 2 family tool's own model
         self._propagator = None
-        self._cases: weakref.WeakKeyDictionary[AgentSession, VolumeCase] = weakref.WeakKeyDictionary()
 
     def open_session(
         self,
@@ -100,7 +100,7 @@ class LocalBackend:
     ) -> AgentSession:
         case = source if isinstance(source, VolumeCase) else None
         session = AgentSession(
-            case.slice_rgb() if case else source,
+            source_image(source),
             instruction,
             self.policy_factory(),
             self.tool,
@@ -108,39 +108,25 @@ class LocalBackend:
             max_turns=max_turns,
             on_step=on_step,
             image_source=image_source,
-            geometry=case.geometry if case else None,
-            window=case.window.describe() if case else None,
+            case=case,
             models=self.propagator_spec.identity("propagator") if case and self.propagator_spec else None,
         )
-        if case is not None:
-            self._cases[session] = case
         return session
 
     def propagate(
         self,
         session: Session,
+        options: PropagationOptions = DEFAULT_PROPAGATION,
         *,
-        first: int | None = None,
-        last: int | None = None,
-        stop_after_empty: int = 3,
-        largest_component: bool = False,
         on_progress: Callable[[int, int, int], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> np.ndarray:
         """The session's mask grown through its volume, as a (k, j, i) bool array on the volume grid."""
-        case = self._cases.get(session)  # type: ignore[arg-type]
+        case = session.case
         if case is None:
             raise ValueError("propagation needs a session on a volume slice")
         result = self.propagator.propagate(
-            case.windowed,
-            case.geometry,
-            session.mask,
-            first=first,
-            last=last,
-            stop_after_empty=stop_after_empty,
-            largest_component=largest_component,
-            on_progress=on_progress,
-            cancel=cancel,
+            case.windowed, case.geometry, session.mask, options, on_progress=on_progress, cancel=cancel
         )
         return result.mask
 

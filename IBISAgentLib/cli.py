@@ -10,18 +10,21 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
 from . import __version__, jsontext
 from .actions import format_action
+from .backends import Backend, Session
 from .devices import DEVICE_CHOICES
 from .images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
 from .prompts import IBIS_V1
 from .remote import RemoteError
 from .rendering import overlay_mask
-from .tools import MEDSAM2, SETTINGS, VARIANTS, CheckpointError, resolve_segmenter, variant_named
+from .tools import MEDSAM2, SETTINGS, VARIANTS, CheckpointError, PropagationOptions, resolve_segmenter, variant_named
 from .trace import ImageInfo, Step, Trace
+from .volume_case import VolumeCase
 from .volumes import write_labelmap
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -316,10 +319,12 @@ def _segment(args: argparse.Namespace) -> int:
     out, trace_path = _output_paths(args, case is not None)
     _check_clicks(args.click, image.shape[:2])
     write_scene = _scene_writer(args.scene, case) if args.scene else None
-    span = _parse_range(args.range, case) if args.propagate else None
+    options = None
+    if args.propagate:
+        options = _propagation_options(args.range, args.stop_after_empty, args.largest_component, case)
     backend = _backend(args)
     report = sys.stderr if args.jsonl else sys.stdout
-    outcome = _run(args, backend, case, image, initial_mask, report, span)
+    outcome = _run(args, backend, case, image, initial_mask, report, options)
     if case is None:
         write_mask(out, outcome.mask)
     else:
@@ -351,7 +356,7 @@ class _Outcome:
     exit_code: int
 
 
-def _run(args, backend, case, image, initial_mask, report, span) -> _Outcome:
+def _run(args, backend, case, image, initial_mask, report, options) -> _Outcome:
     """The agent, the scripted corrections and the propagation. Whatever fails or is interrupted once the
     inputs are good, the outcome holds what was done until then: the one place a failed run is written from."""
     overlays = Path(args.overlays) if args.overlays else None
@@ -375,8 +380,8 @@ def _run(args, backend, case, image, initial_mask, report, span) -> _Outcome:
         session.run()
         for x, y, positive in args.click:
             session.add_click(x, y, positive)
-        if args.propagate and session.stop_reason != "error":
-            propagated, exit_code = _propagate(args, case, backend, session, report, span)
+        if options is not None and session.stop_reason != "error":
+            propagated, exit_code = _propagate(case, backend, session, report, options)
     except KeyboardInterrupt:
         if session is not None:
             session.cancel()
@@ -413,14 +418,16 @@ def _unstarted_trace(args, image: np.ndarray, initial_mask: np.ndarray | None, e
     )
 
 
-def _propagate(args, case, backend, session, report, span):  # -> tuple[np.ndarray | None, int]
+def _propagate(
+    case: VolumeCase, backend: Backend, session: Session, report: TextIO, options: PropagationOptions
+) -> tuple[np.ndarray | None, int]:
     """The propagated 3D mask, or None (the key slice alone) when there is nothing to grow or it was interrupted."""
     from tqdm import tqdm
 
     if not session.mask.any():
         print("nothing to propagate: the key slice mask is empty", file=report, flush=True)
         return None, EXIT_OK
-    first, last = span
+    first, last = options.span(case.geometry)
     with tqdm(total=last - first + 1, desc="propagating", unit="slice", file=sys.stderr) as bar:
 
         def progress(done: int, total: int, index: int) -> None:
@@ -429,14 +436,7 @@ def _propagate(args, case, backend, session, report, span):  # -> tuple[np.ndarr
             bar.set_postfix_str(f"{case.geometry.axis} {index}")
 
         try:
-            mask = backend.propagate(
-                session,
-                first=first,
-                last=last,
-                stop_after_empty=args.stop_after_empty,
-                largest_component=args.largest_component,
-                on_progress=progress,
-            )
+            mask = backend.propagate(session, options, on_progress=progress)
         except KeyboardInterrupt:
             print("propagation interrupted: writing the key slice only", file=sys.stderr)
             return None, EXIT_INTERRUPTED
@@ -444,19 +444,24 @@ def _propagate(args, case, backend, session, report, span):  # -> tuple[np.ndarr
     return mask, EXIT_OK
 
 
-def _parse_range(text: str | None, case) -> tuple[int, int]:
+def _propagation_options(
+    text: str | None, stop_after_empty: int, largest_component: bool, case: VolumeCase | None
+) -> PropagationOptions:
+    """``--range A:B`` and the other propagation flags as one value, checked against the volume."""
     if case is None:
         raise UserError("--propagate applies to volumes")
-    count = case.geometry.count
-    if not text:
-        return 0, count - 1
+    first = last = None
+    if text:
+        try:
+            first, last = (int(part) for part in text.split(":"))
+        except ValueError:
+            raise UserError(f"--range {text!r}: use A:B with whole slice numbers") from None
+    options = PropagationOptions(first, last, stop_after_empty, largest_component)
     try:
-        first, last = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise UserError(f"--range {text!r}: use A:B with whole slice numbers") from None
-    if not 0 <= first <= case.geometry.index <= last < count:
-        raise UserError(f"--range {text}: must lie in 0:{count - 1} and contain the key slice {case.geometry.index}")
-    return first, last
+        options.span(case.geometry)
+    except ValueError as exc:
+        raise UserError(f"--range {text}: {exc}") from None
+    return options
 
 
 def _output_paths(args: argparse.Namespace, volume: bool) -> tuple[Path, Path]:
@@ -628,7 +633,7 @@ def _synth(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     tool = _training_tool(args)
     teacher = Teacher(args.teacher, args.teacher_model) if args.teacher else None
-    tool_name = "classical" if args.tool == "classical" else str(getattr(tool, "checkpoint", "classical"))
+    tool_name = "classical" if tool.spec is None else str(tool.spec.checkpoint)
     with tqdm(total=len(samples), desc="synthesizing", unit="sample", file=sys.stderr) as bar:
         paths = synthesize(
             samples, tool, Path(args.out), teacher, tool_name, args.seed, progress=lambda n: bar.update(1)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .tools.resolve import SegmenterSpec
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,11 @@ class ToolResult:
 
 
 class SegmentationTool(Protocol):
-    """A click-driven segmenter with a per-image embedding cache."""
+    """A click-driven segmenter with a per-image embedding cache. ``spec`` names its SAM 2 family model
+    (which can also propagate through volumes), or is None for a tool without one."""
 
     description: str
+    spec: SegmenterSpec | None
 
     def set_image(self, image: np.ndarray, key: str | None = None) -> None:
         """Prepare ``image`` (H, W, 3 uint8); a no-op when it is the image already set.

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
+
+from .volume_case import VolumeCase
+from .volumes import volume_array
+from .windowing import Window
 
 API_VERSION = 1
 MAGIC = b"IBISIMG1"
@@ -38,6 +43,32 @@ class UploadedImage:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    @classmethod
+    def of(cls, source: np.ndarray | VolumeCase) -> UploadedImage:
+        """What a session's source sends: a volume with its geometry, or the RGB image itself."""
+        if isinstance(source, VolumeCase):
+            image = source.image
+            return cls("volume", volume_array(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+        return cls("rgb", source)
+
+    def source(self, slice_spec: str | None = None, window: Window | None = None) -> np.ndarray | VolumeCase:
+        """The session source the server opens from it (a volume at a slice and window); ValueError if the
+        slice or window is given for a 2D image."""
+        if self.kind != "volume":
+            if slice_spec or window:
+                raise ValueError("slice and window apply to volumes; this image is a 2D RGB image")
+            return self.array
+        volume = sitk.GetImageFromArray(self.array)
+        volume.SetSpacing(self.spacing)
+        volume.SetOrigin(self.origin)
+        volume.SetDirection(self.direction)
+        return VolumeCase.of(volume, slice_spec, window)
+
+
+def source_image(source: np.ndarray | VolumeCase) -> np.ndarray:
+    """The RGB image a session on ``source`` segments: the image itself, or the volume's key slice."""
+    return source.slice_rgb() if isinstance(source, VolumeCase) else source
 
 
 def content_hasher() -> Any:

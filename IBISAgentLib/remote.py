@@ -25,12 +25,11 @@ import numpy as np
 import requests
 
 from . import __version__
-from .protocol import API_VERSION, UploadedImage, content_hash, decode_mask, encode_image, encode_mask
+from .protocol import API_VERSION, UploadedImage, content_hash, decode_mask, encode_image, encode_mask, source_image
 from .session import DEFAULT_MAX_TURNS
-from .tools.propagation import PropagationCancelled
+from .tools.propagation import DEFAULT_PROPAGATION, PropagationCancelled, PropagationOptions
 from .trace import ImageInfo, Step, Trace
 from .volume_case import VolumeCase
-from .volumes import volume_array
 
 TOKEN_ENV = "IBISAGENT_TOKEN"
 log = logging.getLogger(__name__)
@@ -194,22 +193,15 @@ class RemoteBackend:
         image_source: str | None = None,
     ) -> RemoteSession:
         body: dict[str, Any] = {"instruction": instruction, "max_turns": max_turns, "image_source": image_source}
+        digest = self.upload(UploadedImage.of(source))
         if isinstance(source, VolumeCase):
-            image = source.image
-            digest = self.upload(
-                UploadedImage(
-                    "volume", volume_array(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-                )
-            )
             window = source.window
             body |= {
                 "slice": source.slice_spec,
                 "window": {"level": window.level, "width": window.width, "name": window.name},
             }
-            shape = source.geometry.height, source.geometry.width
-        else:
-            digest = self.upload(UploadedImage("rgb", source))
-            shape = source.shape[:2]
+        image = source_image(source)
+        shape = image.shape[:2]
         body["image"] = digest
         if initial_mask is not None:
             body["initial_mask"] = encode_mask(initial_mask)
@@ -225,26 +217,18 @@ class RemoteBackend:
             initial_mask_area=None if initial_mask is None else int(np.count_nonzero(initial_mask)),
             slice=created.get("slice"),
         )
-        return RemoteSession(self, created["session"], start, on_step, mirror)
+        case = source if isinstance(source, VolumeCase) else None
+        return RemoteSession(self, created["session"], start, on_step, mirror, image, case)
 
     def propagate(
         self,
         session: RemoteSession,
+        options: PropagationOptions = DEFAULT_PROPAGATION,
         *,
-        first: int | None = None,
-        last: int | None = None,
-        stop_after_empty: int = 3,
-        largest_component: bool = False,
         on_progress: Callable[[int, int, int], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> np.ndarray:
-        body = {
-            "first": first,
-            "last": last,
-            "stop_after_empty": stop_after_empty,
-            "largest_component": largest_component,
-        }
-        for event in session.stream("/propagate", body, phase="propagate", cancel=cancel):
+        for event in session.stream("/propagate", dataclasses.asdict(options), phase="propagate", cancel=cancel):
             if event["event"] == "progress" and on_progress is not None:
                 on_progress(event["done"], event["total"], event["index"])
             elif event["event"] == "result":
@@ -262,9 +246,20 @@ class RemoteSession:
     """An AgentSession on the server, mirrored here step by step: when the server goes away, ``trace()`` is
     what this client received (with ``error`` saying so), so a failed run still leaves its record."""
 
-    def __init__(self, backend: RemoteBackend, session_id: str, start: np.ndarray, on_step, mirror: Trace) -> None:
+    def __init__(
+        self,
+        backend: RemoteBackend,
+        session_id: str,
+        start: np.ndarray,
+        on_step: Callable[[Step], None] | None,
+        mirror: Trace,
+        image: np.ndarray,
+        case: VolumeCase | None,
+    ) -> None:
         self.backend = backend
         self.id = session_id
+        self.image = image
+        self.case = case
         self.on_step = on_step
         self.steps: list[Step] = []
         self.undone: list[Step] = []

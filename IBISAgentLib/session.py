@@ -15,16 +15,19 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .actions import Action, normalized_to_pixel, parse_response, pixel_to_normalized
-from .geometry import SliceGeometry
 from .interfaces import Click, Policy, PolicyRequest, SegmentationTool
 from .policies.errors import PolicyError
 from .prompts import IBIS_V1, PromptProfile
 from .rendering import OverlayRenderer
 from .trace import ImageInfo, Step, StopReason, Trace
+
+if TYPE_CHECKING:  # the session reads a case's geometry and window; it needs no volume code
+    from .volume_case import VolumeCase
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,7 @@ class AgentSession:
         max_turns: int = DEFAULT_MAX_TURNS,
         on_step: Callable[[Step], None] | None = None,
         image_source: str | None = None,
-        geometry: SliceGeometry | None = None,
-        window: str | None = None,
+        case: VolumeCase | None = None,
         models: dict[str, str] | None = None,
     ) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
@@ -69,6 +71,7 @@ class AgentSession:
             raise ValueError("the instruction is empty: say what to segment")
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        geometry = case.geometry if case is not None else None
         if geometry is not None and (geometry.height, geometry.width) != image.shape[:2]:
             raise ValueError(f"the image is {image.shape[:2]}, its slice geometry {(geometry.height, geometry.width)}")
         if initial_mask is not None and initial_mask.shape != image.shape[:2]:
@@ -81,8 +84,9 @@ class AgentSession:
         self.max_turns = max_turns
         self.on_step = on_step
         self.image_source = image_source
+        self.case = case  # the volume this slice is cut from, if any (propagation grows the mask through it)
         self.geometry = geometry
-        self.window = window
+        self.window = case.window.describe() if case is not None else None
         self.models = {
             "policy": policy.description,
             "tool": tool.description,

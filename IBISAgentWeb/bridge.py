@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from trame.app import asynchronous
 
 from IBISAgentLib.remote import is_loopback
+from IBISAgentLib.tools import PropagationOptions
 from IBISAgentLib.workflow import BackendChoice, DriverBusy, Failed, WorkflowDriver
 from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, volume_case
 
@@ -101,7 +102,7 @@ class DriverBridge:
         def call() -> None:
             first, last = _int(self.state.ia_first, "first slice"), _int(self.state.ia_last, "last slice")
             empty = _int(self.state.ia_stop_after_empty, "stop after empty slices")
-            self.driver.propagate(first, last, stop_after_empty=empty, largest_component=bool(self.state.ia_largest))
+            self.driver.propagate(PropagationOptions(first, last, empty, bool(self.state.ia_largest)))
 
         self.command(call)
 

@@ -23,6 +23,7 @@ from workflow_ports import LOCAL, OUTPUTS, clicks_then_waits, waits_for_release 
 from IBISAgentLib.backends import LocalBackend  # noqa: E402
 from IBISAgentLib.loading import load_models  # noqa: E402
 from IBISAgentLib.tools.click_tool import SAM2Tool  # noqa: E402
+from IBISAgentLib.tools.propagation import PropagationOptions  # noqa: E402
 from IBISAgentLib.trace import Trace  # noqa: E402
 from IBISAgentLib.workflow import COLORS, Failed, SliceChanged, WorkflowDriver  # noqa: E402
 from IBISAgentMRML import (  # noqa: E402
@@ -102,7 +103,7 @@ def test_run_correct_undo_propagate_and_save_on_a_real_scene(world, tmp_path):
     editor.logic.Undo()  # each write is one step of the editor's undo history
     np.testing.assert_array_equal(target.read(), segment)
     editor.logic.Redo()
-    driver.propagate(first=geometry.index - 2, last=geometry.index + 2, stop_after_empty=0)
+    driver.propagate(PropagationOptions(first=geometry.index - 2, last=geometry.index + 2, stop_after_empty=0))
     driver.wait()
     grown = target.read()
     assert all(geometry.at(k).extract(grown).any() for k in range(geometry.index - 2, geometry.index + 3))

@@ -8,7 +8,12 @@ import SimpleITK as sitk
 import torch
 
 from IBISAgentLib.geometry import SliceGeometry
-from IBISAgentLib.tools.propagation import PropagationCancelled, SAM2Propagator, keep_largest_component
+from IBISAgentLib.tools.propagation import (
+    PropagationCancelled,
+    PropagationOptions,
+    SAM2Propagator,
+    keep_largest_component,
+)
 
 SHAPE = (9, 40, 48)  # k, j, i
 
@@ -42,7 +47,7 @@ def test_visits_forward_then_backward_and_keeps_the_key_mask(propagator):
     volume, key, mask = setup()
     progress = []
     result = propagator.propagate(
-        volume, key, mask, stop_after_empty=0, on_progress=lambda d, t, i: progress.append((d, t, i))
+        volume, key, mask, PropagationOptions(stop_after_empty=0), on_progress=lambda *args: progress.append(args)
     )
     assert result.visited == [4, 5, 6, 7, 8, 3, 2, 1, 0]
     assert progress == [(n + 1, 9, index) for n, index in enumerate(result.visited)]
@@ -54,22 +59,22 @@ def test_the_key_slice_is_exactly_the_given_mask(propagator):
     volume, key, _ = setup()
     rows, columns = np.ogrid[: key.height, : key.width]
     blob = ((rows - 20) ** 2 + (columns - 23) ** 2 < 90) | ((rows - columns) % 7 == 0) & (rows > 5) & (rows < 30)
-    result = propagator.propagate(volume, key, blob, last=5, stop_after_empty=0)
+    result = propagator.propagate(volume, key, blob, PropagationOptions(last=5, stop_after_empty=0))
     assert np.array_equal(key.extract(result.mask), blob)
 
 
 def test_range_is_respected(propagator):
     volume, key, mask = setup()
-    result = propagator.propagate(volume, key, mask, first=3, last=6, stop_after_empty=0)
+    result = propagator.propagate(volume, key, mask, PropagationOptions(first=3, last=6, stop_after_empty=0))
     assert result.visited == [4, 5, 6, 3]
     assert not result.mask[:3].any() and not result.mask[7:].any()
     with pytest.raises(ValueError, match="contain the key slice"):
-        propagator.propagate(volume, key, mask, first=5, last=8)
+        propagator.propagate(volume, key, mask, PropagationOptions(first=5, last=8))
 
 
 def test_each_direction_stops_after_k_empty_slices(nothing_there_propagator):
     volume, key, mask = setup()
-    result = nothing_there_propagator.propagate(volume, key, mask, stop_after_empty=2)
+    result = nothing_there_propagator.propagate(volume, key, mask, PropagationOptions(stop_after_empty=2))
     assert result.visited == [4, 5, 6, 3, 2]
     assert np.array_equal(result.mask[4], mask) and result.mask.sum() == mask.sum()
 
@@ -96,7 +101,7 @@ def test_frames_are_rendered_on_demand_once(propagator, monkeypatch):
     original = propagation.SliceFrames.__getitem__
     monkeypatch.setattr(propagation.SliceFrames, "__getitem__", lambda self, f: rendered.append(f) or original(self, f))
     volume, key, mask = setup()
-    propagator.propagate(volume, key, mask, stop_after_empty=0)
+    propagator.propagate(volume, key, mask, PropagationOptions(stop_after_empty=0))
     assert sorted(rendered) == [0, 1, 2, 3, 4, 4, 5, 6, 7, 8]  # the key slice once per direction
 
 
@@ -120,7 +125,7 @@ def test_other_axes_and_bad_input(propagator):
     coronal = SliceGeometry.of(sitk.Image([SHAPE[2], SHAPE[1], SHAPE[0]], sitk.sitkUInt8), "coronal", 20)
     key_mask = np.zeros((coronal.height, coronal.width), bool)
     key_mask[2:6, 10:20] = True
-    result = propagator.propagate(volume, coronal, key_mask, first=18, last=21, stop_after_empty=0)
+    result = propagator.propagate(volume, coronal, key_mask, PropagationOptions(first=18, last=21, stop_after_empty=0))
     assert result.visited == [20, 21, 19, 18]
     assert np.array_equal(coronal.extract(result.mask), key_mask)
     with pytest.raises(ValueError, match="empty"):

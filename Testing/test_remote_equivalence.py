@@ -11,6 +11,8 @@ from server_process import ServerProcess
 from test_cli import ibisagent
 from volume_data import mni_crop
 
+from IBISAgentLib.tools.propagation import PropagationOptions
+
 OUTPUTS = [
     "<think>a</think><action>Positive Point (0.4500, 0.5200)</action>",
     "<think>b</think><action>Negative Point (0.9000, 0.1000)</action>",
@@ -87,4 +89,6 @@ def test_cancelled_remote_propagation_says_so(server, tmp_path):
     session.step()
     cancel = threading.Event()
     with pytest.raises(PropagationCancelled):
-        backend.propagate(session, stop_after_empty=0, cancel=cancel, on_progress=lambda *a: cancel.set())
+        backend.propagate(
+            session, PropagationOptions(stop_after_empty=0), cancel=cancel, on_progress=lambda *a: cancel.set()
+        )

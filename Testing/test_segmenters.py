@@ -19,6 +19,7 @@ from IBISAgentLib.interfaces import Click
 from IBISAgentLib.policies import ReplayPolicy
 from IBISAgentLib.tiny_models import build_random_segmenter
 from IBISAgentLib.tools import MEDSAM2, SETTINGS, VARIANTS, CheckpointError, resolve_segmenter, variant_named
+from IBISAgentLib.tools.propagation import PropagationOptions
 from IBISAgentLib.tools.resolve import SegmenterSpec
 from IBISAgentLib.tools.sam2_model import build_model
 from IBISAgentLib.volume_case import VolumeCase
@@ -116,7 +117,7 @@ def test_propagation_at_1024_px_in_both_directions(checkpoints):
     key = SliceGeometry.of(image, "axial", 2)
     mask = np.zeros((key.height, key.width), bool)
     mask[8:20, 10:30] = True
-    result = propagator.propagate(volume, key, mask, stop_after_empty=0)
+    result = propagator.propagate(volume, key, mask, PropagationOptions(stop_after_empty=0))
     assert sorted(result.visited) == [0, 1, 2, 3, 4]
     assert result.mask[2].any()
 
@@ -134,7 +135,7 @@ def test_a_medsam2_propagator_beside_a_sam2_click_tool(checkpoints, tiny_models)
     assert models["propagator_checkpoint"] == str(tiny_models[1])
     if not session.mask.any():
         pytest.skip("the random click tool found nothing to propagate")
-    mask = backend.propagate(session, stop_after_empty=0)
+    mask = backend.propagate(session, PropagationOptions(stop_after_empty=0))
     assert backend.propagator.variant is MEDSAM2 and mask.shape == case.windowed.shape and mask[2].any()
 
 

@@ -12,6 +12,7 @@ from workflow_ports import LOCAL, OUTPUTS, ArrayTarget, clicks_then_waits, waits
 from IBISAgentLib.backends import LocalBackend
 from IBISAgentLib.loading import load_models
 from IBISAgentLib.tools.click_tool import SAM2Tool
+from IBISAgentLib.tools.propagation import PropagationOptions
 from IBISAgentLib.volume_case import VolumeCase
 from IBISAgentLib.workflow import (
     BackendChoice,
@@ -113,7 +114,7 @@ def test_propagation_progress_and_busy_guard(driver, case):
     target = started(driver, case)
     driver.step()
     driver.wait()
-    driver.propagate(first=2, last=6, stop_after_empty=0)
+    driver.propagate(PropagationOptions(first=2, last=6, stop_after_empty=0))
     with pytest.raises(DriverBusy):
         driver.step()
     events = driver.wait()
@@ -127,7 +128,7 @@ def test_failures_say_why_and_put_the_segment_back(driver, case):
     before = np.zeros(case.windowed.shape, bool)
     before[8, 2:5, 2:5] = True
     target = started(driver, case, ArrayTarget(case.windowed.shape, before))
-    driver.propagate(stop_after_empty=0)  # nothing to propagate yet: the key mask is empty
+    driver.propagate(PropagationOptions(stop_after_empty=0))  # nothing to propagate yet: the key mask is empty
     events = driver.wait()
     assert kinds(events) == ["Failed", "Reverted", "Idle"] and "nothing to propagate" in events[0].message
     assert np.array_equal(target.segment, before) and target.restores == 1
@@ -177,7 +178,7 @@ def test_results_replace_only_their_slices_of_the_segment_as_it_is(driver, case)
     assert target.segment[1, 5:9, 5:9].all()
     assert np.array_equal(case.geometry.extract(target.segment), driver.session.mask)
     target.segment[7, 0:3, 0:3] = True  # the clinician paints on another slice while the session is open
-    driver.propagate(first=3, last=5, stop_after_empty=0)
+    driver.propagate(PropagationOptions(first=3, last=5, stop_after_empty=0))
     driver.wait()
     assert target.segment[3].any() and target.segment[5].any()
     assert target.segment[1, 5:9, 5:9].all() and target.segment[7, 0:3, 0:3].all()

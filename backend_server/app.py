@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-import SimpleITK as sitk
 from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -17,10 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field
 import IBISAgentLib
 from IBISAgentLib.backends import LocalBackend
 from IBISAgentLib.jsontext import dump_bytes
-from IBISAgentLib.protocol import API_VERSION, ProtocolError, content_hasher, decode_image, decode_mask, encode_mask
-from IBISAgentLib.tools.propagation import PropagationCancelled
+from IBISAgentLib.protocol import (
+    API_VERSION,
+    ProtocolError,
+    content_hasher,
+    decode_image,
+    decode_mask,
+    encode_mask,
+    source_image,
+)
+from IBISAgentLib.tools.propagation import PropagationCancelled, PropagationOptions
 from IBISAgentLib.trace import Step
-from IBISAgentLib.volume_case import VolumeCase
 from IBISAgentLib.windowing import Window
 
 from .config import ServerConfig
@@ -171,19 +177,9 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
         if uploaded is None:
             raise HTTPException(404, "no such image on the server: upload it first")
         try:
-            source: Any = uploaded.array
-            if uploaded.kind == "volume":
-                volume = sitk.GetImageFromArray(uploaded.array)
-                volume.SetSpacing(uploaded.spacing)
-                volume.SetOrigin(uploaded.origin)
-                volume.SetDirection(uploaded.direction)
-                window = Window(**request.window.model_dump()) if request.window else None
-                source = VolumeCase.of(volume, request.slice, window)
-            elif request.slice or request.window:
-                raise ValueError("slice and window apply to volumes; this image is a 2D RGB image")
-            shape = (
-                (source.geometry.height, source.geometry.width) if isinstance(source, VolumeCase) else source.shape[:2]
-            )
+            window = Window(**request.window.model_dump()) if request.window else None
+            source = uploaded.source(request.slice, window)
+            shape = source_image(source).shape[:2]
             mask = decode_mask(request.initial_mask.model_dump(), shape) if request.initial_mask else None
             session = backend.open_session(
                 source,
@@ -304,10 +300,7 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
             try:
                 mask = backend.propagate(
                     entry.session,
-                    first=request.first,
-                    last=request.last,
-                    stop_after_empty=request.stop_after_empty,
-                    largest_component=request.largest_component,
+                    PropagationOptions(**request.model_dump()),
                     on_progress=lambda done, total, index: emit(
                         {"event": "progress", "done": done, "total": total, "index": index}
                     ),

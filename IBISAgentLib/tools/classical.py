@@ -18,6 +18,7 @@ from ..interfaces import Click, ToolResult
 
 class RandomWalkerTool:
     description = "random walker (scikit-image, no weights)"
+    spec = None  # no SAM 2 family model: it cannot propagate
 
     def __init__(self, margin: int = 40, max_side: int = 128, beta: float = 2000.0, seed_radius: int = 2) -> None:
         self.margin, self.max_side, self.beta, self.seed_radius = margin, max_side, beta, seed_radius

@@ -33,6 +33,33 @@ class PropagationCancelled(Exception):
     """The propagation was cancelled; nothing was returned."""
 
 
+@dataclass(frozen=True)
+class PropagationOptions:
+    """How a key-slice mask grows through its volume, the same from the command line to the server and back:
+    slices ``first`` to ``last`` (None: to the volume's end), each direction stopping after
+    ``stop_after_empty`` empty slices in a row (0: never), and optionally only the largest connected part."""
+
+    first: int | None = None
+    last: int | None = None
+    stop_after_empty: int = 3
+    largest_component: bool = False
+
+    def span(self, key: SliceGeometry) -> tuple[int, int]:
+        """(first, last) in the key slice's volume; ValueError when the range leaves it or misses the key."""
+        first = 0 if self.first is None else self.first
+        last = key.count - 1 if self.last is None else self.last
+        if not 0 <= first <= key.index <= last < key.count:
+            raise ValueError(
+                f"range {first}:{last} must lie in 0:{key.count - 1} and contain the key slice {key.index}"
+            )
+        if self.stop_after_empty < 0:
+            raise ValueError(f"stop after empty slices must be 0 (never) or more, got {self.stop_after_empty}")
+        return first, last
+
+
+DEFAULT_PROPAGATION = PropagationOptions()
+
+
 @dataclass
 class PropagationResult:
     mask: np.ndarray  # (k, j, i) bool, on the volume's grid
@@ -112,30 +139,21 @@ class SAM2Propagator:
         volume: np.ndarray,
         key: SliceGeometry,
         key_mask: np.ndarray,
+        options: PropagationOptions = DEFAULT_PROPAGATION,
         *,
-        first: int | None = None,
-        last: int | None = None,
-        stop_after_empty: int = 3,
-        largest_component: bool = False,
         on_progress: Callable[[int, int, int], None] | None = None,
         cancel: threading.Event | None = None,
         partial: bool = False,
     ) -> PropagationResult:
-        """Propagate ``key_mask`` (the key slice's (rows, columns) mask) through slices first..last.
+        """Propagate ``key_mask`` (the key slice's (rows, columns) mask) as ``options`` say.
 
-        ``volume`` is the windowed uint8 (k, j, i) volume. A direction stops after ``stop_after_empty``
-        consecutive empty slices (0: never). ``on_progress(done, total, slice_index)`` is called after
-        every slice. On cancel it raises ``PropagationCancelled``, or returns what is done with
-        ``cancelled=True`` when ``partial`` is set.
+        ``volume`` is the windowed uint8 (k, j, i) volume. ``on_progress(done, total, slice_index)`` is
+        called after every slice. On cancel it raises ``PropagationCancelled``, or returns what is done
+        with ``cancelled=True`` when ``partial`` is set.
         """
         import torch
 
-        first = 0 if first is None else first
-        last = key.count - 1 if last is None else last
-        if not 0 <= first <= key.index <= last < key.count:
-            raise ValueError(
-                f"range {first}:{last} must lie in 0..{key.count - 1} and contain the key slice {key.index}"
-            )
+        first, last = options.span(key)
         if key_mask.shape != (key.height, key.width):
             raise ValueError(f"key mask shape {key_mask.shape} is not the slice's {(key.height, key.width)}")
         if volume.dtype != np.uint8 or volume.shape != key.size[::-1]:
@@ -174,10 +192,10 @@ class SAM2Propagator:
                         return result
                     if frame != key_frame:
                         empty_run = 0 if plane.any() else empty_run + 1
-                        if stop_after_empty and empty_run >= stop_after_empty:
+                        if options.stop_after_empty and empty_run >= options.stop_after_empty:
                             break
         key.insert(result.mask, key_mask)  # the key slice is given, not predicted (its resampling drifts a voxel)
-        if largest_component:
+        if options.largest_component:
             result.mask = keep_largest_component(result.mask)
         return result
 

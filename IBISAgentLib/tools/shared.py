@@ -19,6 +19,7 @@ class SharedTool:
     def __init__(self, tool: SegmentationTool) -> None:
         self.tool = tool
         self.description = tool.description
+        self.spec = tool.spec
         self._lock = threading.Lock()
         self._current = threading.local()
 

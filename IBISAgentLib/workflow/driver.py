@@ -25,7 +25,7 @@ import numpy as np
 
 from ..backends import Backend, Session
 from ..geometry import SliceGeometry
-from ..tools.propagation import PropagationCancelled
+from ..tools.propagation import DEFAULT_PROPAGATION, PropagationCancelled, PropagationOptions
 from ..trace import Step
 from ..volume_case import VolumeCase
 from .choice import BackendChoice
@@ -144,13 +144,9 @@ class WorkflowDriver:
 
         self._launch(job)
 
-    def propagate(
-        self, first: int | None = None, last: int | None = None, stop_after_empty: int = 3,
-        largest_component: bool = False,
-    ) -> None:  # fmt: skip
-        """Grow the key-slice result through slices ``first``..``last`` (None: to the volume's end)."""
-        geometry = self._geometry()
-        span = (0 if first is None else first, geometry.count - 1 if last is None else last)
+    def propagate(self, options: PropagationOptions = DEFAULT_PROPAGATION) -> None:
+        """Grow the key-slice result through the volume as ``options`` say."""
+        span = options.span(self._geometry())
 
         def job() -> None:
             session = self._session()
@@ -158,8 +154,7 @@ class WorkflowDriver:
                 raise ValueError("Segment the key slice first: there is nothing to propagate yet.")
             try:
                 mask = self._backend.propagate(
-                    session, first=first, last=last, stop_after_empty=stop_after_empty,
-                    largest_component=largest_component, cancel=self._cancel,
+                    session, options, cancel=self._cancel,
                     on_progress=lambda done, total, index: self._emit(Progressed(done, total)),
                 )  # fmt: skip
             except PropagationCancelled:
