@@ -120,7 +120,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         settings.save(ui.backendSelector.currentIndex == 1, fields)
 
     def onTestConnection(self):
-        from IBISAgentLib.remote import RemoteBackend, RemoteError
+        from IBISAgentLib.remote.client import RemoteBackend, RemoteError
 
         try:
             backend = RemoteBackend(self.ui.serverUrlEdit.text.strip(), token=self.ui.tokenEdit.text or None)
@@ -247,9 +247,9 @@ class IBISAgentTest(ScriptedLoadableModuleTest):
         from IBISAgentDesktop.editor import EffectEditor
         from IBISAgentDesktop.hub import hub
 
-        from IBISAgentLib.backends import LocalBackend
-        from IBISAgentLib.loading import load_models
-        from IBISAgentLib.tiny_models import build_tiny_models
+        from IBISAgentLib.agent.backends import LocalBackend
+        from IBISAgentLib.models.loading import load_models
+        from IBISAgentLib.models.tiny_models import build_tiny_models
         from IBISAgentMRML import segment_array
 
         self.delayDisplay("Building tiny models")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from IBISAgentLib.trace import Trace
-from IBISAgentLib.volume_case import VolumeCase
+from IBISAgentLib.agent.trace import Trace
+from IBISAgentLib.imaging.volume_case import VolumeCase
 from IBISAgentLib.workflow import markers_of
 
 from .record import MRMLRecord

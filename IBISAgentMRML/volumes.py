@@ -11,10 +11,10 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from IBISAgentLib.geometry import AXES, Axis, anatomical_axes
-from IBISAgentLib.volume_case import VolumeCase
-from IBISAgentLib.volumes import volume_array
-from IBISAgentLib.windowing import Window
+from IBISAgentLib.imaging.geometry import AXES, Axis, anatomical_axes
+from IBISAgentLib.imaging.volume_case import VolumeCase
+from IBISAgentLib.imaging.volumes import volume_array
+from IBISAgentLib.imaging.windowing import Window
 
 from .errors import AdapterError
 from .transforms import ijk_to_world

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from trame.app import asynchronous
 
-from IBISAgentLib.remote import is_loopback
+from IBISAgentLib.remote.client import is_loopback
 from IBISAgentLib.tools import PropagationOptions
 from IBISAgentLib.workflow import BackendChoice, DriverBusy, Failed, WorkflowDriver
 from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, volume_case

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from IBISAgentLib.cli import add_segmenter_options
-from IBISAgentLib.devices import DEVICE_CHOICES
-from IBISAgentLib.remote import TOKEN_ENV, is_loopback, token_from
+from IBISAgentLib.models.devices import DEVICE_CHOICES
+from IBISAgentLib.remote.client import TOKEN_ENV, is_loopback, token_from
 from IBISAgentLib.tools import SETTINGS
 
 

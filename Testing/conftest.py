@@ -16,13 +16,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TEST_DEVICE = os.environ.get("IBISAGENT_TEST_DEVICE", "cpu")
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "IBISAgentLib" / "samples" / "ct_thoracic_vertebra.png"
+SAMPLE = REPO / "IBISAgentLib" / "cli" / "samples" / "ct_thoracic_vertebra.png"
 sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from IBISAgentLib.tiny_models import build_tiny_models
+    from IBISAgentLib.models.tiny_models import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
@@ -41,6 +41,6 @@ def medsam2_tool(tiny_models, device):
 
 @pytest.fixture(scope="session")
 def sample_image() -> np.ndarray:
-    from IBISAgentLib.images import read_rgb_image
+    from IBISAgentLib.imaging.images import read_rgb_image
 
     return read_rgb_image(SAMPLE)

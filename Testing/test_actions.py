@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from IBISAgentLib.actions import (
+from IBISAgentLib.agent.actions import (
     Action,
     format_action,
     format_response,

@@ -11,7 +11,7 @@ import pytest
 from conftest import SAMPLE
 from PIL import Image
 
-from IBISAgentLib.trace import SCHEMA_PATH
+from IBISAgentLib.agent.trace import SCHEMA_PATH
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 

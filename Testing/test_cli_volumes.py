@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from test_cli import SCHEMA, ibisagent, replay_file
 from volume_data import ct_phantom, mni_crop
 
-from IBISAgentLib.geometry import SliceGeometry
+from IBISAgentLib.imaging.geometry import SliceGeometry
 
 OUTPUTS = [
     "<think>here</think><action>Positive Point (0.5000, 0.5000)</action>",

@@ -97,7 +97,7 @@ def test_a_model_in_this_process_is_not_shared_by_workers(manifest, tiny_models,
 
 
 def test_volume_evaluation_reports_the_propagated_mask(manifest, tiny_models, tmp_path):
-    from IBISAgentLib.session import AgentSession
+    from IBISAgentLib.agent.session import AgentSession
     from IBISAgentLib.tools.classical import RandomWalkerTool
     from IBISAgentLib.tools.propagation import SAM2Propagator
     from IBISAgentLib.training.manifest import load_sample, read_manifest

@@ -6,7 +6,7 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from IBISAgentLib.geometry import AXES, SliceGeometry, lps_to_ras, parse_slice
+from IBISAgentLib.imaging.geometry import AXES, SliceGeometry, lps_to_ras, parse_slice
 
 
 def make_image(size, spacing, direction, origin):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from IBISAgentLib.actions import Action, format_response
-from IBISAgentLib.images import write_mask, write_rgb
-from IBISAgentLib.interfaces import Click, PolicyRequest
-from IBISAgentLib.prompts import IBIS_V1
-from IBISAgentLib.rendering import overlay_mask
+from IBISAgentLib.agent.actions import Action, format_response
+from IBISAgentLib.agent.interfaces import Click, PolicyRequest
+from IBISAgentLib.agent.prompts import IBIS_V1
+from IBISAgentLib.imaging.images import write_mask, write_rgb
+from IBISAgentLib.imaging.rendering import overlay_mask
 from IBISAgentLib.tools.classical import RandomWalkerTool
 from IBISAgentLib.training.episodes import EpisodeWeights, episode_return, group_advantages
 from IBISAgentLib.training.manifest import load_sample, read_manifest

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from IBISAgentLib.interfaces import Click
+from IBISAgentLib.agent.interfaces import Click
 from IBISAgentLib.tools import MEDSAM2, CheckpointError
 from IBISAgentLib.tools.click_tool import SAM2Tool
 from IBISAgentLib.tools.sam2_model import build_model

@@ -24,7 +24,7 @@ from mrml_scene import (  # noqa: E402
 )
 from vtk.util import numpy_support  # noqa: E402
 
-from IBISAgentLib.volume_case import VolumeCase  # noqa: E402
+from IBISAgentLib.imaging.volume_case import VolumeCase  # noqa: E402
 from IBISAgentLib.workflow import Marker, WorkflowDriver  # noqa: E402
 from IBISAgentMRML import (  # noqa: E402
     AdapterError,

@@ -20,11 +20,11 @@ from test_cli import ibisagent, replay_file  # noqa: E402
 from volume_data import mni_crop  # noqa: E402
 from workflow_ports import LOCAL, OUTPUTS, clicks_then_waits, waits_for_release  # noqa: E402
 
-from IBISAgentLib.backends import LocalBackend  # noqa: E402
-from IBISAgentLib.loading import load_models  # noqa: E402
+from IBISAgentLib.agent.backends import LocalBackend  # noqa: E402
+from IBISAgentLib.agent.trace import Trace  # noqa: E402
+from IBISAgentLib.models.loading import load_models  # noqa: E402
 from IBISAgentLib.tools.click_tool import SAM2Tool  # noqa: E402
 from IBISAgentLib.tools.propagation import PropagationOptions  # noqa: E402
-from IBISAgentLib.trace import Trace  # noqa: E402
 from IBISAgentLib.workflow import COLORS, Failed, SliceChanged, WorkflowDriver  # noqa: E402
 from IBISAgentMRML import (  # noqa: E402
     LogicEditor,

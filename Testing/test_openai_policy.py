@@ -10,10 +10,10 @@ import pytest
 from fake_openai_server import FakeOpenAIServer
 from PIL import Image
 
-from IBISAgentLib.interfaces import PolicyRequest
+from IBISAgentLib.agent.interfaces import PolicyRequest
+from IBISAgentLib.agent.prompts import IBIS_V1
 from IBISAgentLib.policies import PolicyError
 from IBISAgentLib.policies.openai_http import OpenAIChatPolicy
-from IBISAgentLib.prompts import IBIS_V1
 
 
 def request(image):

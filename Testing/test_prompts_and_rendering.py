@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from IBISAgentLib.prompts import IBIS_V1, get_profile
-from IBISAgentLib.rendering import overlay_mask, to_rgb_uint8
+from IBISAgentLib.agent.prompts import IBIS_V1, get_profile
+from IBISAgentLib.imaging.rendering import overlay_mask, to_rgb_uint8
 
 DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
 # sha256 of the released model's system prompt as the authors' inference sends it.
@@ -94,7 +94,7 @@ def test_to_rgb_accepts_grey_and_rgba_only():
 
 @given(arrays(np.uint8, (6, 5, 3)), st.lists(arrays(np.bool_, (6, 5)), min_size=1, max_size=6))
 def test_overlay_renderer_equals_the_formula_for_any_mask_sequence(image, masks):
-    from IBISAgentLib.rendering import OverlayRenderer
+    from IBISAgentLib.imaging.rendering import OverlayRenderer
 
     renderer = OverlayRenderer(image, (34, 139, 34), 0.4)
     pictures = []

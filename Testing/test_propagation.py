@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from IBISAgentLib.geometry import SliceGeometry
+from IBISAgentLib.imaging.geometry import SliceGeometry
 from IBISAgentLib.tools.propagation import (
     PropagationCancelled,
     PropagationOptions,

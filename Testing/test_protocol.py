@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from IBISAgentLib.protocol import ProtocolError, UploadedImage, decode_image, decode_mask, encode_image, encode_mask
+from IBISAgentLib.remote.protocol import (
+    ProtocolError,
+    UploadedImage,
+    decode_image,
+    decode_mask,
+    encode_image,
+    encode_mask,
+)
 
 
 @settings(max_examples=100, deadline=None)

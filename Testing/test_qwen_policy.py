@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from IBISAgentLib.interfaces import PolicyRequest
-from IBISAgentLib.prompts import IBIS_V1
+from IBISAgentLib.agent.interfaces import PolicyRequest
+from IBISAgentLib.agent.prompts import IBIS_V1
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ from PIL import Image
 from server_process import ServerProcess
 from test_cli import SCHEMA, ibisagent, replay_file
 
-from IBISAgentLib import jsontext
-from IBISAgentLib.actions import Action
-from IBISAgentLib.images import read_rgb_image
-from IBISAgentLib.protocol import MAGIC, UploadedImage, content_hash, encode_image
-from IBISAgentLib.remote import RemoteBackend, token_exposed
-from IBISAgentLib.trace import ImageInfo, Step, Trace
+from IBISAgentLib.agent import jsontext
+from IBISAgentLib.agent.actions import Action
+from IBISAgentLib.agent.trace import ImageInfo, Step, Trace
+from IBISAgentLib.imaging.images import read_rgb_image
+from IBISAgentLib.remote.client import RemoteBackend, token_exposed
+from IBISAgentLib.remote.protocol import MAGIC, UploadedImage, content_hash, encode_image
 
 CLICK = "<think>{}</think><action>Positive Point (0.4500, 0.2300)</action>"
 TERMINATE = "<think>done</think><action>Terminate</action><answer>ok</answer>"

@@ -80,9 +80,9 @@ def test_volume_with_propagation_local_and_remote_are_identical(tmp_path, server
 def test_cancelled_remote_propagation_says_so(server, tmp_path):
     import threading
 
-    from IBISAgentLib.remote import RemoteBackend
+    from IBISAgentLib.imaging.volume_case import VolumeCase
+    from IBISAgentLib.remote.client import RemoteBackend
     from IBISAgentLib.tools.propagation import PropagationCancelled
-    from IBISAgentLib.volume_case import VolumeCase
 
     backend = RemoteBackend(server.url, token=server.token)
     session = backend.open_session(VolumeCase.of(mni_crop(), "axial:4"), "x")

@@ -13,17 +13,17 @@ from conftest import SAMPLE
 from test_cli import ibisagent, replay_file
 from volume_data import ct_phantom
 
-from IBISAgentLib.backends import LocalBackend
-from IBISAgentLib.geometry import SliceGeometry
-from IBISAgentLib.interfaces import Click
+from IBISAgentLib.agent.backends import LocalBackend
+from IBISAgentLib.agent.interfaces import Click
+from IBISAgentLib.imaging.geometry import SliceGeometry
+from IBISAgentLib.imaging.volume_case import VolumeCase
+from IBISAgentLib.models.tiny_models import build_random_segmenter
+from IBISAgentLib.models.weights import WeightsUnavailable
 from IBISAgentLib.policies import ReplayPolicy
-from IBISAgentLib.tiny_models import build_random_segmenter
 from IBISAgentLib.tools import MEDSAM2, SETTINGS, VARIANTS, CheckpointError, resolve_segmenter, variant_named
 from IBISAgentLib.tools.propagation import PropagationOptions
 from IBISAgentLib.tools.resolve import SegmenterSpec
 from IBISAgentLib.tools.sam2_model import build_model
-from IBISAgentLib.volume_case import VolumeCase
-from IBISAgentLib.weights import WeightsUnavailable
 
 CLICK = "<think>here</think><action>Positive Point (0.5000, 0.5000)</action>"
 DONE = "<think>done</think><action>Terminate</action><answer>Done.</answer>"

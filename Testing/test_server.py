@@ -15,9 +15,9 @@ from conftest import SAMPLE
 from fake_openai_server import FakeOpenAIServer
 from server_process import ServerProcess
 
-from IBISAgentLib.images import read_rgb_image
-from IBISAgentLib.protocol import MAGIC, UploadedImage, content_hash, encode_image, encode_mask
-from IBISAgentLib.remote import AuthFailed, RemoteBackend, RequestRejected, ServerFailed, SessionExpired
+from IBISAgentLib.imaging.images import read_rgb_image
+from IBISAgentLib.remote.client import AuthFailed, RemoteBackend, RequestRejected, ServerFailed, SessionExpired
+from IBISAgentLib.remote.protocol import MAGIC, UploadedImage, content_hash, encode_image, encode_mask
 
 INSTRUCTION = "segment the vertebral body of patient Zebulon-Quartz"
 

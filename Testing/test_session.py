@@ -8,12 +8,12 @@ import jsonschema
 import numpy as np
 import pytest
 
-from IBISAgentLib.interfaces import Click
+from IBISAgentLib.agent.interfaces import Click
+from IBISAgentLib.agent.prompts import IBIS_V1
+from IBISAgentLib.agent.session import AgentSession
+from IBISAgentLib.agent.trace import SCHEMA_PATH, Trace
+from IBISAgentLib.imaging.rendering import overlay_mask
 from IBISAgentLib.policies import PolicyError, ReplayPolicy
-from IBISAgentLib.prompts import IBIS_V1
-from IBISAgentLib.rendering import overlay_mask
-from IBISAgentLib.session import AgentSession
-from IBISAgentLib.trace import SCHEMA_PATH, Trace
 
 
 def click(kind, x, y):

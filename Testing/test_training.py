@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from IBISAgentLib.actions import Action, format_response, parse_response
-from IBISAgentLib.interfaces import Click, PolicyRequest
+from IBISAgentLib.agent.actions import Action, format_response, parse_response
+from IBISAgentLib.agent.interfaces import Click, PolicyRequest
+from IBISAgentLib.agent.prompts import IBIS_V1
+from IBISAgentLib.agent.session import AgentSession
 from IBISAgentLib.policies import ReplayPolicy
-from IBISAgentLib.prompts import IBIS_V1
-from IBISAgentLib.session import AgentSession
 from IBISAgentLib.tools.classical import RandomWalkerTool
 from IBISAgentLib.training.oracle import OraclePolicy, depth, iou, next_click
 from IBISAgentLib.training.rewards import (
@@ -176,7 +176,7 @@ def test_reward_mask_is_the_mask_inference_produced(square):
 
 def rl_record(square, folder):
     """The extra_info of a first-step RL row over the square, as our export writes it."""
-    from IBISAgentLib.images import write_mask, write_rgb
+    from IBISAgentLib.imaging.images import write_mask, write_rgb
 
     image, truth = square
     write_rgb(folder / "image.png", image)

@@ -8,8 +8,8 @@ from fake_openai_server import FakeOpenAIServer
 from test_cli import ibisagent
 from volume_data import mni_tissue_dataset
 
-from IBISAgentLib.actions import parse_response
-from IBISAgentLib.prompts import IBIS_V1
+from IBISAgentLib.agent.actions import parse_response
+from IBISAgentLib.agent.prompts import IBIS_V1
 
 
 @pytest.fixture(scope="module")

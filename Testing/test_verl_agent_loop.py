@@ -13,7 +13,7 @@ from qwen_vl_utils import process_vision_info
 from test_cli import ibisagent
 from transformers import AutoProcessor
 
-from IBISAgentLib.images import read_mask, read_rgb_image, write_mask, write_rgb
+from IBISAgentLib.imaging.images import read_mask, read_rgb_image, write_mask, write_rgb
 from IBISAgentLib.policies.transformers_qwen import TransformersQwenPolicy
 from IBISAgentLib.tools.classical import RandomWalkerTool
 from IBISAgentLib.training.episodes import episode_return, shaped_reward

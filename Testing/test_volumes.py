@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 from volume_data import ct_small_path, mni_crop, mni_path, write_dicom_series
 
-from IBISAgentLib.volumes import VolumeInputError, read_labelmap, read_volume, volume_array, write_labelmap
+from IBISAgentLib.imaging.volumes import VolumeInputError, read_labelmap, read_volume, volume_array, write_labelmap
 
 
 def same_geometry(a, b):

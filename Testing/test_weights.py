@@ -1,6 +1,6 @@
 import pytest
 
-from IBISAgentLib.weights import (
+from IBISAgentLib.models.weights import (
     DEFAULT_MLLM,
     DEFAULT_SAM2,
     HubRef,

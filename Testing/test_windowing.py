@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from volume_data import ct_phantom, ct_small_path, mni_path
 
-from IBISAgentLib.windowing import CT_PRESETS, Window, apply_window, check_finite, choose_window, looks_like_ct
+from IBISAgentLib.imaging.windowing import CT_PRESETS, Window, apply_window, check_finite, choose_window, looks_like_ct
 
 
 def test_presets_are_the_radiology_ones():

@@ -9,11 +9,11 @@ import pytest
 from volume_data import mni_crop
 from workflow_ports import LOCAL, OUTPUTS, ArrayTarget, clicks_then_waits, waits_for_release
 
-from IBISAgentLib.backends import LocalBackend
-from IBISAgentLib.loading import load_models
+from IBISAgentLib.agent.backends import LocalBackend
+from IBISAgentLib.imaging.volume_case import VolumeCase
+from IBISAgentLib.models.loading import load_models
 from IBISAgentLib.tools.click_tool import SAM2Tool
 from IBISAgentLib.tools.propagation import PropagationOptions
-from IBISAgentLib.volume_case import VolumeCase
 from IBISAgentLib.workflow import (
     BackendChoice,
     DriverBusy,

@@ -1,4 +1,4 @@
-"""The HTTP API (versioned under /v1; OpenAPI at /docs). See IBISAgentLib.protocol for the wire format."""
+"""The HTTP API (versioned under /v1; OpenAPI at /docs). See IBISAgentLib.remote.protocol for the wire format."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 import IBISAgentLib
-from IBISAgentLib.backends import LocalBackend
-from IBISAgentLib.jsontext import dump_bytes
-from IBISAgentLib.protocol import (
+from IBISAgentLib.agent.backends import LocalBackend
+from IBISAgentLib.agent.jsontext import dump_bytes
+from IBISAgentLib.agent.trace import Step
+from IBISAgentLib.imaging.windowing import Window
+from IBISAgentLib.remote.protocol import (
     API_VERSION,
     ProtocolError,
     content_hasher,
@@ -26,8 +28,6 @@ from IBISAgentLib.protocol import (
     source_image,
 )
 from IBISAgentLib.tools.propagation import PropagationCancelled, PropagationOptions
-from IBISAgentLib.trace import Step
-from IBISAgentLib.windowing import Window
 
 from .config import ServerConfig
 from .jobs import ModelWorker, QueueFull

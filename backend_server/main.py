@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from IBISAgentLib.cli import UserError, add_segmenter_options, load_local_backend
-from IBISAgentLib.remote import TOKEN_ENV, is_loopback, token_from
+from IBISAgentLib.remote.client import TOKEN_ENV, is_loopback, token_from
 
 from .config import ServerConfig
 

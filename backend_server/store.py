@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from IBISAgentLib.protocol import UploadedImage
+from IBISAgentLib.remote.protocol import UploadedImage
 
 from .memory import return_memory
 

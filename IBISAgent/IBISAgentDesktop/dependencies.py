@@ -77,7 +77,7 @@ def keep_slicer_packages():
 
 def consent_to_upload(url):
     """Asks once per server before images leave this computer for a non-local host."""
-    from IBISAgentLib.remote import is_loopback
+    from IBISAgentLib.remote.client import is_loopback
 
     host = urlparse(url).hostname or ""
     if is_loopback(host):

@@ -13,7 +13,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from ..interfaces import PolicyRequest
+from ..agent.interfaces import PolicyRequest
 from .errors import PolicyError
 
 # Qwen2.5-VL works on 28 x 28 pixel blocks (14 px patches merged 2 x 2).

@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from ..interfaces import PolicyRequest
+from ..agent.interfaces import PolicyRequest
 from .errors import PolicyError
 
 

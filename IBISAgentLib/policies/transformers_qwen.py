@@ -9,8 +9,8 @@ from typing import Any
 
 from PIL import Image
 
-from ..devices import resolve_device
-from ..interfaces import PolicyRequest
+from ..agent.interfaces import PolicyRequest
+from ..models.devices import resolve_device
 
 
 class TransformersQwenPolicy:

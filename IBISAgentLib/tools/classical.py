@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 from scipy import ndimage
 
-from ..interfaces import Click, ToolResult
+from ..agent.interfaces import Click, ToolResult
 
 
 class RandomWalkerTool:

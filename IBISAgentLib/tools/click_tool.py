@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import resolve_device
-from ..interfaces import Click, ToolResult
+from ..agent.interfaces import Click, ToolResult
+from ..models.devices import resolve_device
 from .resolve import SegmenterSpec
 from .sam2_model import build_model
 from .variants import MEDSAM2, SAM2Variant

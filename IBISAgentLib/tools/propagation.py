@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..devices import resolve_device
-from ..geometry import SliceGeometry
+from ..imaging.geometry import SliceGeometry
+from ..models.devices import resolve_device
 from .sam2_model import build_model
 from .variants import MEDSAM2, SAM2Variant
 

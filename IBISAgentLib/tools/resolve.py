@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..weights import HubRef, is_hub_ref, resolve_sam2_file
+from ..models.weights import HubRef, is_hub_ref, resolve_sam2_file
 from .sam2_model import detect, read_state
 from .variants import SAM2Variant, variant_named, variant_of_repo
 

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from ..interfaces import Click, SegmentationTool, ToolResult
+from ..agent.interfaces import Click, SegmentationTool, ToolResult
 
 
 class SharedTool:

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from ..geometry import SliceGeometry
-from ..interfaces import Policy, SegmentationTool
-from ..session import AgentSession
+from ..agent.interfaces import Policy, SegmentationTool
+from ..agent.session import AgentSession
+from ..imaging.geometry import SliceGeometry
 from ..tools.shared import SharedTool
 from .manifest import Sample
 from .oracle import iou

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..interfaces import SegmentationTool
-from ..jsontext import dumps
-from ..prompts import IBIS_V1
+from ..agent.interfaces import SegmentationTool
+from ..agent.jsontext import dumps
+from ..agent.prompts import IBIS_V1
 from .episodes import EpisodeWeights, episode_return, group_advantages, shaped_reward
 from .manifest import Sample
 from .rewards import RewardTerms

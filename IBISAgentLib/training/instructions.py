@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from ..prompts import IBIS_V1
+from ..agent.prompts import IBIS_V1
 
 INITIALIZATION: dict[str, tuple[str, ...]] = {
     "direct": ("Segment the {target}.", "Outline the {target} in this image."),

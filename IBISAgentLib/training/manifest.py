@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import ImageInputError, read_mask, read_rgb_image
-from ..volume_case import VolumeCase
-from ..volumes import VolumeInputError, is_volume_path, read_labelmap
+from ..imaging.images import ImageInputError, read_mask, read_rgb_image
+from ..imaging.volume_case import VolumeCase
+from ..imaging.volumes import VolumeInputError, is_volume_path, read_labelmap
 
 
 class ManifestError(ValueError):

@@ -13,8 +13,8 @@ import threading
 import numpy as np
 from scipy import ndimage
 
-from ..actions import Action, format_response, pixel_to_normalized
-from ..interfaces import Click, PolicyRequest
+from ..agent.actions import Action, format_response, pixel_to_normalized
+from ..agent.interfaces import Click, PolicyRequest
 
 DEFAULT_IOU_THRESHOLD = 0.85
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..actions import normalized_to_pixel, parse_response
-from ..interfaces import Click, SegmentationTool
+from ..agent.actions import normalized_to_pixel, parse_response
+from ..agent.interfaces import Click, SegmentationTool
 from .oracle import iou
 
 ANSWER_TIERS = ((0.8, 3.0), (0.7, 2.0), (0.5, 1.0))
@@ -137,7 +137,7 @@ def tool_for(name: str) -> SegmentationTool:
 
 def state_from_record(extra_info: dict[str, Any]) -> RewardState:
     """A RewardState from the ``extra_info`` our RL export writes (image and mask files, clicks, step)."""
-    from ..images import read_mask, read_rgb_image
+    from ..imaging.images import read_mask, read_rgb_image
 
     image = read_rgb_image(extra_info["image"])
     ground_truth = read_mask(extra_info["mask"], image.shape[:2])

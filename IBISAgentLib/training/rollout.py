@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..interfaces import PolicyRequest, SegmentationTool
-from ..session import AgentSession
-from ..trace import Trace
+from ..agent.interfaces import PolicyRequest, SegmentationTool
+from ..agent.session import AgentSession
+from ..agent.trace import Trace
 from .rewards import RewardState, RewardTerms, score_response
 
 

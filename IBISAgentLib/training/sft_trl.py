@@ -28,7 +28,7 @@ def train(
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
     from trl import SFTConfig, SFTTrainer
 
-    from ..prompts import IBIS_V1
+    from ..agent.prompts import IBIS_V1
 
     processor = AutoProcessor.from_pretrained(model_dir)
     processor.image_processor.size = {"longest_edge": IBIS_V1.max_pixels, "shortest_edge": IBIS_V1.min_pixels}

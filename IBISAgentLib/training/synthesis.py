@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import jsontext
-from ..actions import format_response, parse_response
-from ..images import write_mask, write_rgb
-from ..interfaces import Policy, PolicyRequest, SegmentationTool
-from ..prompts import IBIS_V1
-from ..session import AgentSession
+from ..agent import jsontext
+from ..agent.actions import format_response, parse_response
+from ..agent.interfaces import Policy, PolicyRequest, SegmentationTool
+from ..agent.prompts import IBIS_V1
+from ..agent.session import AgentSession
+from ..imaging.images import write_mask, write_rgb
 from .instructions import initial_instruction, refinement_text
 from .manifest import Sample
 from .oracle import OraclePolicy, iou
@@ -58,7 +58,7 @@ class RecordingPolicy:
 
 def oracle_view(image: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Correct pixels green, false positives red, false negatives blue (alpha 0.4, as the agent's overlay)."""
-    from ..rendering import overlay_mask
+    from ..imaging.rendering import overlay_mask
 
     view = overlay_mask(image, truth & mask, (34, 139, 34), 0.4)
     view = overlay_mask(view, ~truth & mask, (220, 20, 60), 0.4)

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
 
-from ..images import read_mask, read_rgb_image
-from ..interfaces import SegmentationTool
-from ..prompts import PromptProfile
+from ..agent.interfaces import SegmentationTool
+from ..agent.prompts import PromptProfile
+from ..imaging.images import read_mask, read_rgb_image
 from ..tools.shared import SharedTool
 from .episodes import EpisodeWeights, episode_return, shaped_reward
 from .oracle import iou

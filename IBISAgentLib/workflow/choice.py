@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends import Backend
+from ..agent.backends import Backend
 
 STORED = ("server", "mllm", "sam2", "sam2_variant", "propagator", "propagator_variant", "device")
 
@@ -45,11 +45,11 @@ class BackendChoice:
     def build(self, tqdm_class: Any = None) -> Backend:
         """Connect to the server, or load the local models (``tqdm_class`` reports weight downloads)."""
         if self.remote:
-            from ..remote import RemoteBackend
+            from ..remote.client import RemoteBackend
 
             return RemoteBackend(self.server, token=self.token)
-        from ..loading import load_backend
-        from ..weights import mllm_spec, sam2_spec
+        from ..models.loading import load_backend
+        from ..models.weights import mllm_spec, sam2_spec
 
         return load_backend(
             mllm_spec(self.mllm), sam2_spec(self.sam2), self.device, sam2_variant=self.sam2_variant,

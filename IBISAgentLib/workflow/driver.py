@@ -23,11 +23,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..backends import Backend, Session
-from ..geometry import SliceGeometry
+from ..agent.backends import Backend, Session
+from ..agent.trace import Step
+from ..imaging.geometry import SliceGeometry
+from ..imaging.volume_case import VolumeCase
 from ..tools.propagation import DEFAULT_PROPAGATION, PropagationCancelled, PropagationOptions
-from ..trace import Step
-from ..volume_case import VolumeCase
 from .choice import BackendChoice
 from .events import Event, Failed, Finished, Idle, Opened, Progressed, Propagated, Reverted, SliceChanged, TraceReady
 from .markers import Marker, markers_of

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..trace import Step
+from ..agent.trace import Step
 
 
 @dataclass

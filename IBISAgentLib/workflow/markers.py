@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..trace import Step
+from ..agent.trace import Step
 
 # Markup colours (RGB 0-1): the agent's clicks in green/red, the clinician's in cyan/orange.
 COLORS = {

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from IBISAgentLib.agent.session import AgentSession
+from IBISAgentLib.models.tiny_models import _build_random_medsam2
 from IBISAgentLib.policies import ReplayPolicy
-from IBISAgentLib.session import AgentSession
-from IBISAgentLib.tiny_models import _build_random_medsam2
 from IBISAgentLib.tools.click_tool import SAM2Tool
 
 

@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from volume_data import mni_path
 
-from IBISAgentLib.rendering import to_rgb_uint8
-from IBISAgentLib.session import AgentSession
+from IBISAgentLib.agent.session import AgentSession
+from IBISAgentLib.imaging.rendering import to_rgb_uint8
+from IBISAgentLib.imaging.volume_case import VolumeCase
 from IBISAgentLib.tools.classical import RandomWalkerTool
 from IBISAgentLib.training.oracle import OraclePolicy, iou
-from IBISAgentLib.volume_case import VolumeCase
 
 
 def real_slice() -> tuple[np.ndarray, np.ndarray]:

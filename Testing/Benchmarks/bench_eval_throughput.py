@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fake_openai_server import FakeOpenAIServer
 
-from IBISAgentLib.loading import load_policy_factory
-from IBISAgentLib.tiny_models import _build_random_medsam2
+from IBISAgentLib.models.loading import load_policy_factory
+from IBISAgentLib.models.tiny_models import _build_random_medsam2
 from IBISAgentLib.tools.click_tool import SAM2Tool
 from IBISAgentLib.training.evaluation import evaluate
 from IBISAgentLib.training.manifest import load_sample, read_manifest

@@ -32,7 +32,7 @@ def worker(mode: str, slices: int, checkpoint: str, device: str) -> dict[str, fl
     import SimpleITK as sitk
     import torch
 
-    from IBISAgentLib.geometry import SliceGeometry
+    from IBISAgentLib.imaging.geometry import SliceGeometry
     from IBISAgentLib.tools.propagation import SAM2Propagator, in_memory_state
 
     propagator = SAM2Propagator(checkpoint, device=device)
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "SLICES", "CHECKPOINT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from IBISAgentLib.devices import resolve_device
+    from IBISAgentLib.models.devices import resolve_device
 
     device = resolve_device(args.device)
     if args.worker:
@@ -96,7 +96,7 @@ def main() -> None:
         print(json.dumps(worker(mode, int(slices), checkpoint, device)))
         return
 
-    from IBISAgentLib.tiny_models import _build_random_medsam2
+    from IBISAgentLib.models.tiny_models import _build_random_medsam2
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server_process import ServerProcess
 
-from IBISAgentLib.devices import resolve_device
+from IBISAgentLib.agent.session import AgentSession
+from IBISAgentLib.models.devices import resolve_device
+from IBISAgentLib.models.tiny_models import _build_random_medsam2
 from IBISAgentLib.policies import ReplayPolicy
-from IBISAgentLib.protocol import UploadedImage
-from IBISAgentLib.remote import RemoteBackend
-from IBISAgentLib.session import AgentSession
-from IBISAgentLib.tiny_models import _build_random_medsam2
+from IBISAgentLib.remote.client import RemoteBackend
+from IBISAgentLib.remote.protocol import UploadedImage
 from IBISAgentLib.tools.click_tool import SAM2Tool
 
 TURNS = 20

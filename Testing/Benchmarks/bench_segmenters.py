@@ -17,9 +17,9 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from IBISAgentLib.devices import resolve_device
-from IBISAgentLib.geometry import SliceGeometry
-from IBISAgentLib.interfaces import Click
+from IBISAgentLib.agent.interfaces import Click
+from IBISAgentLib.imaging.geometry import SliceGeometry
+from IBISAgentLib.models.devices import resolve_device
 from IBISAgentLib.tools import SegmenterSpec, variant_named
 
 DEFAULT = ("medsam2", "sam2-hiera-t", "sam2-hiera-s", "sam2-hiera-b+", "sam2-hiera-l")

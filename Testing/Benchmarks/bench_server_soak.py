@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server_process import ServerProcess
 
-from IBISAgentLib.remote import RemoteBackend
-from IBISAgentLib.tiny_models import build_random_segmenter
+from IBISAgentLib.imaging.volume_case import VolumeCase
+from IBISAgentLib.models.tiny_models import build_random_segmenter
+from IBISAgentLib.remote.client import RemoteBackend
 from IBISAgentLib.tools import MEDSAM2
-from IBISAgentLib.volume_case import VolumeCase
 
 IDLE_TIMEOUT = 4.0
 OUTPUTS = [f"<think>{i}</think><action>Positive Point (0.{40 + i}00, 0.5000)</action>" for i in range(3)]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from test_web import start_server, stop_server, view_image
 
-from IBISAgentLib.tiny_models import build_random_segmenter
+from IBISAgentLib.models.tiny_models import build_random_segmenter
 from IBISAgentLib.tools import MEDSAM2
 
 INSTRUMENT = """() => {

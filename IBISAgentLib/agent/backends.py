@@ -10,13 +10,13 @@ from typing import Protocol
 
 import numpy as np
 
+from ..imaging.volume_case import VolumeCase
+from ..remote.protocol import source_image
+from ..tools.propagation import DEFAULT_PROPAGATION, PropagationOptions
+from ..tools.resolve import SegmenterSpec
 from .interfaces import Policy, SegmentationTool
-from .protocol import source_image
 from .session import DEFAULT_MAX_TURNS, AgentSession
-from .tools.propagation import DEFAULT_PROPAGATION, PropagationOptions
-from .tools.resolve import SegmenterSpec
 from .trace import Step, Trace
-from .volume_case import VolumeCase
 
 
 class Session(Protocol):

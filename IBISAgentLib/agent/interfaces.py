@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from .tools.resolve import SegmenterSpec
+    from ..tools.resolve import SegmenterSpec
 
 
 @dataclass(frozen=True)

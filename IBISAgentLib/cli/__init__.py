@@ -14,18 +14,19 @@ from typing import TextIO
 
 import numpy as np
 
-from . import __version__, jsontext
-from .actions import format_action
-from .backends import Backend, Session
-from .devices import DEVICE_CHOICES
-from .images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
-from .prompts import IBIS_V1
-from .remote import RemoteError
-from .rendering import overlay_mask
-from .tools import MEDSAM2, SETTINGS, VARIANTS, CheckpointError, PropagationOptions, resolve_segmenter, variant_named
-from .trace import ImageInfo, Step, Trace
-from .volume_case import VolumeCase
-from .volumes import write_labelmap
+from .. import __version__
+from ..agent import jsontext
+from ..agent.actions import format_action
+from ..agent.backends import Backend, Session
+from ..agent.prompts import IBIS_V1
+from ..agent.trace import ImageInfo, Step, Trace
+from ..imaging.images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
+from ..imaging.rendering import overlay_mask
+from ..imaging.volume_case import VolumeCase
+from ..imaging.volumes import write_labelmap
+from ..models.devices import DEVICE_CHOICES
+from ..remote.client import RemoteError
+from ..tools import MEDSAM2, SETTINGS, VARIANTS, CheckpointError, PropagationOptions, resolve_segmenter, variant_named
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -251,7 +252,7 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
 
 def segmenter_specs(args: argparse.Namespace) -> tuple[str, str | None, str | None, str | None]:
     """(click-tool spec, its variant, propagator spec or None, its variant) from the options."""
-    from .weights import sam2_spec
+    from ..models.weights import sam2_spec
 
     spec = SETTINGS[args.setting] if args.setting else sam2_spec(args.sam2)
     return spec, args.sam2_variant, args.propagator, args.propagator_variant
@@ -465,7 +466,7 @@ def _propagation_options(
 
 
 def _output_paths(args: argparse.Namespace, volume: bool) -> tuple[Path, Path]:
-    from .volumes import VOLUME_SUFFIXES
+    from ..imaging.volumes import VOLUME_SUFFIXES
 
     source = Path(args.image)
     stem = source.name
@@ -522,8 +523,8 @@ def _check_clicks(clicks: list[tuple[int, int, bool]], shape: tuple[int, int]) -
 
 
 def _read_inputs(args: argparse.Namespace):  # -> tuple[VolumeCase | None, np.ndarray, np.ndarray | None]
-    from .volume_case import VolumeCase
-    from .volumes import VolumeInputError, is_volume_path
+    from ..imaging.volume_case import VolumeCase
+    from ..imaging.volumes import VolumeInputError, is_volume_path
 
     try:
         if is_volume_path(args.image):
@@ -544,7 +545,7 @@ def _read_inputs(args: argparse.Namespace):  # -> tuple[VolumeCase | None, np.nd
 
 def _backend(args: argparse.Namespace):  # -> Backend
     if args.server:
-        from .remote import RemoteBackend, token_from
+        from ..remote.client import RemoteBackend, token_from
 
         print(f"connecting to {args.server} ...", file=sys.stderr, flush=True)
         try:
@@ -557,9 +558,9 @@ def _backend(args: argparse.Namespace):  # -> Backend
 
 def load_local_backend(args: argparse.Namespace):  # -> LocalBackend
     """The models the options name (the segment command and the server); bad specs are a UserError."""
-    from .loading import load_backend
-    from .policies.errors import PolicyError
-    from .weights import WeightsUnavailable, mllm_spec
+    from ..models.loading import load_backend
+    from ..models.weights import WeightsUnavailable, mllm_spec
+    from ..policies.errors import PolicyError
 
     mllm = mllm_spec(args.mllm)
     sam2, sam2_variant, propagator, propagator_variant = segmenter_specs(args)
@@ -600,10 +601,10 @@ def _print_step(step: Step, as_json: bool) -> None:
 
 def _training_tool(args: argparse.Namespace):  # -> SegmentationTool
     if args.tool == "classical":
-        from .tools.classical import RandomWalkerTool
+        from ..tools.classical import RandomWalkerTool
 
         return RandomWalkerTool()
-    from .weights import WeightsUnavailable, sam2_spec
+    from ..models.weights import WeightsUnavailable, sam2_spec
 
     try:
         return resolve_segmenter(sam2_spec(args.sam2), args.sam2_variant).tool(args.device)
@@ -612,7 +613,7 @@ def _training_tool(args: argparse.Namespace):  # -> SegmentationTool
 
 
 def _manifest(path: str):  # -> list[dict]
-    from .training.manifest import ManifestError, read_manifest
+    from ..training.manifest import ManifestError, read_manifest
 
     try:
         return read_manifest(path)
@@ -623,8 +624,8 @@ def _manifest(path: str):  # -> list[dict]
 def _synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .training.manifest import ManifestError, load_sample
-    from .training.synthesis import Teacher, synthesize
+    from ..training.manifest import ManifestError, load_sample
+    from ..training.synthesis import Teacher, synthesize
 
     records = _manifest(args.dataset)
     try:
@@ -646,9 +647,9 @@ def _synth(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .training.evaluation import evaluate
-    from .training.manifest import ManifestError, load_sample
-    from .training.oracle import OraclePolicy
+    from ..training.evaluation import evaluate
+    from ..training.manifest import ManifestError, load_sample
+    from ..training.oracle import OraclePolicy
 
     records = _manifest(args.dataset)
     tool = _training_tool(args)
@@ -656,8 +657,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.policy == "oracle":
         policy_for = lambda sample: OraclePolicy(sample.ground_truth)  # noqa: E731
     else:
-        from .loading import load_policy_factory
-        from .weights import WeightsUnavailable
+        from ..models.loading import load_policy_factory
+        from ..models.weights import WeightsUnavailable
 
         try:
             factory = load_policy_factory(args.mllm, args.device, args.mllm_model, args.api_key, args.workers)
@@ -688,8 +689,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _eval_propagator(args: argparse.Namespace, tool):  # -> SAM2Propagator
     """The propagator of ``--propagate``: ``--propagator``, else the click tool's own SAM 2 family model."""
-    from .loading import load_propagator
-    from .weights import WeightsUnavailable
+    from ..models.loading import load_propagator
+    from ..models.weights import WeightsUnavailable
 
     if args.propagator:
         try:
@@ -704,9 +705,9 @@ def _eval_propagator(args: argparse.Namespace, tool):  # -> SAM2Propagator
 def _train_grpo(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from .training.episodes import EpisodeWeights
-    from .training.grpo_trl import train
-    from .training.manifest import ManifestError, load_sample
+    from ..training.episodes import EpisodeWeights
+    from ..training.grpo_trl import train
+    from ..training.manifest import ManifestError, load_sample
 
     if args.vllm and importlib.util.find_spec("vllm") is None:
         raise UserError("--vllm needs vLLM installed (pip install vllm, on a GPU machine)")
@@ -730,7 +731,7 @@ def _train_grpo(args: argparse.Namespace) -> int:
 
 
 def _train_sft(args: argparse.Namespace) -> int:
-    from .training.sft_trl import train
+    from ..training.sft_trl import train
 
     if not (Path(args.data) / "sft_trl.jsonl").is_file():
         raise UserError(f"{args.data} holds no sft_trl.jsonl: give the folder ibisagent synth wrote")
@@ -741,7 +742,7 @@ def _train_sft(args: argparse.Namespace) -> int:
 
 
 def _train_merge(args: argparse.Namespace) -> int:
-    from .training.merge import MergeError, merge_adapter
+    from ..training.merge import MergeError, merge_adapter
 
     base = _model_folder(args.base) if args.base else None
     try:
@@ -753,7 +754,7 @@ def _train_merge(args: argparse.Namespace) -> int:
 
 
 def _model_folder(spec: str) -> Path:
-    from .weights import WeightsUnavailable, resolve_mllm_folder
+    from ..models.weights import WeightsUnavailable, resolve_mllm_folder
 
     try:
         return resolve_mllm_folder(spec)
@@ -762,7 +763,7 @@ def _model_folder(spec: str) -> Path:
 
 
 def _tiny_models(args: argparse.Namespace) -> int:
-    from .tiny_models import build_random_segmenter, build_tiny_models
+    from ..models.tiny_models import build_random_segmenter, build_tiny_models
 
     mllm, medsam2 = build_tiny_models(args.directory)
     print(f"tiny Qwen2.5-VL: {mllm}\ntiny MedSAM2:   {medsam2}")

@@ -22,7 +22,7 @@ _BANNER = """\
 
 def demo_arguments(workdir: Path, device: str) -> list[str]:
     """The ``ibisagent segment`` arguments of the demo, after finding (or standing in for) the weights."""
-    from .weights import WeightsUnavailable, mllm_spec, resolve_mllm_folder, resolve_sam2_file, sam2_spec
+    from ..models.weights import WeightsUnavailable, mllm_spec, resolve_mllm_folder, resolve_sam2_file, sam2_spec
 
     print(
         "looking for the released IBIS and MedSAM2 weights (cache, then Hugging Face) ...", file=sys.stderr, flush=True
@@ -59,7 +59,7 @@ def demo_arguments(workdir: Path, device: str) -> list[str]:
 
 
 def _tiny_models(folder: Path) -> tuple[str, str]:
-    from .tiny_models import build_tiny_models
+    from ..models.tiny_models import build_tiny_models
 
     mllm, medsam2 = folder / "mllm", folder / "medsam2.pt"
     if not ((mllm / "config.json").is_file() and medsam2.is_file()):

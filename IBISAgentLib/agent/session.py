@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..imaging.rendering import OverlayRenderer
+from ..policies.errors import PolicyError
 from .actions import Action, normalized_to_pixel, parse_response, pixel_to_normalized
 from .interfaces import Click, Policy, PolicyRequest, SegmentationTool
-from .policies.errors import PolicyError
 from .prompts import IBIS_V1, PromptProfile
-from .rendering import OverlayRenderer
 from .trace import ImageInfo, Step, StopReason, Trace
 
 if TYPE_CHECKING:  # the session reads a case's geometry and window; it needs no volume code
-    from .volume_case import VolumeCase
+    from ..imaging.volume_case import VolumeCase
 
 log = logging.getLogger(__name__)
 

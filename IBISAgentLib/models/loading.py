@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .interfaces import Policy, SegmentationTool
-from .tools import CheckpointError, SegmenterSpec, resolve_segmenter
+from ..agent.interfaces import Policy, SegmentationTool
+from ..tools import CheckpointError, SegmenterSpec, resolve_segmenter
 from .weights import WeightsUnavailable, resolve_mllm_folder
 
 if TYPE_CHECKING:
-    from .backends import LocalBackend
+    from ..agent.backends import LocalBackend
 
 MLLM_MODEL_ENV = "IBISAGENT_MLLM_MODEL"
 API_KEY_ENV = "IBISAGENT_API_KEY"
@@ -63,7 +63,7 @@ def load_backend(
     tqdm_class: type | None = None,
 ) -> LocalBackend:
     """Sessions in this process on these models: the one way the CLI, the server and the front ends load them."""
-    from .backends import LocalBackend
+    from ..agent.backends import LocalBackend
 
     spread = load_propagator(propagator, propagator_variant, tqdm_class) if propagator else None
     policy_factory, tool = load_models(mllm, sam2, device, model_name, api_key, tqdm_class, sam2_variant)
@@ -116,12 +116,12 @@ def _policy_factory(
 ) -> Callable[[], Policy]:
     """``replay:FILE.json``, ``http(s)://host/v1`` (OpenAI-compatible), a local folder or a hub id."""
     if spec_is_replay(spec):
-        from .policies.replay import ReplayPolicy
+        from ..policies.replay import ReplayPolicy
 
         outputs = ReplayPolicy.from_file(spec.removeprefix("replay:")).outputs
         return lambda: ReplayPolicy(outputs, source=Path(spec.removeprefix("replay:")).name)
     if spec_is_endpoint(spec):
-        from .policies.openai_http import OpenAIChatPolicy
+        from ..policies.openai_http import OpenAIChatPolicy
 
         return lambda: OpenAIChatPolicy(
             spec,
@@ -131,7 +131,7 @@ def _policy_factory(
     folder: Path = resolve_mllm_folder(spec, tqdm_class)
 
     def local() -> Policy:
-        from .policies.transformers_qwen import TransformersQwenPolicy
+        from ..policies.transformers_qwen import TransformersQwenPolicy
 
         return TransformersQwenPolicy(folder, device=device)
 

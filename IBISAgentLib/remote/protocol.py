@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .volume_case import VolumeCase
-from .volumes import volume_array
-from .windowing import Window
+from ..imaging.volume_case import VolumeCase
+from ..imaging.volumes import volume_array
+from ..imaging.windowing import Window
 
 API_VERSION = 1
 MAGIC = b"IBISIMG1"

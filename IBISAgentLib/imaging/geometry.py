@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from .actions import normalized_to_pixel
+from ..agent.actions import normalized_to_pixel
 
 Axis = Literal["axial", "coronal", "sagittal"]
 AXES: tuple[Axis, ...] = ("axial", "coronal", "sagittal")

@@ -24,12 +24,12 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 
-from . import __version__
+from .. import __version__
+from ..agent.session import DEFAULT_MAX_TURNS
+from ..agent.trace import ImageInfo, Step, Trace
+from ..imaging.volume_case import VolumeCase
+from ..tools.propagation import DEFAULT_PROPAGATION, PropagationCancelled, PropagationOptions
 from .protocol import API_VERSION, UploadedImage, content_hash, decode_mask, encode_image, encode_mask, source_image
-from .session import DEFAULT_MAX_TURNS
-from .tools.propagation import DEFAULT_PROPAGATION, PropagationCancelled, PropagationOptions
-from .trace import ImageInfo, Step, Trace
-from .volume_case import VolumeCase
 
 TOKEN_ENV = "IBISAGENT_TOKEN"
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .prompts import IBIS_V1
-from .tools.variants import MEDSAM2, SAM2Variant
+from ..agent.prompts import IBIS_V1
+from ..tools.variants import MEDSAM2, SAM2Variant
 
 # The special tokens of Qwen2.5-VL's tokenizer, in their order.
 QWEN_SPECIAL_TOKENS = (
@@ -164,7 +164,7 @@ def build_random_segmenter(path: str | Path, variant: SAM2Variant) -> Path:
     """A SAM 2 family checkpoint with random weights, in the released files' layout ({"model": state_dict})."""
     import torch
 
-    from .tools.sam2_model import build_model
+    from ..tools.sam2_model import build_model
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
