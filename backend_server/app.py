@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
@@ -16,23 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field
 import IBISAgentLib
 from IBISAgentLib.agent.backends import LocalBackend
 from IBISAgentLib.agent.jsontext import dump_bytes
-from IBISAgentLib.agent.trace import Step
 from IBISAgentLib.imaging.windowing import Window
-from IBISAgentLib.remote.protocol import (
-    API_VERSION,
-    ProtocolError,
-    content_hasher,
-    decode_image,
-    decode_mask,
-    encode_mask,
-    source_image,
-)
-from IBISAgentLib.tools.propagation import PropagationCancelled, PropagationOptions
+from IBISAgentLib.remote.protocol import API_VERSION, content_hasher
+from IBISAgentLib.tools.propagation import PropagationOptions
 
 from .config import ServerConfig
-from .jobs import ModelWorker, QueueFull
+from .jobs import QueueFull
 from .security import BodyTooLarge, GateMiddleware
-from .store import Entry, ImageStore, SessionStore
+from .service import Emit, Refused, SessionService
+from .store import Entry
 
 log = logging.getLogger("backend_server")
 
@@ -84,22 +75,15 @@ class PropagateRequest(Strict):
 
 
 def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, str]) -> FastAPI:
+    """Thin routes over one SessionService: each checks its request, asks the service, and answers."""
     app = FastAPI(
         title="IBISAgent backend",
         version=IBISAgentLib.__version__,
         description="Agentic text-instructed segmentation sessions: upload an image once, then prompt small.",
         default_response_class=SafeJSONResponse,
     )
-    worker = ModelWorker(config.max_queue)
-
-    def release(session: Any) -> None:
-        """A closed or expired session frees its tool memory, on the worker (the tool is not thread-safe)."""
-        with contextlib.suppress(QueueFull):  # a full queue: the tool's own cache limit frees it later
-            worker.submit(session.close)
-
-    images = ImageStore(config.image_store_bytes)
-    sessions = SessionStore(config.max_sessions, config.idle_timeout, images, on_close=release)
-    app.state.sessions, app.state.images, app.state.worker = sessions, images, worker
+    service = SessionService(backend, config)
+    app.state.service = service
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -112,6 +96,10 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
     @app.exception_handler(HTTPException)
     async def refused(request: Request, exc: HTTPException) -> JSONResponse:
         return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Refused)
+    async def turned_down(request: Request, exc: Refused) -> JSONResponse:
+        return SafeJSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
@@ -136,197 +124,108 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
                 "max_instruction": config.max_instruction,
                 "max_sessions": config.max_sessions,
             },
-            "sessions_open": len(sessions),
+            "sessions_open": len(service.sessions),
             "idle_timeout": config.idle_timeout,
         }
 
     @app.head("/v1/images/{digest}")
     def has_image(digest: Digest) -> Response:
-        return Response(status_code=200 if images.get(digest) is not None else 404)
+        return Response(status_code=200 if service.images.get(digest) is not None else 404)
 
     @app.put("/v1/images/{digest}", status_code=201)
     async def upload(digest: Digest, request: Request) -> dict[str, Any]:
-        declared = request.headers.get("content-length")
-        if declared is None:
-            raise HTTPException(411, "send the image with a Content-Length")
-        # Written into one buffer of the declared size as it arrives (never held twice) and hashed meanwhile.
-        body, hasher, filled = bytearray(int(declared)), content_hasher(), 0
-        async for chunk in request.stream():
-            if filled + len(chunk) > len(body):
-                raise HTTPException(400, "the body is longer than its Content-Length")
-            body[filled : filled + len(chunk)] = chunk
-            hasher.update(chunk)
-            filled += len(chunk)
-        if filled != len(body):
-            raise HTTPException(400, "the body is shorter than its Content-Length")
-        if hasher.hexdigest() != digest:
-            raise HTTPException(422, "the body's content hash (BLAKE2b-256) does not match the address")
-        try:
-            image = decode_image(body, config.max_voxels, config.max_dimension)
-        except ProtocolError as exc:
-            raise HTTPException(422, str(exc)) from None
-        images.put(digest, image)
-        log.info("image %s… stored: %s %s", digest[:12], image.kind, image.array.shape)
-        return {"image": digest, "kind": image.kind, "shape": list(image.array.shape)}
+        return service.store_image(digest, await _read_body(request, digest))
 
     @app.post("/v1/sessions", status_code=201)
     def open_session(request: SessionRequest) -> dict[str, Any]:
-        if len(request.instruction) > config.max_instruction:
-            raise HTTPException(422, f"the instruction is longer than {config.max_instruction} characters")
-        uploaded = images.get(request.image)
-        if uploaded is None:
-            raise HTTPException(404, "no such image on the server: upload it first")
-        try:
-            window = Window(**request.window.model_dump()) if request.window else None
-            source = uploaded.source(request.slice, window)
-            shape = source_image(source).shape[:2]
-            mask = decode_mask(request.initial_mask.model_dump(), shape) if request.initial_mask else None
-            session = backend.open_session(
-                source,
-                request.instruction,
-                initial_mask=mask,
-                max_turns=request.max_turns,
-                image_source=request.image_source,
-            )
-        except (ValueError, ProtocolError) as exc:
-            raise HTTPException(422, str(exc)) from None
-        session_id = sessions.add(session, request.image)
-        if session_id is None:
-            raise HTTPException(503, f"the server holds its limit of {config.max_sessions} sessions")
-        log.info("session %s… opened", session_id[:6])
-        height, width = session.image.shape[:2]
-        return {"session": session_id, "width": width, "height": height, "slice": session.trace().slice}
-
-    def claimed(session_id: str) -> Entry:
-        entry = sessions.claim(session_id)
-        if entry is None:
-            raise HTTPException(404, "no such session: it was closed or expired")
-        if entry is False:
-            raise HTTPException(409, "the session is busy with another request")
-        entry.stop.clear()  # a cancel from now on, even before the job starts, stops this request's work
-        return entry  # type: ignore[return-value]
-
-    def in_worker(entry: Entry, job: Callable[[], Any]) -> Any:
-        try:
-            return worker.submit(job).result()
-        finally:
-            sessions.release(entry)
-
-    def stream(entry: Entry, job: Callable[[Callable[[dict], None]], dict]) -> StreamingResponse:
-        """Run ``job(emit)`` on the model worker and stream what it emits as NDJSON, then its last event.
-        A client that goes away cancels the session's work."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict | None] = asyncio.Queue()
-
-        def emit(event: dict | None) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-        def run() -> None:
-            final: dict | None = None
-            try:
-                final = job(emit)
-            except Exception as exc:
-                log.exception("session job failed")  # the session catches expected failures: this is a bug
-                final = {"event": "error", "message": str(exc)}
-            finally:
-                # Released before the last event goes out: a client that answers it at once finds the session free.
-                sessions.release(entry)
-                emit(final)
-                emit(None)
-
-        try:
-            worker.submit(run)
-        except QueueFull:
-            sessions.release(entry)
-            raise
-
-        async def lines() -> AsyncIterator[bytes]:
-            finished = False
-            try:
-                while (event := await events.get()) is not None:
-                    yield dump_bytes(event) + b"\n"
-                finished = True
-            finally:
-                if not finished:
-                    entry.cancel()
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return service.open(
+            request.image,
+            request.instruction,
+            slice_spec=request.slice,
+            window=Window(**request.window.model_dump()) if request.window else None,
+            initial_mask=request.initial_mask.model_dump() if request.initial_mask else None,
+            max_turns=request.max_turns,
+            image_source=request.image_source,
+        )
 
     @app.post("/v1/sessions/{session_id}/run")
     async def run(session_id: SessionId, request: RunRequest) -> StreamingResponse:
-        entry = claimed(session_id)
-        session = entry.session
-
-        def job(emit: Callable[[dict], None]) -> dict:
-            if entry.stop.is_set():  # cancelled while it waited in the queue
-                return {"event": "end", "stop_reason": "cancelled", "answer": None}
-            session.on_step = lambda step: emit(step_event(step))
-            try:
-                session.step() if request.single_step else session.run()
-            finally:
-                session.on_step = None
-            return {"event": "end", "stop_reason": session.stop_reason, "answer": session.answer}
-
-        return stream(entry, job)
+        entry = service.claim(session_id)
+        return _stream(service, entry, service.run_job(entry, request.single_step))
 
     @app.post("/v1/sessions/{session_id}/clicks")
     def click(session_id: SessionId, request: ClickRequest) -> dict[str, Any]:
-        entry = claimed(session_id)
-        try:
-            step = in_worker(entry, lambda: entry.session.add_click(request.x, request.y, request.positive))
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        return step_event(step)
+        return service.click(session_id, request.x, request.y, request.positive)
 
     @app.post("/v1/sessions/{session_id}/undo")
     def undo(session_id: SessionId) -> dict[str, Any]:
-        entry = claimed(session_id)
-        step = in_worker(entry, entry.session.undo)
-        return {"undone": step.to_dict() if step else None, "mask": encode_mask(entry.session.mask)}
+        return service.undo(session_id)
 
     @app.post("/v1/sessions/{session_id}/cancel", status_code=202)
     def cancel(session_id: SessionId) -> dict[str, str]:
-        entry = sessions.get(session_id)
-        if entry is None:
-            raise HTTPException(404, "no such session: it was closed or expired")
-        entry.cancel()
+        service.entry(session_id).cancel()
         return {"status": "cancelling"}
 
     @app.post("/v1/sessions/{session_id}/propagate")
     async def propagate(session_id: SessionId, request: PropagateRequest) -> StreamingResponse:
-        entry = claimed(session_id)
-
-        def job(emit: Callable[[dict], None]) -> dict:
-            try:
-                mask = backend.propagate(
-                    entry.session,
-                    PropagationOptions(**request.model_dump()),
-                    on_progress=lambda done, total, index: emit(
-                        {"event": "progress", "done": done, "total": total, "index": index}
-                    ),
-                    cancel=entry.stop,
-                )
-            except PropagationCancelled:
-                return {"event": "cancelled"}
-            return {"event": "result", "mask": encode_mask(mask)}
-
-        return stream(entry, job)
+        entry = service.claim(session_id)
+        return _stream(service, entry, service.propagate_job(entry, PropagationOptions(**request.model_dump())))
 
     @app.get("/v1/sessions/{session_id}/trace")
     def trace(session_id: SessionId) -> dict[str, Any]:
-        entry = sessions.get(session_id)
-        if entry is None:
-            raise HTTPException(404, "no such session: it was closed or expired")
-        return entry.session.trace().to_dict()
+        return service.entry(session_id).session.trace().to_dict()
 
     @app.delete("/v1/sessions/{session_id}", status_code=204)
     def close(session_id: SessionId) -> Response:
-        if not sessions.close(session_id):
-            raise HTTPException(404, "no such session: it was closed or expired")
+        service.close(session_id)
         return Response(status_code=204)
 
     app.add_middleware(GateMiddleware, token=config.token, max_body=config.max_upload_bytes)
     return app
+
+
+async def _read_body(request: Request, digest: str) -> bytearray:
+    """The upload, written into one buffer of the declared size as it arrives (never held twice) and hashed
+    meanwhile; refused unless its length and content hash are what the request says."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        raise HTTPException(411, "send the image with a Content-Length")
+    body, hasher, filled = bytearray(int(declared)), content_hasher(), 0
+    async for chunk in request.stream():
+        if filled + len(chunk) > len(body):
+            raise HTTPException(400, "the body is longer than its Content-Length")
+        body[filled : filled + len(chunk)] = chunk
+        hasher.update(chunk)
+        filled += len(chunk)
+    if filled != len(body):
+        raise HTTPException(400, "the body is shorter than its Content-Length")
+    if hasher.hexdigest() != digest:
+        raise HTTPException(422, "the body's content hash (BLAKE2b-256) does not match the address")
+    return body
+
+
+def _stream(service: SessionService, entry: Entry, job: Callable[[Emit], dict]) -> StreamingResponse:
+    """Run ``job`` on the model worker and stream what it emits as NDJSON, then its last event. A client that
+    goes away cancels the session's work."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict | None] = asyncio.Queue()
+
+    def emit(event: dict | None) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    service.submit(entry, job, emit)
+
+    async def lines() -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            while (event := await events.get()) is not None:
+                yield dump_bytes(event) + b"\n"
+            finished = True
+        finally:
+            if not finished:
+                entry.cancel()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 class SafeJSONResponse(JSONResponse):
@@ -334,8 +233,3 @@ class SafeJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return dump_bytes(content)
-
-
-def step_event(step: Step) -> dict[str, Any]:
-    """A step in the trace schema plus its mask as a compressed crop."""
-    return {"event": "step", "step": step.to_dict(), "mask": encode_mask(step.mask)}
