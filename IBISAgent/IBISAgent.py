@@ -134,16 +134,10 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
     # -- commands ----------------------------------------------------------------------------------
 
     def onRun(self):
-        if self.hub.driver.state.busy:
-            self.hub.driver.cancel()
-            return
-        self.start("run")
+        self.hub.run_or_cancel(self.start)
 
     def onStep(self):
-        if self.hub.driver.has_session:
-            self.hub.command(self.hub.driver.step)
-        else:
-            self.start("step")
+        self.hub.step(self.start)
 
     def start(self, then):
         self.saveSettings()

@@ -113,14 +113,7 @@ def build_panel(actions: Any, bridge: Any) -> None:
             hide_details=True,
             disabled=("ia_busy",),
         )
-        v.VTextField(
-            label="Max turns",
-            v_model=("ia_max_turns",),
-            type="number",
-            density="compact",
-            hide_details=True,
-            disabled=("ia_busy",),
-        )
+        _number("Max turns", "ia_max_turns", disabled=("ia_busy",))
         with (
             v.VDialog(model_value=("!!ia_consent_host",), persistent=True, max_width=520),
             v.VCard(title="Send images to a server?"),
@@ -153,19 +146,9 @@ def build_panel(actions: Any, bridge: Any) -> None:
         with v.VCard(variant="outlined", classes="pa-2"):
             html.Div("Propagate in 3D", classes="text-subtitle-2")
             with html.Div(classes="d-flex", style="gap: 6px"):
-                v.VTextField(
-                    label="First slice", v_model=("ia_first",), type="number", density="compact", hide_details=True
-                )
-                v.VTextField(
-                    label="Last slice", v_model=("ia_last",), type="number", density="compact", hide_details=True
-                )
-                v.VTextField(
-                    label="Stop after empty",
-                    v_model=("ia_stop_after_empty",),
-                    type="number",
-                    density="compact",
-                    hide_details=True,
-                )
+                _number("First slice", "ia_first")
+                _number("Last slice", "ia_last")
+                _number("Stop after empty", "ia_stop_after_empty")
             v.VCheckbox(
                 label="Keep the largest connected part",
                 v_model=("ia_largest",),
@@ -213,3 +196,8 @@ def build_panel(actions: Any, bridge: Any) -> None:
             classes="pa-2 border rounded",
         ):
             html.Div("{{ line }}", v_for="(line, i) in ia_log", key="i", classes="mb-1")
+
+
+def _number(label: str, key: str, **options: Any) -> None:
+    """A compact number field bound to the state ``key``; its label is its accessible name."""
+    v.VTextField(label=label, v_model=(key,), type="number", density="compact", hide_details=True, **options)

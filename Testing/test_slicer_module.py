@@ -56,7 +56,7 @@ def test_every_widget_the_module_uses_is_in_the_ui_file():
         and node.value.value.id == "self"
     }
     assert used and used <= declared, f"not in {UI.name}: {sorted(used - declared)}"
-    assert 'resourcePath("UI/IBISAgent.ui")' in MODULE.read_text()
+    assert 'resourcePath("UI/IBISAgent.ui")' in MODULE.read_text(encoding="utf-8")
 
 
 def _chain(node):
@@ -99,13 +99,13 @@ def test_every_slicer_name_used_was_checked_in_slicers_source():
 
 def test_cmake_lists_name_existing_files():
     for folder in ("IBISAgent", "SegmentEditorIBISAgent"):
-        text = (REPO / folder / "CMakeLists.txt").read_text()
+        text = (REPO / folder / "CMakeLists.txt").read_text(encoding="utf-8")
         listed = re.findall(r"^\s+(\$\{MODULE_NAME\}\S*|Resources/\S+)$", text, re.MULTILINE)
         assert listed
         for entry in listed:
             assert (REPO / folder / entry.replace("${MODULE_NAME}", folder)).is_file(), entry
-    text = (REPO / "IBISAgent" / "CMakeLists.txt").read_text()
-    top = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "IBISAgent" / "CMakeLists.txt").read_text(encoding="utf-8")
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for required in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(IBISAgent)",
                      "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})",
                      "add_subdirectory(SegmentEditorIBISAgent)",
@@ -134,16 +134,16 @@ CATALOG_ENTRY_SCHEMA = {
 
 
 def test_extensions_index_entry_follows_the_catalog_schema():
-    entry = json.loads((REPO / "ExtensionsIndex" / "IBISAgent.json").read_text())
+    entry = json.loads((REPO / "ExtensionsIndex" / "IBISAgent.json").read_text(encoding="utf-8"))
     jsonschema.validate(entry, CATALOG_ENTRY_SCHEMA)
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
     assert entry["build_dependencies"] == ["PyTorch"]
 
 
 def test_the_effect_is_registered_at_startup_and_writes_undoably():
-    register = (EFFECT_DIR / "SegmentEditorIBISAgent.py").read_text()
+    register = (EFFECT_DIR / "SegmentEditorIBISAgent.py").read_text(encoding="utf-8")
     assert 'slicer.app.connect("startupCompleted()", self.registerEditorEffect)' in register
-    effect = (EFFECT_DIR / "SegmentEditorIBISAgentLib" / "SegmentEditorEffect.py").read_text()
+    effect = (EFFECT_DIR / "SegmentEditorIBISAgentLib" / "SegmentEditorEffect.py").read_text(encoding="utf-8")
     body = effect[effect.index("def applyMask") :]
     assert body.index("saveStateForUndo()") < body.index("modifySegmentByLabelmap(")
     # Other segments are never modified: "modify other segments" is off for the write and restored after it.
@@ -151,6 +151,6 @@ def test_the_effect_is_registered_at_startup_and_writes_undoably():
     assert "parameters.SetOverwriteMode(overwrite)" in body[body.index("finally:") :]
     # The modifier is built by the MRML adapter, which honours both nodes' parent transforms (tested on slicer-core).
     assert "modifier_labelmap(segmentationNode, volumeNode, mask, reference)" in body
-    module = MODULE.read_text()
+    module = MODULE.read_text(encoding="utf-8")
     adapter = module[: module.index("class IBISAgentTest")]  # the self-test may set up segments directly
     assert adapter.count("updateSegmentBinaryLabelmapFromArray") == 0  # the module writes only through the effect

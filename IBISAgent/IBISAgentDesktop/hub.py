@@ -56,6 +56,20 @@ class DesktopHub:
 
         self.command(begin)
 
+    def run_or_cancel(self, start):
+        """Run, which turns into Cancel while the agent works; ``start("run")`` opens a new session and runs."""
+        if self.driver.state.busy:
+            self.driver.cancel()
+        else:
+            start("run")
+
+    def step(self, start):
+        """One more turn of the open session, or ``start("step")`` for a new session's first."""
+        if self.driver.has_session:
+            self.command(self.driver.step)
+        else:
+            start("step")
+
     def command(self, call):
         """Forward a command to the driver; a refusal is a dialog. Returns whether it was taken."""
         try:
