@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from IBISAgentLib.cli import UserError, add_segmenter_options, load_local_backend
+from IBISAgentLib.cli import ModelOptions, UserError, add_segmenter_options, load_local_backend
 from IBISAgentLib.remote.client import TOKEN_ENV, is_loopback, token_from
 
 from .config import ServerConfig
@@ -73,7 +73,7 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     pin_malloc_thresholds()  # before the models load, so no thread arena keeps a large block
     try:
-        backend = load_local_backend(args)
+        backend = load_local_backend(ModelOptions.of(args))
         backend.propagator  # noqa: B018  (models load once, at start-up)
     except (UserError, ValueError) as exc:
         print(f"ibisagent serve: error: {exc}", file=sys.stderr)

@@ -1,0 +1,153 @@
+"""What the subcommands share: the refusal that exits 2, exit codes, argument types, the segmenter and
+training-tool options, and the few checks and loaders more than one command runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models.devices import DEVICE_CHOICES
+from ..tools import MEDSAM2, SETTINGS, VARIANTS, variant_named
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UserError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def whole_number_at_least(minimum: int):  # -> Callable[[str], int]
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+non_negative_int = whole_number_at_least(0)
+positive_int = whole_number_at_least(1)
+
+
+def user_click(text: str) -> tuple[int, int, bool]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("+", "-")):
+        raise argparse.ArgumentTypeError(f"{text!r}: use X,Y or X,Y,+ or X,Y,-")
+    try:
+        return int(parts[0]), int(parts[1]), len(parts) == 2 or parts[2] == "+"
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: X and Y are whole pixel numbers") from None
+
+
+VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+RELEASED = variant_named("sam2-hiera-l")
+
+
+def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
+    """The click tool and the propagator: any SAM 2 family checkpoint (the segment command and the server)."""
+    group = parser.add_argument_group("segmenter")
+    which = group.add_mutually_exclusive_group()
+    which.add_argument(
+        "--sam2",
+        help="the click tool's SAM 2 family checkpoint: a file or a Hugging Face id (owner/repo[:file]); the "
+        "variant comes from the id, from --sam2-variant, or from the checkpoint's tensors (default: "
+        f"$IBISAGENT_SAM2 or {SETTINGS['paper']})",
+    )
+    which.add_argument(
+        "--setting",
+        choices=tuple(SETTINGS),
+        help=f"paper: {MEDSAM2.title} (the paper, the default); released: {RELEASED.title} at "
+        f"{RELEASED.image_size} px, the segmenter the released IBIS weights were tuned with in the authors' code",
+    )
+    names = ", ".join(VARIANT_NAMES)
+    group.add_argument(
+        "--sam2-variant",
+        choices=VARIANT_NAMES,
+        metavar="NAME",
+        help=f"the variant of --sam2, where it does not tell: {names}",
+    )
+    group.add_argument("--propagator", help="the checkpoint that propagates through volumes (default: --sam2's)")
+    group.add_argument(
+        "--propagator-variant", choices=VARIANT_NAMES, metavar="NAME", help="the variant of --propagator"
+    )
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The models a run loads (segment and serve), as one value: the policy, the click tool, the propagator."""
+
+    mllm: str
+    sam2: str
+    device: str = "auto"
+    sam2_variant: str | None = None
+    propagator: str | None = None
+    propagator_variant: str | None = None
+    mllm_model: str | None = None
+    api_key: str | None = None
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> ModelOptions:
+        """From the policy flags and ``add_segmenter_options``' flags, with defaults and settings resolved."""
+        from ..models.weights import mllm_spec, sam2_spec
+
+        return cls(
+            mllm=mllm_spec(args.mllm),
+            sam2=SETTINGS[args.setting] if args.setting else sam2_spec(args.sam2),
+            device=args.device,
+            sam2_variant=args.sam2_variant,
+            propagator=args.propagator,
+            propagator_variant=args.propagator_variant,
+            mllm_model=args.mllm_model,
+            api_key=args.api_key,
+        )
+
+
+def add_training_tool_options(parser: argparse.ArgumentParser) -> None:
+    """The click tool of synthesis, evaluation and training: a SAM 2 family model or the random walker."""
+    parser.add_argument("--tool", choices=("sam2", "classical"), default="sam2", help="a SAM 2 family model, or none")
+    parser.add_argument("--sam2", help="the SAM 2 family checkpoint for --tool sam2 (default as for segment)")
+    parser.add_argument("--sam2-variant", choices=VARIANT_NAMES, help="its variant, where the file does not tell")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """Refuse before the run an output that could not be written after it."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; name a file in it")
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{flag} {path}: cannot write in {existing}")
+
+
+def load_local_backend(models: ModelOptions):  # -> LocalBackend
+    """The models ``models`` names (the segment command and the server); bad specs are a UserError."""
+    from ..models.loading import load_backend
+    from ..models.weights import WeightsUnavailable
+    from ..policies.errors import PolicyError
+
+    print(f"loading policy {models.mllm} and segmenter {models.sam2} ...", file=sys.stderr, flush=True)
+    try:
+        return load_backend(
+            models.mllm, models.sam2, models.device, sam2_variant=models.sam2_variant, propagator=models.propagator,
+            propagator_variant=models.propagator_variant, model_name=models.mllm_model, api_key=models.api_key,
+        )  # fmt: skip
+    except (WeightsUnavailable, PolicyError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def model_folder(spec: str) -> Path:
+    from ..models.weights import WeightsUnavailable, resolve_mllm_folder
+
+    try:
+        return resolve_mllm_folder(spec)
+    except WeightsUnavailable as exc:
+        raise UserError(str(exc).replace("--mllm", "--model", 1)) from exc

@@ -1,0 +1,420 @@
+"""``ibisagent segment``: one image or volume slice, from its arguments to the mask, the trace and maybe a
+scene bundle. The handler turns the arguments into typed values once; the helpers take those values."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from ..agent import jsontext
+from ..agent.actions import format_action
+from ..agent.backends import Backend, Session
+from ..agent.prompts import IBIS_V1
+from ..agent.trace import ImageInfo, Step, Trace
+from ..imaging.images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
+from ..imaging.rendering import overlay_mask
+from ..imaging.volume_case import VolumeCase
+from ..imaging.volumes import write_labelmap
+from ..models.devices import DEVICE_CHOICES
+from ..remote.client import RemoteError
+from ..tools import PropagationOptions
+from .options import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ModelOptions,
+    UserError,
+    add_segmenter_options,
+    check_writable,
+    load_local_backend,
+    non_negative_int,
+    positive_int,
+    user_click,
+)
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    segment = commands.add_parser("segment", help="segment a 2D image or a slice of a volume from a text instruction")
+    segment.add_argument(
+        "image", help="PNG/JPEG/BMP/TIFF image, or a volume: .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM folder"
+    )
+    _add_run_options(segment)
+    _add_volume_options(segment)
+    segment.set_defaults(handler=_segment)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt", required=True, help='what to segment, e.g. "segment the liver tumor"')
+    parser.add_argument(
+        "--mllm",
+        help="model folder, Hugging Face id (owner/repo:folder), http(s)://HOST/v1 endpoint or replay:FILE.json "
+        "(default: $IBISAGENT_MLLM or manglu3935/IBIS:qwen2_5vl-7b-RL)",
+    )
+    parser.add_argument(
+        "--mllm-model", help="model name at an http(s) endpoint (default: $IBISAGENT_MLLM_MODEL or the only one served)"
+    )
+    parser.add_argument("--api-key", help="API key for an http(s) endpoint (default: $IBISAGENT_API_KEY)")
+    add_segmenter_options(parser)
+    parser.add_argument(
+        "--out",
+        help="mask to write: PNG for images, .nii.gz/.nrrd/.mha for volumes "
+        "(default: IMAGE-STEM_mask.png or IMAGE-STEM_mask.nii.gz in the current folder)",
+    )
+    parser.add_argument("--trace", help="trace JSON to write (default: IMAGE-STEM_trace.json in the current folder)")
+    parser.add_argument(
+        "--scene",
+        help="also write the result as a 3D Slicer scene (.mrb) to review: the volume, the segment, the clicks "
+        "and the trace (volumes only; needs the [slicer] extra)",
+    )
+    parser.add_argument("--overlays", help="folder for the image the model saw at each turn")
+    parser.add_argument(
+        "--initial-mask", help="mask to refine instead of starting from nothing (PNG, or a labelmap for volumes)"
+    )
+    parser.add_argument("--max-turns", type=positive_int, default=20, help="agent turns at most (default 20)")
+    parser.add_argument(
+        "--click",
+        action="append",
+        type=user_click,
+        default=[],
+        metavar="X,Y[,+|-]",
+        help="a correction click at pixel column X, row Y of the (slice) image after the agent stops; repeatable",
+    )
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    parser.add_argument("--server", help="run on an IBISAgent server at this URL instead of in this process")
+    parser.add_argument(
+        "--token", help="the server's bearer token (visible to other users in ps: prefer --token-file or the variable)"
+    )
+    parser.add_argument("--token-file", help="a file holding the server's bearer token (default: $IBISAGENT_TOKEN)")
+    parser.add_argument("--ca-bundle", help="CA certificate file to verify the server's TLS certificate with")
+    parser.add_argument(
+        "--jsonl", action="store_true", help="print each step as a trace-schema JSON line instead of text"
+    )
+
+
+def _add_volume_options(parser: argparse.ArgumentParser) -> None:
+    volume = parser.add_argument_group("volumes")
+    volume.add_argument(
+        "--slice", help="AXIS:INDEX, AXIS one of axial, coronal, sagittal (default: the middle axial slice)"
+    )
+    volume.add_argument(
+        "--window",
+        help="abdomen, lung, bone, brain, percentile or LEVEL,WIDTH (default: abdomen for CT, percentile otherwise)",
+    )
+    volume.add_argument("--propagate", action="store_true", help="grow the result through the volume with MedSAM2")
+    volume.add_argument("--range", help="A:B, the slices to propagate through (default: all)")
+    volume.add_argument(
+        "--stop-after-empty",
+        type=non_negative_int,
+        default=3,
+        help="stop a direction after this many empty slices in a row (0: never; default 3)",
+    )
+    volume.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected part")
+
+
+@dataclass(frozen=True)
+class SegmentRun:
+    """What one run does once its inputs are read: the arguments as typed values, checked."""
+
+    source: str  # the image or volume as the user named it (the trace records it)
+    prompt: str
+    max_turns: int
+    clicks: tuple[tuple[int, int, bool], ...]
+    jsonl: bool
+    overlays: Path | None
+    propagation: PropagationOptions | None
+
+
+def _segment(args: argparse.Namespace) -> int:
+    """The handler: the arguments become typed values here, once; nothing below reads the namespace."""
+    if not args.prompt.strip():
+        raise UserError("--prompt is empty: say what to segment")
+    case, image, initial_mask = _read_inputs(args.image, args.slice, args.window, args.initial_mask)
+    if case is None:
+        _refuse_volume_options(args.image, slice=args.slice, window=args.window, range=args.range,
+                               propagate=args.propagate)  # fmt: skip
+    out, trace_path = _output_paths(Path(args.image), args.out, args.trace, case is not None)
+    overlays = _overlays_folder(args.overlays)
+    _check_clicks(args.click, image.shape[:2])
+    write_scene = _scene_writer(args.scene, case) if args.scene else None
+    options = None
+    if args.propagate:
+        options = _propagation_options(args.range, args.stop_after_empty, args.largest_component, case)
+    run = SegmentRun(str(args.image), args.prompt, args.max_turns, tuple(args.click), args.jsonl, overlays, options)
+    token = _token(args.token, args.token_file) if args.server else None
+    backend = _backend(args.server, token, args.ca_bundle, ModelOptions.of(args))
+    report = sys.stderr if args.jsonl else sys.stdout
+    outcome = _run(run, backend, case, image, initial_mask, report)
+    if case is None:
+        write_mask(out, outcome.mask)
+    else:
+        write_labelmap(out, outcome.mask, case.image)
+    trace = outcome.trace
+    trace.save(trace_path)
+    if write_scene is not None:
+        try:
+            write_scene(args.scene, case, outcome.mask, trace, Path(args.image).name)
+        except Exception as exc:  # Slicer's core reports failures in several types; all end the same way
+            print(f"ibisagent: could not write the scene {args.scene}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    area = int(trace.steps[-1].mask_area if trace.steps else np.count_nonzero(outcome.mask))
+    summary = f"stopped: {trace.stop_reason}; mask {area} px -> {out}; trace -> {trace_path}"
+    if trace.answer:
+        summary += f"\nanswer: {trace.answer}"
+    print(summary, file=report, flush=True)
+    if trace.stop_reason == "error":
+        reason = trace.error or next((s.error for s in reversed(trace.steps) if s.error), "unknown error")
+        print(f"ibisagent: the run failed: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    return outcome.exit_code
+
+
+@dataclass
+class _Outcome:
+    mask: np.ndarray  # the 2D mask, or the 3D labelmap of a volume
+    trace: Trace
+    exit_code: int
+
+
+def _run(
+    run: SegmentRun,
+    backend: Backend,
+    case: VolumeCase | None,
+    image: np.ndarray,
+    initial_mask: np.ndarray | None,
+    report: TextIO,
+) -> _Outcome:
+    """The agent, the scripted corrections and the propagation. Whatever fails or is interrupted once the
+    inputs are good, the outcome holds what was done until then: the one place a failed run is written from."""
+
+    def on_step(step: Step) -> None:
+        _print_step(step, run.jsonl)
+        if run.overlays is not None and step.mask is not None:
+            picture = overlay_mask(image, step.mask, IBIS_V1.overlay_color, IBIS_V1.overlay_alpha)
+            write_rgb(run.overlays / f"step_{step.turn:02d}.png", picture)
+
+    session, propagated, exit_code, error = None, None, EXIT_OK, None
+    try:
+        session = backend.open_session(
+            case if case is not None else image,
+            run.prompt,
+            initial_mask=initial_mask,
+            max_turns=run.max_turns,
+            on_step=on_step,
+            image_source=run.source,
+        )
+        session.run()
+        for x, y, positive in run.clicks:
+            session.add_click(x, y, positive)
+        if run.propagation is not None and case is not None and session.stop_reason != "error":
+            propagated, exit_code = _propagate(case, backend, session, report, run.propagation)
+    except KeyboardInterrupt:
+        if session is not None:
+            session.cancel()
+            session.stop_reason = "cancelled"
+        exit_code = EXIT_INTERRUPTED
+    except RemoteError as exc:
+        exit_code, error = EXIT_FAILED, str(exc)
+    if session is None:
+        key = initial_mask if initial_mask is not None else np.zeros(image.shape[:2], dtype=bool)
+        trace = _unstarted_trace(run, image, initial_mask, error)
+    else:
+        key = session.mask
+        trace = session.trace()
+        with contextlib.suppress(RemoteError):  # a remote session frees the server's memory at once
+            session.close()
+    if error is not None:
+        trace.stop_reason, trace.error = "error", trace.error or error
+    if case is None:
+        return _Outcome(key, trace, exit_code)
+    return _Outcome(propagated if propagated is not None else case.place(key), trace, exit_code)
+
+
+def _unstarted_trace(run: SegmentRun, image: np.ndarray, initial_mask: np.ndarray | None, error: str | None) -> Trace:
+    height, width = image.shape[:2]
+    return Trace(
+        instruction=run.prompt.strip(),
+        image=ImageInfo(width=width, height=height, source=run.source),
+        models={},
+        steps=[],
+        answer=None,
+        stop_reason="error" if error else "cancelled",
+        initial_mask_area=None if initial_mask is None else int(np.count_nonzero(initial_mask)),
+        error=error,
+    )
+
+
+def _propagate(
+    case: VolumeCase, backend: Backend, session: Session, report: TextIO, options: PropagationOptions
+) -> tuple[np.ndarray | None, int]:
+    """The propagated 3D mask, or None (the key slice alone) when there is nothing to grow or it was interrupted."""
+    from tqdm import tqdm
+
+    if not session.mask.any():
+        print("nothing to propagate: the key slice mask is empty", file=report, flush=True)
+        return None, EXIT_OK
+    first, last = options.span(case.geometry)
+    with tqdm(total=last - first + 1, desc="propagating", unit="slice", file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, index: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            bar.set_postfix_str(f"{case.geometry.axis} {index}")
+
+        try:
+            mask = backend.propagate(session, options, on_progress=progress)
+        except KeyboardInterrupt:
+            print("propagation interrupted: writing the key slice only", file=sys.stderr)
+            return None, EXIT_INTERRUPTED
+    print(f"propagated through {bar.n} slices: {int(mask.sum())} voxels", file=report)
+    return mask, EXIT_OK
+
+
+def _propagation_options(
+    text: str | None, stop_after_empty: int, largest_component: bool, case: VolumeCase | None
+) -> PropagationOptions:
+    """``--range A:B`` and the other propagation flags as one value, checked against the volume."""
+    if case is None:
+        raise UserError("--propagate applies to volumes")
+    first = last = None
+    if text:
+        try:
+            first, last = (int(part) for part in text.split(":"))
+        except ValueError:
+            raise UserError(f"--range {text!r}: use A:B with whole slice numbers") from None
+    options = PropagationOptions(first, last, stop_after_empty, largest_component)
+    try:
+        options.span(case.geometry)
+    except ValueError as exc:
+        raise UserError(f"--range {text}: {exc}") from None
+    return options
+
+
+def _output_paths(source: Path, out: str | None, trace: str | None, volume: bool) -> tuple[Path, Path]:
+    """The mask and trace files (defaults beside the current folder, named for the input), checked writable."""
+    from ..imaging.volumes import VOLUME_SUFFIXES
+
+    stem = source.name
+    for suffix in (*VOLUME_SUFFIXES, *source.suffixes[-1:]):
+        stem = stem.removesuffix(suffix)
+    mask_path = Path(out or f"{stem}_mask{'.nii.gz' if volume else '.png'}")
+    if volume and not mask_path.name.lower().endswith(VOLUME_SUFFIXES):
+        raise UserError(f"--out {mask_path}: a volume's mask is written as .nii.gz, .nii, .nrrd, .mha or .mhd")
+    if not volume and mask_path.name.lower().endswith(VOLUME_SUFFIXES):
+        raise UserError(f"--out {mask_path}: a 2D image's mask is written as PNG")
+    trace_path = Path(trace or f"{stem}_trace.json")
+    for flag, path in (("--out", mask_path), ("--trace", trace_path)):
+        check_writable(flag, path)
+    return mask_path, trace_path
+
+
+def _overlays_folder(folder: str | None) -> Path | None:
+    if folder and Path(folder).exists() and not Path(folder).is_dir():
+        raise UserError(f"--overlays {folder}: is a file; name a folder")
+    return Path(folder) if folder else None
+
+
+def _scene_writer(path: str, case):  # -> Callable[..., None]
+    """The scene-bundle writer (Slicer's core, an optional extra), loaded before the run so a missing one
+    costs nothing."""
+    if case is None:
+        raise UserError("--scene applies to volumes: a 2D image's result is the mask PNG and the trace")
+    if not path.lower().endswith(".mrb"):
+        raise UserError(f"--scene {path}: a Slicer scene bundle is written as .mrb")
+    check_writable("--scene", Path(path))
+    writers = entry_points(group="ibisagent.scene_bundle")
+    try:
+        return next(iter(writers)).load()
+    except (StopIteration, ImportError) as exc:
+        raise UserError(
+            f"--scene needs 3D Slicer's core (slicer-core), which is not installed ({exc or 'no writer'}): "
+            "pip install 'ibisagent[slicer]', or leave out --scene"
+        ) from None
+
+
+def _check_clicks(clicks: list[tuple[int, int, bool]], shape: tuple[int, int]) -> None:
+    height, width = shape
+    for x, y, _ in clicks:
+        if not (0 <= x < width and 0 <= y < height):
+            raise UserError(f"--click {x},{y}: outside the {width}x{height} image (columns 0..{width - 1}, "
+                            f"rows 0..{height - 1})")  # fmt: skip
+
+
+def _read_inputs(
+    source: str, slice_spec: str | None, window: str | None, initial_mask: str | None
+) -> tuple[VolumeCase | None, np.ndarray, np.ndarray | None]:
+    """The volume (None for a 2D image), the image the agent sees, and the mask to refine."""
+    from ..imaging.volumes import VolumeInputError, is_volume_path
+
+    try:
+        if is_volume_path(source):
+            case = VolumeCase.load(source, slice_spec, window)
+            mask = case.slice_of_labelmap(initial_mask) if initial_mask else None
+            return case, case.slice_rgb(), mask
+        if slice_spec or window:
+            raise UserError(f"{'--slice' if slice_spec else '--window'} applies to volumes; {source} is a 2D image")
+        image = read_rgb_image(source)
+        mask = read_mask(initial_mask, image.shape[:2]) if initial_mask else None
+        return None, image, mask
+    except (ImageInputError, VolumeInputError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _refuse_volume_options(source: str, **given: object) -> None:
+    """Options that apply to volumes only, given for a 2D image: a refusal naming the first."""
+    for name, value in given.items():
+        if value:
+            raise UserError(f"--{name} applies to volumes; {source} is a 2D image")
+
+
+def _backend(server: str | None, token: str | None, ca_bundle: str | None, models: ModelOptions) -> Backend:
+    if server:
+        from ..remote.client import RemoteBackend
+
+        print(f"connecting to {server} ...", file=sys.stderr, flush=True)
+        try:
+            return RemoteBackend(server, token=token, verify=ca_bundle or True)
+        except (RemoteError, ValueError) as exc:
+            raise UserError(str(exc)) from exc
+    return load_local_backend(models)
+
+
+def _token(token: str | None, token_file: str | None) -> str | None:
+    """The server token of --token / --token-file / the environment (a refusal when the file is unreadable)."""
+    from ..remote.client import token_from
+
+    try:
+        return token_from(token, token_file)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _print_step(step: Step, as_json: bool) -> None:
+    if as_json:
+        print(jsontext.dumps(step.to_dict()), flush=True)
+        return
+    head = f"step {step.turn} ({step.source})"
+    if step.action is not None:
+        head += f": {format_action(step.action)}"
+        if step.pixel is not None:
+            head += f" -> pixel {step.pixel[0]},{step.pixel[1]}"
+    if step.score is not None:
+        head += f"  score {step.score:.3f}"
+    head += f"  mask {step.mask_area} px"
+    t = step.timings_ms
+    if t:
+        head += f"  [policy {t.get('policy', 0):.0f} ms, tool {t.get('tool', 0):.0f} ms]"
+    lines = [head]
+    if step.think:
+        lines.append(f"  think: {step.think}")
+    if step.answer:
+        lines.append(f"  answer: {step.answer}")
+    if step.error:
+        lines.append(f"  ! {step.error}")
+    print("\n".join(lines), flush=True)
