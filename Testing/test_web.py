@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install 'ibisagent[web]')")
 pytest.importorskip("playwright", reason="playwright is not installed (the test extra)")
@@ -148,6 +149,18 @@ def frame_after(page, name: str, since_png: bytes, timeout: float = 20.0) -> byt
     raise AssertionError(f"the {name} view did not change")
 
 
+def _voxels(text: str) -> int:
+    return int(re.search(r"\((\d+) voxels", text).group(1))
+
+
+def until(condition, timeout: float = 60.0) -> None:
+    """Wait for something the page causes outside it (a file written, the log's count of a line)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
 def pixels(png: bytes) -> np.ndarray:
     from io import BytesIO
 
@@ -245,6 +258,60 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         with page.expect_download() as download:
             page.get_by_role("button", name=f"{stem}.nii.gz").click()
         assert Path(download.value.path()).read_bytes() == (out / f"{stem}.nii.gz").read_bytes()
+
+
+def test_step_continue_remove_point_and_the_largest_part(data, page, tmp_path):
+    out = tmp_path / "out"
+    with served(
+        str(data["volume"]), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
+        "--out", str(out), cwd=tmp_path,
+    ) as url:  # fmt: skip
+        page.goto(url)
+        expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
+        red = view_image(page, "Red")
+        expect(red).to_be_visible()
+        page.wait_for_timeout(1500)
+        page.get_by_label("Instruction").fill("segment the white matter")
+        log = page.get_by_role("log", name="Reasoning")
+
+        # Step: one turn, then the agent waits.
+        page.get_by_role("button", name="Step", exact=True).click()
+        expect(log).to_contain_text("1. agent: positive click — white matter here")
+        expect(page.get_by_role("button", name="Continue")).to_be_enabled()
+        assert "2. agent" not in log_text(page)
+        # Continue: the remaining turns, on the same session.
+        page.get_by_role("button", name="Continue").click()
+        expect(log).to_contain_text("stopped: terminate — Done.")
+        assert "2. agent: negative click — too much" in log_text(page)
+        after_run = mask_area(page)
+
+        # Remove point: a negative correction where the mask is, on the agent's slice.
+        page.get_by_role("button", name="Remove point").click()
+        box = red.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.30, box["y"] + box["height"] * 0.45)
+        expect(log).to_contain_text("4. you: negative click")
+        expect(page.get_by_role("list", name="Markers")).to_contain_text("3− (user)")
+        assert mask_area(page) != after_run
+        page.get_by_role("button", name="Remove point").click()  # correction mode off
+
+        # Propagate keeping only the largest connected part: what is saved is one piece.
+        index = int(re.search(r"axial slice (\d+)", page.locator(".ia-mask-area").inner_text()).group(1))
+        page.get_by_label("First slice").fill(str(index - 3))
+        page.get_by_label("Last slice").fill(str(index + 3))
+        page.get_by_label("Stop after empty").fill("0")
+        saved, pieces, voxels = out / "segment_the_white_matter.nii.gz", [], [None]
+        message = page.get_by_text(re.compile(r"Saved 4 files to .* \((\d+) voxels in the segment\)"))
+        for largest in (False, True):
+            propagated = log_text(page).count("propagated through slices")
+            page.get_by_label("Keep the largest connected part").set_checked(largest)
+            page.get_by_role("button", name="Propagate", exact=True).click()
+            until(lambda before=propagated: log_text(page).count("propagated through slices") > before)
+            page.get_by_role("button", name="Save").click()
+            # Written when the message names a new voxel count (keeping one part drops voxels).
+            until(lambda: message.count() == 1 and _voxels(message.inner_text()) != voxels[-1])
+            voxels.append(_voxels(message.inner_text()))
+            pieces.append(ndimage.label(sitk.GetArrayFromImage(sitk.ReadImage(str(saved))))[1])
+        assert pieces[0] > 1 and pieces[1] == 1  # the tiny model's propagation is in pieces; the option keeps one
 
 
 def check_bundle_and_seg(mrb: Path, seg_nrrd: Path, mask: np.ndarray, tmp_path: Path) -> None:
