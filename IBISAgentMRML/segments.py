@@ -11,6 +11,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from IBISAgentLib.imaging.geometry import SliceGeometry
+
 from .errors import AdapterError
 from .transforms import ijk_to_world, local_to_world
 
@@ -33,8 +35,14 @@ def _shape(volume_node: Any) -> tuple[int, int, int]:
 
 def _grid(matrix: np.ndarray, shape: tuple[int, int, int], values: np.ndarray | None = None) -> Any:
     """A vtkOrientedImageData with this IJK-to-frame matrix and (k, j, i) shape, optionally filled (uint8)."""
+    return _oriented(matrix, [0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1], values)
+
+
+def _oriented(matrix: np.ndarray, extent: list[int], values: np.ndarray | None = None) -> Any:
+    """A vtkOrientedImageData with this IJK-to-frame matrix over a VTK extent (i0, i1, j0, j1, k0, k1),
+    optionally filled with (k, j, i) values (uint8)."""
     image = slicer.vtkOrientedImageData()
-    image.SetExtent(0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1)
+    image.SetExtent(*extent)
     image.SetGeometryFromImageToWorldMatrix(slicer.util.vtkMatrixFromArray(matrix))
     if values is not None:
         flat = np.ascontiguousarray(values, dtype=np.uint8).ravel()  # C order (k, j, i): i fastest, as VTK's
@@ -72,6 +80,58 @@ def segment_array(segmentation_node: Any, segment_id: str, volume_node: Any) -> 
     return _array(resampled) != 0
 
 
+def plane_extent(shape: tuple[int, int, int], normal_axis: int, index: int) -> list[int]:
+    """The VTK extent (i0, i1, j0, j1, k0, k1) of one voxel plane; ``normal_axis`` 0 = i, 1 = j, 2 = k."""
+    extent = [0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1]
+    extent[2 * normal_axis] = extent[2 * normal_axis + 1] = index
+    return extent
+
+
+def _kji(extent: list[int], within: list[int] | tuple[int, ...]) -> tuple[slice, slice, slice]:
+    """The (k, j, i) index of ``extent`` in an array that covers the extent ``within``."""
+    return tuple(slice(extent[2 * a] - within[2 * a], extent[2 * a + 1] - within[2 * a] + 1) for a in (2, 1, 0))  # type: ignore[return-value]
+
+
+def _extent_shape(extent: list[int] | tuple[int, ...]) -> tuple[int, int, int]:
+    return extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1
+
+
+def _intersection(a: list[int], b: list[int]) -> list[int]:
+    return [max(x, y) if n % 2 == 0 else min(x, y) for n, (x, y) in enumerate(zip(a, b, strict=True))]
+
+
+def _is_empty(extent: list[int] | tuple[int, ...]) -> bool:
+    return extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]
+
+
+def plane_array(segmentation_node: Any, segment_id: str, volume_node: Any, normal_axis: int, index: int) -> np.ndarray:
+    """One voxel plane of a segment on the volume's grid, (k, j, i) bool one voxel thick along the normal.
+    Where the segment's labelmap lies on the volume's grid (the usual case) this reads the stored labelmap
+    itself, without copying or resampling the rest of it."""
+    extent = plane_extent(_shape(volume_node), normal_axis, index)
+    out = np.zeros(_extent_shape(extent), dtype=bool)
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    layer = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)  # shared, not a copy
+    if segment is None or layer is None:
+        raise AdapterError(f"The segment '{segment_id}' has no binary labelmap.")
+    stored = list(layer.GetExtent())
+    if _is_empty(stored) or layer.GetPointData().GetScalars() is None:
+        return out
+    label = segment.GetLabelValue()
+    reference = _oriented(_volume_grid_in(segmentation_node, volume_node), extent)
+    if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(layer, reference):
+        common = _intersection(extent, stored)
+        if not _is_empty(common):
+            out[_kji(common, extent)] = _array(layer)[_kji(common, stored)] == label
+        return out
+    resampled = slicer.vtkOrientedImageData()  # nearest neighbour onto the plane only: labels stay labels
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        layer, reference, resampled, False, False
+    ):
+        raise AdapterError(f"Could not resample the segment '{segment_id}' onto the volume.")
+    return _array(resampled) == label
+
+
 def modifier_labelmap(segmentation_node: Any, volume_node: Any, mask: np.ndarray, reference: Any) -> Any:
     """A (k, j, i) mask on the volume's grid as a labelmap on ``reference`` (the editor's default modifier
     labelmap: the segmentation's reference geometry in its local frame), which intensity masking requires."""
@@ -93,6 +153,12 @@ class SegmentEditor(Protocol):
 
     def write(self, segmentation_node: Any, segment_id: str, volume_node: Any, mask: np.ndarray,
               bypass_masking: bool) -> None: ...  # fmt: skip
+
+    def write_plane(self, segmentation_node: Any, segment_id: str, volume_node: Any, normal_axis: int, index: int,
+                    plane: np.ndarray) -> None:  # fmt: skip
+        """Voxel plane ``index`` along ``normal_axis`` becomes ``plane`` ((k, j, i), one voxel thick) as one
+        undoable edit with the editor's masking; nothing outside the plane changes."""
+        ...
 
 
 class LogicEditor:
@@ -140,6 +206,107 @@ class LogicEditor:
             node.SetOverwriteMode(overwrite)
             node.SetSourceVolumeIntensityMask(intensity)
 
+    def write_plane(self, segmentation_node: Any, segment_id: str, volume_node: Any, normal_axis: int, index: int,
+                    plane: np.ndarray) -> None:  # fmt: skip
+        """One plane as one undo step. The voxels to remove (old and not new) are cleared, then those to add
+        (new and not old) go in through Slicer's Add with a modifier no larger than they are: Add touches only
+        voxels inside its modifier, where Set clears the rest of the segment first whatever extent it is given.
+        The editable area and intensity range are worked out on the plane alone, as the logic combines them,
+        and the edit goes in with masking off: the logic would compute both masks over the whole volume on every
+        call, and its Remove makes the whole current segment editable in "inside one segment" mode. Where the
+        segmentation's labelmaps do not lie on the volume's grid, the whole segment is written instead."""
+        check_editable(segmentation_node)
+        logic, node = self.logic, self.editor_node
+        logic.SetSegmentationNode(segmentation_node)
+        logic.SetSourceVolumeNode(volume_node)
+        logic.SetCurrentSegmentID(segment_id)
+        if not logic.UpdateReferenceGeometryImage():  # unlike ResetModifierLabelmapToDefault, allocates nothing
+            raise AdapterError("The segmentation has no reference geometry: select a source volume for it first.")
+        shape = _shape(volume_node)
+        extent = plane_extent(shape, normal_axis, index)
+        grid = _volume_grid_in(segmentation_node, volume_node)
+        reference = _oriented(grid, extent)
+        if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(logic.GetReferenceGeometryImage(), reference):
+            whole = segment_array(segmentation_node, segment_id, volume_node)
+            whole[_kji(extent, [0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1])] = plane
+            self.write(segmentation_node, segment_id, volume_node, whole)
+            return
+        new = np.asarray(plane, dtype=bool).reshape(_extent_shape(extent))
+        old = plane_array(segmentation_node, segment_id, volume_node, normal_axis, index)
+        editable = self._editable(segmentation_node, segment_id, reference)
+        add, remove = new & ~old & editable, old & ~new & editable
+        if not add.any() and not remove.any():
+            return
+        overwrite, intensity, mode = node.GetOverwriteMode(), node.GetSourceVolumeIntensityMask(), node.GetMaskMode()
+        modifying = node.StartModify()  # the settings flip and come back: at most one Modified event
+        try:
+            node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+            node.SetSourceVolumeIntensityMask(False)
+            node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+            logic.SaveStateForUndo()
+            layer = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+            if remove.any():
+                # Cleared in the stored labelmap itself (removed voxels lie inside it) without an event, so the
+                # Add announces both: each announced edit rebuilds the 3D surface, the slowest part of a click.
+                label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+                stored = list(layer.GetExtent())
+                common = _intersection(extent, stored)
+                voxels = _array(layer)[_kji(common, stored)]  # a view of the labelmap's own memory
+                voxels[remove[_kji(common, extent)] & (voxels == label)] = 0
+            if add.any():
+                modifier = _cropped(grid, add, extent)
+                logic.ModifySegmentByLabelmap(
+                    segmentation_node, segment_id, modifier, _EDITOR.ModificationModeAdd, True, True
+                )
+            else:
+                layer.Modified()
+        finally:
+            node.SetOverwriteMode(overwrite)
+            node.SetSourceVolumeIntensityMask(intensity)
+            node.SetMaskMode(mode)
+            node.EndModify(modifying)
+
+    def _editable(self, segmentation_node: Any, segment_id: str, reference: Any) -> np.ndarray:
+        """The editable voxels of the plane ``reference`` covers: the mask mode's area (Slicer's own
+        GenerateEditMask) within the intensity range of the aligned source volume, where that is on."""
+        logic, node = self.logic, self.editor_node
+        editable = np.ones(_extent_shape(reference.GetExtent()), dtype=bool)
+        if node.GetMaskMode() != slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere:
+            mask = slicer.vtkOrientedImageData()
+            if not segmentation_node.GenerateEditMask(
+                mask, node.GetMaskMode(), reference, segment_id, node.GetMaskSegmentID() or ""
+            ):
+                raise AdapterError("Could not work out the editable area.")
+            editable &= _array(mask) == 0
+        if node.GetSourceVolumeIntensityMask():
+            if not logic.UpdateAlignedSourceVolume():
+                raise AdapterError("Could not align the source volume for the intensity range.")
+            threshold = vtk.vtkImageThreshold()
+            threshold.SetInputData(logic.GetAlignedSourceVolume())
+            low, high = node.GetSourceVolumeIntensityMaskRange()
+            threshold.ThresholdBetween(low, high)
+            threshold.SetInValue(1)
+            threshold.SetOutValue(0)
+            threshold.SetOutputScalarTypeToUnsignedChar()
+            threshold.UpdateExtent(reference.GetExtent())  # the plane only
+            inside = threshold.GetOutput()
+            editable &= _array(inside)[_kji(list(reference.GetExtent()), inside.GetExtent())] != 0
+        return editable
+
+
+_EDITOR = slicer.vtkSlicerSegmentEditorLogic
+
+
+def _cropped(grid: np.ndarray, values: np.ndarray, extent: list[int]) -> Any:
+    """A modifier holding ``values`` ((k, j, i) over ``extent``) cropped to their bounding box: a smaller
+    modifier keeps Slicer from padding the segment's labelmap to it and shrinking it back on every edit."""
+    box = []
+    for axis in (2, 1, 0):  # i, j, k are numpy axes 2, 1, 0
+        present = np.flatnonzero(values.any(axis=tuple(a for a in range(3) if a != axis)))
+        start = extent[2 * (2 - axis)]
+        box += [start + int(present[0]), start + int(present[-1])]
+    return _oriented(grid, box, values[_kji(box, extent)])
+
 
 class MRMLSegment:
     """The driver's SegmentPort over one segment of a segmentation node, on a volume's grid."""
@@ -153,6 +320,16 @@ class MRMLSegment:
 
     def read(self) -> np.ndarray:
         return segment_array(self.segmentation_node, self.segment_id, self.volume_node)
+
+    def read_plane(self, geometry: SliceGeometry) -> np.ndarray:
+        slab = plane_array(self.segmentation_node, self.segment_id, self.volume_node, geometry.normal_axis,
+                           geometry.index)  # fmt: skip
+        return geometry.from_one_voxel_thick(slab)
+
+    def write_plane(self, geometry: SliceGeometry, plane: np.ndarray) -> None:
+        self._check_alive()
+        self.editor.write_plane(self.segmentation_node, self.segment_id, self.volume_node, geometry.normal_axis,
+                                geometry.index, geometry.one_voxel_thick(plane))  # fmt: skip
 
     def write(self, mask: np.ndarray) -> None:
         self._check_alive()

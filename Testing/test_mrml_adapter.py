@@ -40,6 +40,7 @@ from IBISAgentMRML import (  # noqa: E402
     xy_to_world,
 )
 from IBISAgentMRML.record import TRACE_NODE_NAME, TRACE_SCHEMA_ATTRIBUTE  # noqa: E402
+from IBISAgentMRML.segments import plane_array, plane_extent  # noqa: E402
 from IBISAgentMRML.transforms import ijk_to_world  # noqa: E402
 from IBISAgentMRML.volumes import image_from_volume, view_slice  # noqa: E402
 
@@ -311,6 +312,46 @@ def test_each_write_is_one_undo_step(built):
     np.testing.assert_array_equal(segment_array(segmentation, target, volume), first)
     editor.logic.Undo()
     assert not segment_array(segmentation, target, volume).any()
+
+
+@pytest.mark.parametrize("normal_axis", [0, 1, 2])
+@pytest.mark.parametrize("masking", ["none", "area and intensity range"])
+def test_a_plane_write_is_the_whole_write_on_that_plane_and_one_undo_step(built, normal_axis, masking):
+    """What keeps a click fast: only the key slice is read and written, with the same result as writing the
+    whole segment, the rest of the segment untouched, and one undo step."""
+    voxels = coded_voxels(SHAPE)
+    volume = built.add_volume("v", voxels, ijk_matrix((1, 1, 2), (0, 0, 0), rotation("R", 20)))
+    segmentation, (whole, planed, area) = built.add_segmentation("s", volume, ("whole", "planed", "area"))
+    editor = LogicEditor(built.scene, built.headless.application)
+    before = box(SHAPE, (3, 3, 3), (20, 24, 18)) & ~box(SHAPE, (8, 8, 8), (12, 12, 12))  # across the plane
+    for segment in (whole, planed):
+        editor.write(segmentation, segment, volume, before)
+    editor.write(segmentation, area, volume, box(SHAPE, (0, 0, 0), (16, 30, 24)))
+    if masking != "none":
+        node = editor.editor_node
+        node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+        node.SetMaskSegmentID(area)
+        node.SetSourceVolumeIntensityMask(True)
+        node.SetSourceVolumeIntensityMaskRange(1, 10000 * 15)  # the voxels with k < 15
+    index = 10
+    extent = plane_extent(SHAPE, normal_axis, index)
+    where = tuple(slice(extent[2 * a], extent[2 * a + 1] + 1) for a in (2, 1, 0))
+    plane = np.zeros([e1 - e0 + 1 for e0, e1 in zip(extent[4::-2], extent[5::-2], strict=True)], bool)
+    plane[tuple(slice(2, 9) if s.stop - s.start > 1 else slice(None) for s in where)] = True
+    wanted = before.copy()
+    wanted[where] = plane
+    editor.write(segmentation, whole, volume, wanted)
+    editor.write_plane(segmentation, planed, volume, normal_axis, index, plane)
+    result = segment_array(segmentation, planed, volume)
+    np.testing.assert_array_equal(result, segment_array(segmentation, whole, volume))
+    outside = np.ones(SHAPE, bool)
+    outside[where] = False
+    np.testing.assert_array_equal(result[outside], before[outside])
+    assert not np.array_equal(result, before)
+    assert np.array_equal(result[where], plane) == (masking == "none")  # masking bites where it is on
+    np.testing.assert_array_equal(plane_array(segmentation, planed, volume, normal_axis, index), result[where])
+    editor.logic.Undo()
+    np.testing.assert_array_equal(segment_array(segmentation, planed, volume), before)
 
 
 # -- markers, trace, bundles ----------------------------------------------------------------------------------------

@@ -271,6 +271,9 @@ def test_a_target_that_refuses_a_write_is_a_message_not_a_crash(driver, case):
         def write(self, mask):
             raise RuntimeError("the segmentation is locked")
 
+        def write_plane(self, geometry, plane):
+            raise RuntimeError("the segmentation is locked")
+
     target = ReadOnly(case.windowed.shape)
     driver.start(case, "x", target, target, LOCAL, then="step")
     events = driver.wait()

@@ -34,6 +34,13 @@ class ArrayTarget:
         self.segment = mask.astype(bool)
         self.writes += 1
 
+    def read_plane(self, geometry) -> np.ndarray:
+        return geometry.extract(self.segment).copy()
+
+    def write_plane(self, geometry, plane: np.ndarray) -> None:
+        geometry.insert(self.segment, plane)
+        self.writes += 1
+
     def restore(self, mask: np.ndarray) -> None:
         self.segment = mask.astype(bool)
         self.restores += 1

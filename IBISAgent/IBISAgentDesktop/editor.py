@@ -31,5 +31,14 @@ class EffectEditor:
             raise RuntimeError("The IBISAgent Segment Editor effect is not registered: restart Slicer.")
         effect.self().applyMask(mask, segmentation_node, segment_id, volume_node, bypass_masking)
 
+    def write_plane(self, segmentation_node, segment_id, volume_node, normal_axis, index, plane):
+        """The whole segment with the plane replaced, through the effect (it has no plane-limited write yet)."""
+        from IBISAgentMRML.segments import plane_extent, segment_array
+
+        whole = segment_array(segmentation_node, segment_id, volume_node)
+        extent = plane_extent(whole.shape, normal_axis, index)
+        whole[extent[4] : extent[5] + 1, extent[2] : extent[3] + 1, extent[0] : extent[1] + 1] = plane
+        self.write(segmentation_node, segment_id, volume_node, whole, False)
+
     def undo(self):
         segment_editor().undo()

@@ -137,6 +137,19 @@ class SliceGeometry:
         index[2 - self.normal_axis] = where
         return tuple(index)
 
+    def one_voxel_thick(self, plane: np.ndarray) -> np.ndarray:
+        """The slice (rows, columns) as a (k, j, i) array one voxel thick along the normal: what the slice's
+        voxels hold, for code that writes one slice of a volume only."""
+        shape = [self.size[2], self.size[1], self.size[0]]
+        shape[2 - self.normal_axis] = 1
+        slab = np.zeros(shape, dtype=plane.dtype)
+        SliceGeometry(**{**self.__dict__, "index": 0}).insert(slab, plane)
+        return slab
+
+    def from_one_voxel_thick(self, slab: np.ndarray) -> np.ndarray:
+        """The inverse of ``one_voxel_thick``: the (rows, columns) slice of a one-voxel-thick array."""
+        return SliceGeometry(**{**self.__dict__, "index": 0}).extract(slab)
+
     def insert(self, volume: np.ndarray, plane: np.ndarray) -> None:
         """Write a (rows, columns) slice back into a (k, j, i) array, in place."""
         if plane.shape != (self.height, self.width):

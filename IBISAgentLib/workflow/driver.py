@@ -310,7 +310,7 @@ class WorkflowDriver:
         elif isinstance(event, Opened):
             state.log.append(f"working on {event.axis} slice {event.index}")
         elif isinstance(event, SliceChanged):
-            self._write(lambda segment: self._geometry().insert(segment, event.plane))
+            self._write_plane(event.plane)
             self._show_markers()
             if event.step is not None:
                 state.log.append(_describe(event.step) if event.cause == "step" else f"undone: step {event.step.turn}")
@@ -341,6 +341,14 @@ class WorkflowDriver:
 
     def _note(self, failure: Failed) -> None:
         self.state.log.append(f"error: {failure.message}")
+
+    def _write_plane(self, plane: np.ndarray) -> None:
+        """The key slice of the target becomes ``plane``; written only when it differs."""
+        if self.target is None:
+            return
+        geometry = self._geometry()
+        if not np.array_equal(self.target.read_plane(geometry), plane):
+            self.target.write_plane(geometry, plane)
 
     def _write(self, change: Callable[[np.ndarray], None]) -> None:
         """Apply ``change`` to the target segment as it is now; write only when something changed."""

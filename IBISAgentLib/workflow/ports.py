@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..imaging.geometry import SliceGeometry
 from .markers import Marker
 
 
@@ -22,6 +23,15 @@ class SegmentPort(Protocol):
     def write(self, mask: np.ndarray) -> None:
         """The segment becomes ``mask`` as one undoable edit; the front end's masking settings (editable
         area, intensity range) apply, and no other segment changes."""
+        ...
+
+    def read_plane(self, geometry: SliceGeometry) -> np.ndarray:
+        """The segment on one slice, (rows, columns) bool as ``geometry.extract`` shows it."""
+        ...
+
+    def write_plane(self, geometry: SliceGeometry, plane: np.ndarray) -> None:
+        """That slice becomes ``plane`` as one undoable edit (masking applies as for ``write``); nothing else
+        changes. An agent step or a correction changes one slice: this is what keeps a click fast."""
         ...
 
     def restore(self, mask: np.ndarray) -> None:
