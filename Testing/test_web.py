@@ -169,17 +169,24 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(int)
 
 
-def test_run_correct_undo_propagate_save(data, page, tmp_path):
-    out = tmp_path / "out"
+@contextlib.contextmanager
+def opened_on_the_volume(data, page, out: Path, cwd: Path) -> Iterator[object]:
+    """A page on `ibisagent web` with the test volume and the replayed model; the agent's (Red) view, fitted."""
     with served(
         str(data["volume"]), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
-        "--out", str(out), cwd=tmp_path,
+        "--out", str(out), cwd=cwd,
     ) as url:  # fmt: skip
         page.goto(url)
         expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
         red = view_image(page, "Red")
         expect(red).to_be_visible()
         page.wait_for_timeout(1500)  # views fitted at their final size
+        yield red
+
+
+def test_run_correct_undo_propagate_save(data, page, tmp_path):
+    out = tmp_path / "out"
+    with opened_on_the_volume(data, page, out, tmp_path) as red:
         empty_3d = view_image(page, "ThreeD").screenshot()
 
         page.get_by_label("Instruction").fill("segment the white matter")
@@ -262,15 +269,7 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
 
 def test_step_continue_remove_point_and_the_largest_part(data, page, tmp_path):
     out = tmp_path / "out"
-    with served(
-        str(data["volume"]), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
-        "--out", str(out), cwd=tmp_path,
-    ) as url:  # fmt: skip
-        page.goto(url)
-        expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
-        red = view_image(page, "Red")
-        expect(red).to_be_visible()
-        page.wait_for_timeout(1500)
+    with opened_on_the_volume(data, page, out, tmp_path) as red:
         page.get_by_label("Instruction").fill("segment the white matter")
         log = page.get_by_role("log", name="Reasoning")
 
