@@ -313,6 +313,29 @@ def test_step_continue_remove_point_and_the_largest_part(data, page, tmp_path):
         assert pieces[0] > 1 and pieces[1] == 1  # the tiny model's propagation is in pieces; the option keeps one
 
 
+def test_propagation_shows_progress_and_cancel_puts_the_segment_back(data, page, tmp_path):
+    out = tmp_path / "out"
+    with opened_on_the_volume(data, page, out, tmp_path):
+        page.get_by_label("Instruction").fill("segment the white matter")
+        page.get_by_role("button", name="Run", exact=True).click()
+        log = page.get_by_role("log", name="Reasoning")
+        expect(log).to_contain_text("stopped: terminate — Done.")
+        page.get_by_label("First slice").fill("0")
+        page.get_by_label("Last slice").fill("23")
+        page.get_by_label("Stop after empty").fill("0")
+        page.get_by_role("button", name="Propagate", exact=True).click()
+        expect(page.get_by_role("progressbar", name="Propagation progress")).to_be_visible()
+        expect(page.get_by_role("status")).to_contain_text(re.compile(r"\d+ of 24 slices"))
+        page.get_by_role("button", name="Cancel propagation").click()
+        expect(log).to_contain_text("put back as it was: propagation cancelled")
+        assert "propagated through" not in log_text(page)
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_text(re.compile(r"Saved 4 files to"))).to_be_visible()
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segment_the_white_matter.nii.gz"))).astype(bool)
+        index = int(re.search(r"axial slice (\d+)", page.locator(".ia-mask-area").inner_text()).group(1))
+        assert mask[index].any() and not np.delete(mask, index, axis=0).any()  # the key slice alone, as before
+
+
 def check_bundle_and_seg(mrb: Path, seg_nrrd: Path, mask: np.ndarray, tmp_path: Path) -> None:
     """The scene bundle and the .seg.nrrd hold the same voxels as the NIfTI labelmap."""
     import slicer
