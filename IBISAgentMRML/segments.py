@@ -35,7 +35,7 @@ def _shape(volume_node: Any) -> tuple[int, int, int]:
 
 def _grid(matrix: np.ndarray, shape: tuple[int, int, int], values: np.ndarray | None = None) -> Any:
     """A vtkOrientedImageData with this IJK-to-frame matrix and (k, j, i) shape, optionally filled (uint8)."""
-    return _oriented(matrix, [0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1], values)
+    return _oriented(matrix, _whole_extent(shape), values)
 
 
 def _oriented(matrix: np.ndarray, extent: list[int], values: np.ndarray | None = None) -> Any:
@@ -80,9 +80,14 @@ def segment_array(segmentation_node: Any, segment_id: str, volume_node: Any) -> 
     return _array(resampled) != 0
 
 
+def _whole_extent(shape: tuple[int, int, int]) -> list[int]:
+    """The VTK extent (i0, i1, j0, j1, k0, k1) of a whole (k, j, i) array."""
+    return [0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1]
+
+
 def plane_extent(shape: tuple[int, int, int], normal_axis: int, index: int) -> list[int]:
-    """The VTK extent (i0, i1, j0, j1, k0, k1) of one voxel plane; ``normal_axis`` 0 = i, 1 = j, 2 = k."""
-    extent = [0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1]
+    """The VTK extent of one voxel plane; ``normal_axis`` 0 = i, 1 = j, 2 = k."""
+    extent = _whole_extent(shape)
     extent[2 * normal_axis] = extent[2 * normal_axis + 1] = index
     return extent
 
@@ -130,6 +135,16 @@ def plane_array(segmentation_node: Any, segment_id: str, volume_node: Any, norma
     ):
         raise AdapterError(f"Could not resample the segment '{segment_id}' onto the volume.")
     return _array(resampled) == label
+
+
+def whole_with_plane(
+    segmentation_node: Any, segment_id: str, volume_node: Any, normal_axis: int, index: int, plane: np.ndarray
+) -> np.ndarray:
+    """The whole segment with one voxel plane replaced by ``plane`` ((k, j, i), one voxel thick): for writers
+    that can only write a whole segment."""
+    whole = segment_array(segmentation_node, segment_id, volume_node)
+    whole[_kji(plane_extent(whole.shape, normal_axis, index), _whole_extent(whole.shape))] = plane
+    return whole
 
 
 def modifier_labelmap(segmentation_node: Any, volume_node: Any, mask: np.ndarray, reference: Any) -> Any:
@@ -222,13 +237,11 @@ class LogicEditor:
         logic.SetCurrentSegmentID(segment_id)
         if not logic.UpdateReferenceGeometryImage():  # unlike ResetModifierLabelmapToDefault, allocates nothing
             raise AdapterError("The segmentation has no reference geometry: select a source volume for it first.")
-        shape = _shape(volume_node)
-        extent = plane_extent(shape, normal_axis, index)
+        extent = plane_extent(_shape(volume_node), normal_axis, index)
         grid = _volume_grid_in(segmentation_node, volume_node)
         reference = _oriented(grid, extent)
         if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(logic.GetReferenceGeometryImage(), reference):
-            whole = segment_array(segmentation_node, segment_id, volume_node)
-            whole[_kji(extent, [0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1])] = plane
+            whole = whole_with_plane(segmentation_node, segment_id, volume_node, normal_axis, index, plane)
             self.write(segmentation_node, segment_id, volume_node, whole)
             return
         new = np.asarray(plane, dtype=bool).reshape(_extent_shape(extent))
@@ -256,7 +269,12 @@ class LogicEditor:
             if add.any():
                 modifier = _cropped(grid, add, extent)
                 logic.ModifySegmentByLabelmap(
-                    segmentation_node, segment_id, modifier, _EDITOR.ModificationModeAdd, True, True
+                    segmentation_node,
+                    segment_id,
+                    modifier,
+                    slicer.vtkSlicerSegmentEditorLogic.ModificationModeAdd,
+                    True,
+                    True,
                 )
             else:
                 layer.Modified()
@@ -292,9 +310,6 @@ class LogicEditor:
             inside = threshold.GetOutput()
             editable &= _array(inside)[_kji(list(reference.GetExtent()), inside.GetExtent())] != 0
         return editable
-
-
-_EDITOR = slicer.vtkSlicerSegmentEditorLogic
 
 
 def _cropped(grid: np.ndarray, values: np.ndarray, extent: list[int]) -> Any:

@@ -33,11 +33,9 @@ class EffectEditor:
 
     def write_plane(self, segmentation_node, segment_id, volume_node, normal_axis, index, plane):
         """The whole segment with the plane replaced, through the effect (it has no plane-limited write yet)."""
-        from IBISAgentMRML.segments import plane_extent, segment_array
+        from IBISAgentMRML.segments import whole_with_plane
 
-        whole = segment_array(segmentation_node, segment_id, volume_node)
-        extent = plane_extent(whole.shape, normal_axis, index)
-        whole[extent[4] : extent[5] + 1, extent[2] : extent[3] + 1, extent[0] : extent[1] + 1] = plane
+        whole = whole_with_plane(segmentation_node, segment_id, volume_node, normal_axis, index, plane)
         self.write(segmentation_node, segment_id, volume_node, whole, False)
 
     def undo(self):

@@ -99,7 +99,7 @@ class LocalBackend:
         image_source: str | None = None,
     ) -> AgentSession:
         case = source if isinstance(source, VolumeCase) else None
-        session = AgentSession(
+        return AgentSession(
             source_image(source),
             instruction,
             self.policy_factory(),
@@ -111,7 +111,6 @@ class LocalBackend:
             case=case,
             models=self.propagator_spec.identity("propagator") if case and self.propagator_spec else None,
         )
-        return session
 
     def propagate(
         self,

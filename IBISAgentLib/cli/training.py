@@ -8,10 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..tools import CheckpointError, resolve_segmenter
-
-if TYPE_CHECKING:
-    from ..agent.interfaces import SegmentationTool
-    from ..tools.propagation import SAM2Propagator
 from .options import (
     EXIT_OK,
     VARIANT_NAMES,
@@ -21,6 +17,11 @@ from .options import (
     positive_int,
     whole_number_at_least,
 )
+
+if TYPE_CHECKING:
+    from ..agent.interfaces import SegmentationTool
+    from ..tools.propagation import SAM2Propagator
+    from ..training.manifest import Sample
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -126,17 +127,22 @@ def _manifest(path: str):  # -> list[dict]
         raise UserError(str(exc)) from exc
 
 
+def _samples(path: str) -> list[Sample]:
+    """Every sample of a manifest, loaded (a refusal naming the first that cannot be)."""
+    from ..training.manifest import ManifestError, load_sample
+
+    try:
+        return [load_sample(record) for record in _manifest(path)]
+    except ManifestError as exc:
+        raise UserError(str(exc)) from exc
+
+
 def _synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..training.manifest import ManifestError, load_sample
     from ..training.synthesis import Teacher, synthesize
 
-    records = _manifest(args.dataset)
-    try:
-        samples = [load_sample(r) for r in records]
-    except ManifestError as exc:
-        raise UserError(str(exc)) from exc
+    samples = _samples(args.dataset)
     tool = _training_tool(args.tool, args.sam2, args.sam2_variant, args.device)
     teacher = Teacher(args.teacher, args.teacher_model) if args.teacher else None
     tool_name = "classical" if tool.spec is None else str(tool.spec.checkpoint)
@@ -216,17 +222,13 @@ def _train_grpo(args: argparse.Namespace) -> int:
 
     from ..training.episodes import EpisodeWeights
     from ..training.grpo_trl import train
-    from ..training.manifest import ManifestError, load_sample
 
     if args.vllm and importlib.util.find_spec("vllm") is None:
         raise UserError("--vllm needs vLLM installed (pip install vllm, on a GPU machine)")
     if args.lora_rank < 0:
         raise UserError(f"--lora-rank must be 0 (full fine-tuning) or more, got {args.lora_rank}")
     model = model_folder(args.model)
-    try:
-        samples = [load_sample(record) for record in _manifest(args.dataset)]
-    except ManifestError as exc:
-        raise UserError(str(exc)) from exc
+    samples = _samples(args.dataset)
     weights = EpisodeWeights(args.episode_weight, args.shaped_weight, scale=not args.no_std_scaling)
     tool = _training_tool(args.tool, args.sam2, args.sam2_variant, args.device)
     out = train(samples, tool, model, Path(args.out), weights=weights,

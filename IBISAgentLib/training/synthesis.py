@@ -262,12 +262,10 @@ def write_datasets(out: Path, records: SynthesisOutput) -> dict[str, Path]:
                 {"role": "assistant", "content": [{"type": "text", "text": r["response"]}]},
             ]
             handle.write(jsontext.dumps({"messages": messages, "images": [r["image"]]}) + "\n")
-    for index, row in enumerate(records.rl):
-        row["extra_info"]["index"] = index
-    pq.write_table(pa.Table.from_pylist(records.rl), paths["rl"])
-    for index, row in enumerate(records.episodes):
-        row["extra_info"]["index"] = index
-    pq.write_table(pa.Table.from_pylist(records.episodes), paths["episodes"])
+    for rows, path in ((records.rl, paths["rl"]), (records.episodes, paths["episodes"])):
+        for index, row in enumerate(rows):
+            row["extra_info"]["index"] = index
+        pq.write_table(pa.Table.from_pylist(rows), path)
     with paths["traces"].open("w", encoding="utf-8") as handle:
         for trace in records.traces:
             handle.write(jsontext.dumps(trace) + "\n")
