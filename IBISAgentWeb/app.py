@@ -21,6 +21,9 @@ from .saving import save_outputs
 from .scene import WebScene
 
 LAYOUT = "Axial Primary"  # the Red view large, 3D / Green / Yellow beside it
+# trame-rca renders a changed view at its interactive JPEG quality, then renders it again at its still quality
+# (90) a moment later. Views here change by edits, rarely by dragging: one render at the still quality.
+STILL_QUALITY = 90
 
 
 class IBISAgentWebApp(TrameApp):
@@ -32,7 +35,11 @@ class IBISAgentWebApp(TrameApp):
         self.state.ia_models = choice.describe()
         self.state.trame__title = "IBISAgent"
         register_rca_factories(
-            self.scene.app.view_manager, self.server, slice_view_ui_f=_slice_view_ui, three_d_view_ui_f=_three_d_view_ui
+            self.scene.app.view_manager,
+            self.server,
+            slice_view_ui_f=_slice_view_ui,
+            three_d_view_ui_f=_three_d_view_ui,
+            interactive_quality=STILL_QUALITY,
         )
         self.layout_manager = LayoutManager(self.scene.scene, self.scene.app.view_manager, self.server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())

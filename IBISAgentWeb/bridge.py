@@ -1,11 +1,12 @@
 """Between the page and the workflow driver: commands forwarded (a refusal becomes a message in the page),
-the driver polled on the event-loop thread every 50 ms while it works (model work runs on the driver's own
-worker thread; ``poll()`` applies its results to the scene here, on the thread that owns VTK), and the
-driver's state rendered into trame's state."""
+the driver polled on the event-loop thread while it works, woken by each of its results (model work runs on
+the driver's own worker thread; ``poll()`` applies its results to the scene here, on the thread that owns
+VTK), and the driver's state rendered into trame's state."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,9 +18,9 @@ from IBISAgentLib.tools import PropagationOptions
 from IBISAgentLib.workflow import BackendChoice, DriverBusy, Failed, WorkflowDriver
 from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, volume_case
 
-from .scene import VIEW_NAMES, WebScene, show_surface
+from .scene import VIEW_NAMES, WebScene
 
-POLL_S = 0.05
+POLL_S = 0.5  # the poll loop wakes at each result from the worker; this is only its longest sleep
 REFUSALS = (DriverBusy, AdapterError, ValueError, RuntimeError)
 
 
@@ -35,13 +36,14 @@ class DriverBridge:
         self.state.ia_max_turns = max_turns
         self._consented: set[str] = set()  # servers the user agreed to send images to, this process
         self._pending_start: str | None = None
-        self.driver = WorkflowDriver()
+        self.driver = WorkflowDriver(on_event=self._wake_from_worker)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken = asyncio.Event()
         self.editor: LogicEditor | None = None
         self.record: MRMLRecord | None = None
         self._polling = False
         self._rendered_log = -1
         self._session_opened = None
-        self._fitted_3d = None
         scene.scene.AddObserver(scene.scene.StartCloseEvent, lambda *_: self.close())
 
     # -- volume changes ------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ class DriverBridge:
                 self.refresh_segments()
             node, segment_id = target
             port = MRMLSegment(node, segment_id, volume, editor)
-            show_surface(node)
+            self.scene.surfaces.show(node)
             turns = _int(self.state.ia_max_turns, "max turns")
             self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=turns)
             self._session_opened = self._session_key()
@@ -175,33 +177,38 @@ class DriverBridge:
     def ensure_polling(self) -> None:
         if not self._polling and self.driver.state.busy:
             self._polling = True
+            self._loop = asyncio.get_running_loop()
             asynchronous.create_task(self._poll_loop())
+
+    def _wake_from_worker(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._woken.set)
 
     async def _poll_loop(self) -> None:
         try:
             while True:
-                events = self.driver.poll()
+                events = self._poll_agent_view_first()
                 failures = [e.message for e in events if isinstance(e, Failed)]
                 if failures:
                     self.notify(failures[-1])
                 if events:
                     self.render()
-                    self._fit_3d_once()
                 if not self.driver.state.busy:
                     self.render()
                     return
-                await asyncio.sleep(POLL_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), POLL_S)
+                self._woken.clear()
         finally:
             self._polling = False
 
-    def _fit_3d_once(self) -> None:
-        """Without volume rendering the 3D view has nothing to fit to until the segment's surface exists."""
-        opened, session = self._session_opened, self.driver.session
-        if opened is not None and self._fitted_3d != opened and session is not None and session.mask.any():
-            for view in self.scene.app.view_manager.get_threed_views():
-                view.reset_view()
-                view.schedule_render()
-            self._fitted_3d = opened
+    def _poll_agent_view_first(self) -> list:
+        agent_view = self._session_opened[2] if self._session_opened else None
+        if agent_view is None or not self.driver.has_results:
+            return self.driver.poll()
+        with self.scene.view_first(agent_view):
+            return self.driver.poll()
 
     def notify(self, message: str) -> None:
         with self.state:

@@ -4,8 +4,11 @@ pick or add, and views fitted once they have their real size."""
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +17,12 @@ from trame_slicer.core import SlicerApp
 from trame_slicer.utils import write_client_files_to_dir
 from vtkmodules.vtkCommonCore import vtkCommand
 
+from .surfaces import SegmentSurfaces
+
 VIEW_NAMES = {"Red": "Red (axial)", "Yellow": "Yellow (sagittal)", "Green": "Green (coronal)"}
 REFIT_S = 5.0
+# The other views render this long after the agent's: its frame (rendered, encoded, sent) goes first.
+OTHER_VIEWS_AFTER_S = 0.15
 
 
 class WebScene:
@@ -26,6 +33,7 @@ class WebScene:
         # saved with the scene). SlicerApp registers Colors, Markups, Volumes, Segmentations, SubjectHierarchy.
         self.app.register_module_logic(slicer.vtkSlicerTransformLogic(), logic_name="Transforms")
         self.app.register_module_logic(slicer.vtkSlicerTextsLogic(), logic_name="Texts")
+        self.surfaces = SegmentSurfaces(self.scene, self.fit_3d_views)
         self.volume: Any = None
         self._unfitted: set[str] = set()
         self._fit_until = 0.0
@@ -93,6 +101,7 @@ class WebScene:
 
     def _replace_volume(self, node: Any) -> None:
         """The new volume replaces the old one with its segmentations and markers; the layout stays."""
+        self.surfaces.clear()
         for class_name in ("vtkMRMLSegmentationNode", "vtkMRMLMarkupsFiducialNode", "vtkMRMLTextNode"):
             for old in list(self.scene.GetNodesByClass(class_name)):
                 self.scene.RemoveNode(old)
@@ -125,6 +134,31 @@ class WebScene:
             self._unfitted.add(tag)
             if _has_real_size(view):
                 self._fit(view)
+
+    @contextmanager
+    def view_first(self, view_name: str) -> Iterator[None]:
+        """Scene changes made in the block reach the other views a moment after this one. One core renders
+        every view in turn (about 50 ms for the agent's view, up to a few hundred for the 3D view with a large
+        surface) and a frame goes out only after the renders queued with it, so the view the clinician is
+        clicking in would otherwise wait for all of them."""
+        others = [
+            view
+            for view in self.app.view_manager.get_views()
+            if view.get_singleton_tag() != view_name and not view.is_render_blocked
+        ]
+        for view in others:
+            view.set_render_blocked(True)
+        try:
+            yield
+        finally:
+            asyncio.get_running_loop().call_later(
+                OTHER_VIEWS_AFTER_S, lambda: [view.set_render_blocked(False) for view in others]
+            )  # unblocking renders them
+
+    def fit_3d_views(self) -> None:
+        for view in self.app.view_manager.get_threed_views():
+            view.reset_view()
+            view.schedule_render()
 
     def _on_resize(self, view: Any) -> None:
         pending = view.get_singleton_tag() in self._unfitted or time.monotonic() < self._fit_until
@@ -172,16 +206,6 @@ class WebScene:
         node.SetName("IBISAgent segmentation")
         node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume)
         return node
-
-
-def show_surface(segmentation: Any) -> None:
-    """The segments' surfaces in the 3D view, as Slicer's "Show 3D": the closed-surface representation is
-    built (and kept up to date with every write) and is what the 3D view draws."""
-    surface = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
-    if segmentation.GetDisplayNode() is None:
-        segmentation.CreateDefaultDisplayNodes()
-    segmentation.CreateClosedSurfaceRepresentation()
-    segmentation.GetDisplayNode().SetPreferredDisplayRepresentationName3D(surface)
 
 
 def _voxel_count(node: Any) -> int:

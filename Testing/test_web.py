@@ -138,15 +138,19 @@ def alert(page):
 
 
 def frame_after(page, name: str, since_png: bytes, timeout: float = 20.0) -> bytes:
-    """The view's image once it differs from ``since_png``."""
+    """The view's image once it differs from ``since_png`` and has settled: the stream sends quicker, coarser
+    frames while the server is busy (the 3D surface is built after an edit) and the final one after."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        png = view_image(page, name).screenshot()
-        if png != since_png:
-            page.wait_for_timeout(300)  # let the stream settle on the final frame
-            return view_image(page, name).screenshot()
+    png = since_png
+    while time.monotonic() < deadline and png == since_png:
         page.wait_for_timeout(100)
-    raise AssertionError(f"the {name} view did not change")
+        png = view_image(page, name).screenshot()
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(400)
+        settled, png = png, view_image(page, name).screenshot()
+        if png == settled and png != since_png:
+            return png
+    raise AssertionError(f"the {name} view did not change and settle")
 
 
 def _voxels(text: str) -> int:

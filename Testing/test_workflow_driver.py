@@ -281,3 +281,21 @@ def test_a_target_that_refuses_a_write_is_a_message_not_a_crash(driver, case):
     assert failed and "the segmentation is locked" in failed[0].message
     assert isinstance(events[-1], Idle) and not driver.state.busy
     assert isinstance(events[0], Opened) and not any(isinstance(e, Reverted) for e in events)
+
+
+def test_on_event_wakes_the_host_once_per_queued_event_from_the_worker(backend, case):
+    """A host with an event loop polls when woken: every event is queued before its call, and the call comes
+    from the worker thread, so the host must only hand it over."""
+    calls: list[tuple[str, bool]] = []
+    driver = WorkflowDriver(
+        lambda choice: backend, on_event=lambda: calls.append((threading.current_thread().name, driver.has_results))
+    )
+    assert not driver.has_results
+    target = ArrayTarget(case.windowed.shape)
+    driver.start(case, "segment the white matter", target, target, LOCAL, then="step")
+    driver._worker.join(60)
+    assert driver.has_results
+    events = driver.poll()
+    assert kinds(events) == ["Opened", "SliceChanged", "Finished", "TraceReady", "Idle"]
+    assert len(calls) == len(events) and all(name == "ibisagent-workflow" and queued for name, queued in calls)
+    assert not driver.has_results

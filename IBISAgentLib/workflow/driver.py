@@ -62,8 +62,15 @@ class WorkflowDriver:
     """``build_backend`` turns a BackendChoice into a Backend; it runs on the worker thread (loading models or
     connecting never blocks the UI), once per choice: the same choice keeps its backend."""
 
-    def __init__(self, build_backend: Callable[[BackendChoice], Backend] = BackendChoice.build) -> None:
+    def __init__(
+        self,
+        build_backend: Callable[[BackendChoice], Backend] = BackendChoice.build,
+        on_event: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_event`` is called on the worker thread after each event is queued: a host with an event loop
+        wakes its ``poll()`` with it instead of polling on a timer (it must only hand over, never touch state)."""
         self.build_backend = build_backend
+        self.on_event = on_event
         self.state = DriverState()
         self.case: VolumeCase | None = None
         self.session: Session | None = None
@@ -188,6 +195,11 @@ class WorkflowDriver:
     def has_session(self) -> bool:
         return self.session is not None and self.target is not None
 
+    @property
+    def has_results(self) -> bool:
+        """Whether the worker has results waiting for ``poll()`` (a host may prepare its views for them)."""
+        return not self._events.empty()
+
     def poll(self, wait: float = 0.0) -> list[Event]:
         """Apply the events produced since the last call to the target, the record and ``state``; return them.
 
@@ -277,6 +289,8 @@ class WorkflowDriver:
         """Queue an event from the worker, marked with the operation that thread runs."""
         event.operation = getattr(self._worker_operation, "value", self._operation)
         self._events.put(event)
+        if self.on_event is not None:
+            self.on_event()
 
     def _emit_trace(self) -> None:
         with contextlib.suppress(Exception):  # a server gone mid-way: the operation's own error says so
