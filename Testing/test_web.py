@@ -239,9 +239,13 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         page.get_by_label("Stop after empty").fill("0")
         page.get_by_role("button", name="Propagate", exact=True).click()
         expect(log).to_contain_text(f"propagated through slices {index - 2}–{index + 2}")
-        page.wait_for_timeout(1500)
-        with_surface = pixels(view_image(page, "ThreeD").screenshot())
-        changed = (np.abs(with_surface - pixels(empty_3d)).max(axis=2) > 40).mean()
+        deadline = time.monotonic() + 30  # the surface is built in the background once the edits settle
+        while True:
+            with_surface = pixels(view_image(page, "ThreeD").screenshot())
+            changed = (np.abs(with_surface - pixels(empty_3d)).max(axis=2) > 40).mean()
+            if changed > 0.03 or time.monotonic() > deadline:
+                break
+            page.wait_for_timeout(250)
         assert changed > 0.03, f"the 3D view shows no segment surface ({changed:.1%} of its pixels changed)"
 
         # Save: the four files, their voxels the session's segment.

@@ -137,6 +137,8 @@ def run(work: Path, volume: str | None, clicks: int) -> None:
                     if page.evaluate("() => window.__frames.length") == count:
                         break
                 press, frames = page.evaluate("() => [window.__presses[0], window.__frames]")
+                if not frames:
+                    raise SystemExit(f"click {n + 1}: the agent's view showed no new frame")
                 settled = next(shown for shown, pixels in frames if pixels == frames[-1][1])
                 latencies.append(settled - press)
                 lasts.append(frames[-1][0] - press)
