@@ -15,7 +15,7 @@ from trame.app import asynchronous
 
 from IBISAgentLib.remote.client import is_loopback
 from IBISAgentLib.tools import PropagationOptions
-from IBISAgentLib.workflow import BackendChoice, DriverBusy, Failed, WorkflowDriver
+from IBISAgentLib.workflow import BackendChoice, DriverBusy, Event, Failed, WorkflowDriver
 from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, volume_case
 
 from .scene import VIEW_NAMES, WebScene
@@ -203,7 +203,7 @@ class DriverBridge:
         finally:
             self._polling = False
 
-    def _poll_agent_view_first(self) -> list:
+    def _poll_agent_view_first(self) -> list[Event]:
         agent_view = self._session_opened[2] if self._session_opened else None
         if agent_view is None or not self.driver.has_results:
             return self.driver.poll()
