@@ -113,8 +113,7 @@ class SegmentSurfaces:
     def _install(self, changed: dict[Key, tuple[int, Any]], surfaces: dict[Key, Any]) -> None:
         was_empty = not any(_has_points(model) for model in self._models.values())
         for key, (mtime, _copy) in changed.items():
-            node = self._shown.get(key[0], (None, []))[0]
-            if node is None or node.GetSegmentation().GetSegment(key[1]) is None:
+            if self._segment(key) is None:
                 continue  # it went while the thread worked
             model = self._models.get(key) or self._new_model(key)
             model.SetAndObservePolyData(surfaces.get(key) or vtk.vtkPolyData())
@@ -124,14 +123,13 @@ class SegmentSurfaces:
 
     def _restyle(self) -> None:
         """Name, colour and place follow the segment (cheap: done on every update)."""
-        for (node_id, segment_id), model in self._models.items():
-            node = self._shown[node_id][0]
-            segment = node.GetSegmentation().GetSegment(segment_id)
+        for key, model in self._models.items():
+            segment = self._segment(key)
             if segment is None:
                 continue
             model.SetName(f"{segment.GetName()} surface")
             model.GetDisplayNode().SetColor(*segment.GetColor())
-            model.SetAndObserveTransformNodeID(node.GetTransformNodeID())
+            model.SetAndObserveTransformNodeID(self._shown[key[0]][0].GetTransformNodeID())
 
     def _new_model(self, key: Key) -> Any:
         model = self.scene.AddNewNodeByClass("vtkMRMLModelNode")
@@ -150,11 +148,15 @@ class SegmentSurfaces:
     def _remove_stale_models(self) -> None:
         """Models of segments that are no longer there."""
         for key, model in list(self._models.items()):
-            node = self._shown.get(key[0], (None, []))[0]
-            if node is None or node.GetSegmentation().GetSegment(key[1]) is None:
+            if self._segment(key) is None:
                 self.scene.RemoveNode(model)
                 del self._models[key]
                 self._drawn.pop(key, None)
+
+    def _segment(self, key: Key) -> Any:
+        """The shown segment a key names; None once it or its segmentation is gone."""
+        shown = self._shown.get(key[0])
+        return None if shown is None else shown[0].GetSegmentation().GetSegment(key[1])
 
 
 def _surfaces(changed: dict[Key, tuple[int, Any]]) -> dict[Key, Any]:

@@ -138,8 +138,8 @@ def alert(page):
 
 
 def frame_after(page, name: str, since_png: bytes, timeout: float = 20.0) -> bytes:
-    """The view's image once it differs from ``since_png`` and has settled: the stream sends quicker, coarser
-    frames while the server is busy (the 3D surface is built after an edit) and the final one after."""
+    """The view's image once it differs from ``since_png`` and has settled: one edit can reach a view in more
+    than one frame (the edit, then its markers; the slice views are drawn again when the 3D surface changes)."""
     deadline = time.monotonic() + timeout
     png = since_png
     while time.monotonic() < deadline and png == since_png:
