@@ -18,7 +18,7 @@ from .bridge import DriverBridge
 from .clicks import CorrectionClicks
 from .panel import DEFAULTS, build_panel
 from .saving import save_outputs
-from .scene import WebScene
+from .scene import WebScene, render_slices_plainly
 
 LAYOUT = "Axial Primary"  # the Red view large, 3D / Green / Yellow beside it
 # trame-rca renders a changed view at its interactive JPEG quality, then renders it again at its still quality
@@ -153,6 +153,7 @@ def _view_tag(view: Any) -> None:
 
 
 def _slice_view_ui(server: Any, view_id: str, view: Any) -> None:
+    render_slices_plainly(view)  # trame-slicer calls this as it makes each slice view
     create_vertical_slice_view_gutter_ui(server, view_id, view)
     _view_tag(view)
 

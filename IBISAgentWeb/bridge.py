@@ -21,6 +21,9 @@ from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, al
 from .scene import VIEW_NAMES, WebScene
 
 POLL_S = 0.5  # the poll loop wakes at each result from the worker; this is only its longest sleep
+# A correction or an undo is usually over sooner: the panel shows it busy only if it is not, instead of
+# flashing every control to busy and back (the page's repaint also took CPU from the model and the render).
+QUICK_S = 0.3
 REFUSALS = (DriverBusy, AdapterError, ValueError, RuntimeError)
 
 
@@ -65,8 +68,9 @@ class DriverBridge:
 
     # -- commands ------------------------------------------------------------------------------------
 
-    def command(self, call: Callable[[], Any]) -> bool:
-        """Forward a command; a refusal (busy, bad input, no session) is a message in the page."""
+    def command(self, call: Callable[[], Any], quick: bool = False) -> bool:
+        """Forward a command; a refusal (busy, bad input, no session) is a message in the page. A ``quick``
+        command's busy state reaches the page only if it lasts QUICK_S."""
         try:
             call()
         except REFUSALS as exc:
@@ -74,7 +78,10 @@ class DriverBridge:
             self.render()
             return False
         self.notify("")
-        self.render()
+        if quick:
+            asyncio.get_running_loop().call_later(QUICK_S, self.render)
+        else:
+            self.render()
         self.ensure_polling()
         return True
 
@@ -95,7 +102,7 @@ class DriverBridge:
         self.command(self.driver.run)
 
     def on_undo(self) -> None:
-        self.command(self.driver.undo)
+        self.command(self.driver.undo, quick=True)
 
     def on_cancel(self) -> None:
         self.driver.cancel()
@@ -118,7 +125,7 @@ class DriverBridge:
             self.notify(f"Corrections go on the {VIEW_NAMES[agent_view]} view, where the agent works.")
             self.render()
             return
-        self.command(lambda: self.driver.click(tuple(float(v) for v in ras), mode == "add"))
+        self.command(lambda: self.driver.click(tuple(float(v) for v in ras), mode == "add"), quick=True)
 
     def start(self, then: str) -> None:
         host = urlsplit(self.choice.server).hostname if self.choice.remote else None
@@ -192,10 +199,9 @@ class DriverBridge:
                 failures = [e.message for e in events if isinstance(e, Failed)]
                 if failures:
                     self.notify(failures[-1])
-                if events:
-                    self.render()
                 if not self.driver.state.busy:
-                    self.render()
+                    if not events:
+                        self.render()
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._woken.wait(), POLL_S)
@@ -204,10 +210,15 @@ class DriverBridge:
             self._polling = False
 
     def _poll_agent_view_first(self) -> list[Event]:
+        """Apply the driver's results; the agent's view shows them first, the other views and the panel follow
+        (the page lays out and paints the panel on the same CPU, before the view's frame can be shown)."""
         agent_view = self._session_opened[2] if self._session_opened else None
         if agent_view is None or not self.driver.has_results:
-            return self.driver.poll()
-        with self.scene.view_first(agent_view):
+            events = self.driver.poll()
+            if events:
+                self.render()
+            return events
+        with self.scene.view_first(agent_view, then=self.render):
             return self.driver.poll()
 
     def notify(self, message: str) -> None:

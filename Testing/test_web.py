@@ -153,6 +153,22 @@ def frame_after(page, name: str, since_png: bytes, timeout: float = 20.0) -> byt
     raise AssertionError(f"the {name} view did not change and settle")
 
 
+@contextlib.contextmanager
+def run_button_stays_run(page) -> Iterator[None]:
+    """A quick command (a correction, an undo) leaves the panel as it is: Run does not flash to Cancel and
+    back (every label the button shows during the block is recorded)."""
+    page.get_by_role("button", name="Run", exact=True).evaluate(
+        """button => {
+          window.__runLabels = [];
+          new MutationObserver(() => window.__runLabels.push(button.textContent.trim()))
+            .observe(button, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    yield
+    page.wait_for_timeout(500)  # past the time a slow command would be shown busy
+    assert "Cancel" not in page.evaluate("window.__runLabels")
+
+
 def _voxels(text: str) -> int:
     return int(re.search(r"\((\d+) voxels", text).group(1))
 
@@ -214,9 +230,10 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         # A correction on the agent's slice, where the volume is (left of the centre, mid-height).
         page.get_by_role("button", name="Add point").click()
         box = red.bounding_box()
-        page.mouse.click(box["x"] + box["width"] * 0.30, box["y"] + box["height"] * 0.45)
-        expect(log).to_contain_text("4. you: positive click")
-        expect(markers).to_contain_text("3+ (user)")
+        with run_button_stays_run(page):
+            page.mouse.click(box["x"] + box["width"] * 0.30, box["y"] + box["height"] * 0.45)
+            expect(log).to_contain_text("4. you: positive click")
+            expect(markers).to_contain_text("3+ (user)")
         corrected = mask_area(page)
         assert corrected != after_run
         after_click = frame_after(page, "Red", before_click)
@@ -224,8 +241,9 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
 
         # Undo takes the correction back: the mask, the markers and the view.
         page.get_by_role("button", name="Add point").click()  # correction mode off
-        page.get_by_role("button", name="Undo").click()
-        expect(log).to_contain_text("undone: step 4")
+        with run_button_stays_run(page):
+            page.get_by_role("button", name="Undo").click()
+            expect(log).to_contain_text("undone: step 4")
         expect(markers).not_to_contain_text("3+")
         assert mask_area(page) == after_run
         after_undo = frame_after(page, "Red", after_click)
