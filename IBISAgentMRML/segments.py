@@ -260,7 +260,8 @@ class LogicEditor:
             layer = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
             if remove.any():
                 # Cleared in the stored labelmap itself (removed voxels lie inside it) without an event, so the
-                # Add announces both: each announced edit rebuilds the 3D surface, the slowest part of a click.
+                # Add announces both: a segmentation that keeps a closed surface (Slicer's "Show 3D") rebuilds it
+                # for each announced edit.
                 label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
                 stored = list(layer.GetExtent())
                 common = _intersection(extent, stored)
