@@ -135,6 +135,16 @@ def test_pixel_to_normalized_rejects_outside_indices():
             "<think>a</think><think>b <action>Terminate</action></think><action>Positive Point (1, 1)</action>",
             Action("positive", 1.0, 1.0),
         ),
+        (
+            "<think>outer <think>inner</think> so <action>Negative Point (0.1, 0.1)</action></think>"
+            "<action>Terminate</action>",
+            Action("terminate"),
+        ),
+        (
+            "<THINK>a <Think>b <think>c</think> <action>Terminate</action></THINK></think>"
+            "<action>Positive Point (0.2, 0.3)</action>",
+            Action("positive", 0.2, 0.3),
+        ),
     ],
 )
 def test_the_action_is_the_one_outside_think(text, expected):
@@ -157,6 +167,35 @@ def test_signs_and_non_ascii_digits_are_refused(text, reason):
     assert reason in parsed.error
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        # U+212A KELVIN SIGN folds to "k" under Unicode case-insensitivity: not a <think> tag here.
+        ("<thin\u212a>x</thin\u212a><action>Terminate</action>", None),
+        ("<action>Term\u0131nate</action>", "is not"),  # U+0131 dotless i
+        ("<\u0430ction>Terminate</\u0430ction>", "no <action>"),  # Cyrillic a
+        ("<action>Pos\u0131tive Point (0.5, 0.5)</action>", "is not"),
+    ],
+)
+def test_look_alike_letters_are_not_the_grammar(text, reason):
+    parsed = parse_response(text)
+    if reason is None:
+        assert parsed.think is None
+        assert parsed.action == Action("terminate")
+    else:
+        assert parsed.action is None
+        assert reason in parsed.error
+
+
+@given(st.integers(1, 6), st.sampled_from(["positive", "negative"]), coords, coords)
+def test_a_nested_think_keeps_its_actions_as_reasoning(depth, kind, x, y):
+    inner = "".join(f"<think>level {level} " for level in range(depth))
+    closing = "</think>" * depth
+    quoted = f"<action>{format_action(Action('negative' if kind == 'positive' else 'positive', 0.1, 0.1))}</action>"
+    text = f"<think>top {inner}x{closing} {quoted}</think><action>{format_action(Action(kind, x, y))}</action>"
+    assert parse_response(text).action.kind == kind
+
+
 @given(st.text(max_size=200), st.sampled_from(["positive", "negative"]), coords, coords)
 def test_an_action_quoted_in_think_never_wins(noise, kind, x, y):
     quoted = format_response("", Action("terminate"), "x").replace("<think></think>", "")
@@ -173,6 +212,7 @@ ADVERSARIAL = {
     "long number": lambda n: "<action>Positive Point (0." + "1" * n + "</action>",
     "long digits with dots": lambda n: "<action>Positive Point (" + "1." * (n // 2) + ", 1)</action>",
     "alternating tags": lambda n: "<action></think>" * (n // 16),
+    "deep nesting": lambda n: "<think>" * (n // 14) + "</think>" * (n // 16),
 }
 
 

@@ -15,8 +15,11 @@ from typing import Literal
 ActionKind = Literal["positive", "negative", "terminate"]
 
 # Tags are found by one left-to-right scan (linear in the text, whatever the model wrote); a section runs from
-# its opening tag to the first matching closing tag, and tags inside a section are part of its text.
-_TAG = re.compile(r"<(/?)(think|action|answer)>", re.IGNORECASE)
+# its opening tag to the closing tag that balances it (a nested tag of the same name opens a level, so an
+# action written inside a nested <think> stays reasoning), and other tags inside a section are its text.
+# Tag names, like coordinates and "Terminate", match ASCII letters only, case-insensitively: a look-alike
+# (the Kelvin sign in <thin\u212a>, the dotless i in Term\u0131nate) is not the word.
+_TAG = re.compile(r"<(/?)(think|action|answer)>", re.IGNORECASE | re.ASCII)
 # Coordinates: ASCII digits only. A sign, nan and inf are matched so they can be refused with a reason.
 _NUMBER = r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?nan|[+-]?inf(?:inity)?)"
 _POINT = re.compile(
@@ -24,7 +27,7 @@ _POINT = re.compile(
     re.IGNORECASE | re.ASCII,
 )
 # The prompt asks for "Terminate"; the authors' RL reward spells it "Termination". Both are accepted.
-_TERMINATE = re.compile(r"(terminate|termination)\.?", re.IGNORECASE)
+_TERMINATE = re.compile(r"(terminate|termination)\.?", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -106,16 +109,19 @@ def parse_response(text: str) -> ParsedResponse:
 
 
 def _sections(text: str) -> tuple[dict[str, str], str | None]:
-    """The first complete section of each tag (stripped), and the tag left open at the end, if any."""
+    """The first complete top-level section of each tag (stripped), and the tag left open at the end, if any."""
     found: dict[str, str] = {}
-    open_name, body_start = None, 0
+    open_name, body_start, depth = None, 0, 0
     for tag in _TAG.finditer(text):
         closing, name = tag.group(1) == "/", tag.group(2).lower()
-        if open_name is None and not closing:
-            open_name, body_start = name, tag.end()
-        elif open_name == name and closing:
-            found.setdefault(name, text[body_start : tag.start()].strip())
-            open_name = None
+        if open_name is None:
+            if not closing:
+                open_name, body_start, depth = name, tag.end(), 1
+        elif name == open_name:
+            depth += -1 if closing else 1
+            if depth == 0:
+                found.setdefault(name, text[body_start : tag.start()].strip())
+                open_name = None
     return found, open_name
 
 
