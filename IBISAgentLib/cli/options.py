@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..imaging.limits import MAX_DIMENSION, MAX_VOXELS, ImageLimits
 from ..models.devices import DEVICE_CHOICES
 from ..tools import MEDSAM2, SETTINGS, VARIANTS, variant_named
 
@@ -117,6 +118,21 @@ def add_training_tool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
 
 
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """The size limit on volumes (segment, serve and web take the same), checked from a file's header."""
+    parser.add_argument(
+        "--max-voxels",
+        type=positive_int,
+        default=MAX_VOXELS,
+        help=f"refuse volumes with more voxels than this (default {MAX_VOXELS:,}: 512 x 512 x 1024); 2D images "
+        f"and each side of a volume are limited to {MAX_DIMENSION} pixels",
+    )
+
+
+def image_limits(args: argparse.Namespace) -> ImageLimits:
+    return ImageLimits(max_voxels=args.max_voxels)
+
+
 def check_writable(flag: str, path: Path) -> None:
     """Refuse before the run an output that could not be written after it."""
     if path.is_dir():
@@ -128,8 +144,9 @@ def check_writable(flag: str, path: Path) -> None:
         raise UserError(f"{flag} {path}: cannot write in {existing}")
 
 
-def load_local_backend(models: ModelOptions):  # -> LocalBackend
-    """The models ``models`` names (the segment command and the server); bad specs are a UserError."""
+def load_local_backend(models: ModelOptions, cached_images: int = 16):  # -> LocalBackend
+    """The models ``models`` names (the segment command and the server); bad specs are a UserError.
+    ``cached_images``: the slice embeddings the click tool keeps."""
     from ..models.loading import load_backend
     from ..models.weights import WeightsUnavailable
     from ..policies.errors import PolicyError
@@ -139,6 +156,7 @@ def load_local_backend(models: ModelOptions):  # -> LocalBackend
         return load_backend(
             models.mllm, models.sam2, models.device, sam2_variant=models.sam2_variant, propagator=models.propagator,
             propagator_variant=models.propagator_variant, model_name=models.mllm_model, api_key=models.api_key,
+            cached_images=cached_images,
         )  # fmt: skip
     except (WeightsUnavailable, PolicyError, ValueError) as exc:
         raise UserError(str(exc)) from exc

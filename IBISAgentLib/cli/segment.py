@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -19,6 +21,7 @@ from ..agent.backends import Backend, Session
 from ..agent.prompts import IBIS_V1
 from ..agent.trace import ImageInfo, Step, Trace
 from ..imaging.images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
+from ..imaging.limits import ImageLimits
 from ..imaging.rendering import overlay_mask
 from ..imaging.volume_case import VolumeCase
 from ..imaging.volumes import write_labelmap
@@ -31,8 +34,10 @@ from .options import (
     EXIT_OK,
     ModelOptions,
     UserError,
+    add_limit_options,
     add_segmenter_options,
     check_writable,
+    image_limits,
     load_local_backend,
     non_negative_int,
     positive_int,
@@ -116,6 +121,7 @@ def _add_volume_options(parser: argparse.ArgumentParser) -> None:
         help="stop a direction after this many empty slices in a row (0: never; default 3)",
     )
     volume.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected part")
+    add_limit_options(parser)
 
 
 @dataclass(frozen=True)
@@ -135,12 +141,16 @@ def _segment(args: argparse.Namespace) -> int:
     """The handler: the arguments become typed values here, once; nothing below reads the namespace."""
     if not args.prompt.strip():
         raise UserError("--prompt is empty: say what to segment")
-    case, image, initial_mask = _read_inputs(args.image, args.slice, args.window, args.initial_mask)
+    case, image, initial_mask = _read_inputs(args.image, args.slice, args.window, args.initial_mask, image_limits(args))
     if case is None:
         _refuse_volume_options(args.image, slice=args.slice, window=args.window, range=args.range,
                                propagate=args.propagate)  # fmt: skip
     out, trace_path = _output_paths(Path(args.image), args.out, args.trace, case is not None)
     overlays = _overlays_folder(args.overlays)
+    _refuse_overwriting_inputs(
+        {"--out": out, "--trace": trace_path, "--scene": args.scene and Path(args.scene)},
+        [Path(p) for p in (args.image, args.initial_mask, _replay_file(args.mllm)) if p],
+    )
     _check_clicks(args.click, image.shape[:2])
     write_scene = _scene_writer(args.scene, case) if args.scene else None
     options = None
@@ -221,6 +231,9 @@ def _run(
         exit_code = EXIT_INTERRUPTED
     except RemoteError as exc:
         exit_code, error = EXIT_FAILED, str(exc)
+    except Exception as exc:  # any other failure still writes what was done; its details go to the log
+        logging.getLogger("ibisagent").debug("the run failed", exc_info=True)
+        exit_code, error = EXIT_FAILED, f"{type(exc).__name__}: {exc}"
     if session is None:
         key = initial_mask if initial_mask is not None else np.zeros(image.shape[:2], dtype=bool)
         trace = _unstarted_trace(run, image, initial_mask, error)
@@ -315,9 +328,36 @@ def _output_paths(source: Path, out: str | None, trace: str | None, volume: bool
 
 
 def _overlays_folder(folder: str | None) -> Path | None:
-    if folder and Path(folder).exists() and not Path(folder).is_dir():
-        raise UserError(f"--overlays {folder}: is a file; name a folder")
-    return Path(folder) if folder else None
+    """The folder for the overlays, refused before the run when it is, or lies under, a file."""
+    if not folder:
+        return None
+    path = Path(folder)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--overlays {folder}: {existing} is a file; name a folder")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"--overlays {folder}: cannot write in {existing}")
+    return path
+
+
+def _replay_file(mllm: str | None) -> str | None:
+    return mllm.removeprefix("replay:") if mllm and mllm.startswith("replay:") else None
+
+
+def _refuse_overwriting_inputs(outputs: dict[str, Path | None], inputs: list[Path]) -> None:
+    """An output that is one of the run's inputs (the image, the mask to refine, the replay file), or that
+    another output also names, would be lost: refused before the run."""
+    taken: dict[Path, str] = {}
+    for name in inputs:
+        with contextlib.suppress(OSError):
+            taken[name.resolve()] = f"the input {name}"
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        resolved = path.resolve()
+        if resolved in taken or any(resolved.is_relative_to(p) for p in taken if p.is_dir()):
+            raise UserError(f"{flag} {path}: is {taken.get(resolved, 'inside the input folder')}; name another file")
+        taken[resolved] = f"also {flag}"
 
 
 def _scene_writer(path: str, case):  # -> Callable[..., None]
@@ -347,19 +387,19 @@ def _check_clicks(clicks: list[tuple[int, int, bool]], shape: tuple[int, int]) -
 
 
 def _read_inputs(
-    source: str, slice_spec: str | None, window: str | None, initial_mask: str | None
+    source: str, slice_spec: str | None, window: str | None, initial_mask: str | None, limits: ImageLimits
 ) -> tuple[VolumeCase | None, np.ndarray, np.ndarray | None]:
     """The volume (None for a 2D image), the image the agent sees, and the mask to refine."""
     from ..imaging.volumes import VolumeInputError, is_volume_path
 
     try:
         if is_volume_path(source):
-            case = VolumeCase.load(source, slice_spec, window)
+            case = VolumeCase.load(source, slice_spec, window, limits)
             mask = case.slice_of_labelmap(initial_mask) if initial_mask else None
             return case, case.slice_rgb(), mask
         if slice_spec or window:
             raise UserError(f"{'--slice' if slice_spec else '--window'} applies to volumes; {source} is a 2D image")
-        image = read_rgb_image(source)
+        image = read_rgb_image(source, limits)
         mask = read_mask(initial_mask, image.shape[:2]) if initial_mask else None
         return None, image, mask
     except (ImageInputError, VolumeInputError, ValueError) as exc:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .limits import DEFAULT_LIMITS, ImageLimits
 from .rendering import to_rgb_uint8
 
 
@@ -14,9 +15,10 @@ class ImageInputError(ValueError):
     """An image or mask file that cannot be used; the message says why in one line."""
 
 
-def read_rgb_image(path: str | Path) -> np.ndarray:
-    """Read a 2D image as (H, W, 3) uint8. 16-bit greyscale is scaled by its own min..max."""
-    array = _read(path, "image")
+def read_rgb_image(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Read a 2D image as (H, W, 3) uint8. 16-bit greyscale is scaled by its own min..max. Its size is checked
+    against ``limits`` from the header, before the pixels are decoded."""
+    array = _read(path, "image", limits)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ImageInputError(f"{path}: the image holds NaN or infinite values")
     if array.ndim == 2 and array.dtype != np.uint8:
@@ -30,7 +32,7 @@ def read_rgb_image(path: str | Path) -> np.ndarray:
 
 def read_mask(path: str | Path, shape: tuple[int, int], label: int | None = None) -> np.ndarray:
     """Read a mask that must have the image's (H, W): pixels equal to ``label``, or any non-zero pixel."""
-    array = _read(path, "mask")
+    array = _read(path, "mask", DEFAULT_LIMITS)
     if array.ndim == 3:
         array = array.max(axis=2)
     if array.shape != shape:
@@ -53,12 +55,16 @@ def write_rgb(path: str | Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 
-def _read(path: str | Path, what: str) -> np.ndarray:
+def _read(path: str | Path, what: str, limits: ImageLimits) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(f"{path}: no such {what} file")
     try:
         with Image.open(path) as img:
+            try:
+                limits.check(img.size, f"the {what}")
+            except ValueError as exc:
+                raise ImageInputError(f"{path}: {exc}") from None
             if getattr(img, "n_frames", 1) > 1:
                 raise ImageInputError(f"{path}: has {img.n_frames} frames; give one 2D {what}")
             if img.mode in ("P", "LA", "PA", "CMYK", "YCbCr", "HSV"):

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import SliceGeometry, parse_slice
+from .limits import DEFAULT_LIMITS, ImageLimits
 from .rendering import to_rgb_uint8
 from .volumes import VolumeInputError, read_labelmap, read_volume, volume_array
 from .windowing import Window, apply_window, check_finite, choose_window
@@ -22,9 +23,15 @@ class VolumeCase:
     geometry: SliceGeometry  # the key slice
 
     @classmethod
-    def load(cls, path: str | Path, slice_spec: str | None = None, window: str | Window | None = None) -> VolumeCase:
+    def load(
+        cls,
+        path: str | Path,
+        slice_spec: str | None = None,
+        window: str | Window | None = None,
+        limits: ImageLimits = DEFAULT_LIMITS,
+    ) -> VolumeCase:
         """Raises VolumeInputError (bad file) or ValueError (bad slice or window) with a one-line reason."""
-        image = read_volume(path)
+        image = read_volume(path, limits)
         try:
             check_finite(volume_array(image))
         except ValueError as exc:

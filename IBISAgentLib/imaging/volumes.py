@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .limits import DEFAULT_LIMITS, ImageLimits
+from .volume_files import VolumeFileError, check_volume_file, last_line
+
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 _COMPLEX = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
 
@@ -25,18 +28,22 @@ def is_volume_path(path: str | Path) -> bool:
     return path.is_dir() or path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
-def read_volume(path: str | Path) -> sitk.Image:
-    """A 3D scalar image (a 2D file becomes a one-slice volume) with its spacing, origin and direction."""
+def read_volume(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> sitk.Image:
+    """A 3D scalar image (a 2D file becomes a one-slice volume) with its spacing, origin and direction;
+    refused before its voxels are read when its header goes over ``limits`` or promises more than it holds."""
     path = Path(path)
     if path.is_dir():
-        image = _read_dicom_series(path)
+        image = _read_dicom_series(path, limits)
     elif not path.is_file():
         raise VolumeInputError(f"{path}: no such volume file or DICOM folder")
     else:
         try:
+            check_volume_file(path, limits)
             image = sitk.ReadImage(str(path))
+        except VolumeFileError as exc:
+            raise VolumeInputError(f"{path}: cannot read as a volume: {exc}") from None
         except RuntimeError as exc:
-            raise VolumeInputError(f"{path}: cannot read as a volume ({_first_line(exc)})") from exc
+            raise VolumeInputError(f"{path}: cannot read as a volume ({last_line(exc)})") from exc
     return _checked(image, path)
 
 
@@ -75,18 +82,33 @@ def volume_array(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayViewFromImage(image)
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def dicom_series_files(folder: Path, limits: ImageLimits = DEFAULT_LIMITS) -> list[str]:
+    """The files of the one DICOM series in ``folder``, within ``limits``; VolumeInputError for none, for
+    several (which one was meant cannot be guessed), or for too many voxels."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise VolumeInputError(f"{folder}: no DICOM series in this folder")
     if len(series) > 1:
         raise VolumeInputError(f"{folder}: holds {len(series)} DICOM series; point to a folder with one series")
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    try:
+        first.ReadImageInformation()
+        columns, rows = first.GetSize()[:2]
+        limits.check((columns, rows, len(files)), "the DICOM series")
+    except (RuntimeError, ValueError) as exc:
+        raise VolumeInputError(f"{folder}: {last_line(exc)}") from None
+    return files
+
+
+def _read_dicom_series(folder: Path, limits: ImageLimits) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    reader.SetFileNames(dicom_series_files(folder, limits))
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise VolumeInputError(f"{folder}: cannot read the DICOM series ({_first_line(exc)})") from exc
+        raise VolumeInputError(f"{folder}: cannot read the DICOM series ({last_line(exc)})") from exc
 
 
 def _checked(image: sitk.Image, path: Path) -> sitk.Image:
@@ -104,8 +126,3 @@ def _checked(image: sitk.Image, path: Path) -> sitk.Image:
     if 0 in image.GetSize():
         raise VolumeInputError(f"{path}: the volume is empty (size {image.GetSize()})")
     return image
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else exc.__class__.__name__

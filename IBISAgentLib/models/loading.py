@@ -30,11 +30,13 @@ def load_models(
     api_key: str | None = None,
     tqdm_class: type | None = None,
     sam2_variant: str | None = None,
+    cached_images: int = 16,
 ) -> tuple[Callable[[], Policy], SegmentationTool]:
     """A policy factory and the click tool (a SAM 2 family model: MedSAM2 unless ``sam2``/``sam2_variant``
-    say otherwise). Models load here, once; the factory hands every session the shared model, except
-    replays, which are per session (each replays the file from its start). Both specs are checked before
-    either model loads, and both problems are reported together."""
+    say otherwise), which keeps the embeddings of ``cached_images`` images. Models load here, once; the
+    factory hands every session the shared model, except replays, which are per session (each replays the
+    file from its start). Both specs are checked before either model loads, and both problems are reported
+    together."""
     problems: list[str] = []
     make_policy = segmenter = None
     try:
@@ -47,7 +49,7 @@ def load_models(
         problems.append(str(exc))
     if make_policy is None or segmenter is None:
         raise WeightsUnavailable("\n\n".join(problems))
-    return _shared_unless_replay(mllm, make_policy), segmenter.tool(device)
+    return _shared_unless_replay(mllm, make_policy), segmenter.tool(device, cached_images)
 
 
 def load_backend(
@@ -61,12 +63,16 @@ def load_backend(
     model_name: str | None = None,
     api_key: str | None = None,
     tqdm_class: type | None = None,
+    cached_images: int = 16,
 ) -> LocalBackend:
-    """Sessions in this process on these models: the one way the CLI, the server and the front ends load them."""
+    """Sessions in this process on these models: the one way the CLI, the server and the front ends load them.
+    ``cached_images``: the slice embeddings the click tool keeps (the server keeps one per session it allows)."""
     from ..agent.backends import LocalBackend
 
     spread = load_propagator(propagator, propagator_variant, tqdm_class) if propagator else None
-    policy_factory, tool = load_models(mllm, sam2, device, model_name, api_key, tqdm_class, sam2_variant)
+    policy_factory, tool = load_models(
+        mllm, sam2, device, model_name, api_key, tqdm_class, sam2_variant, cached_images=cached_images
+    )
     return LocalBackend(policy_factory, tool, device=device, propagator=spread)
 
 

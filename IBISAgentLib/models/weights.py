@@ -60,6 +60,13 @@ def resolve_mllm_folder(spec: str, tqdm_class: type | None = None) -> Path:
             raise WeightsUnavailable(f"--mllm {spec}: no such folder, and not a Hugging Face id (owner/repo:folder)")
     if not (folder / "config.json").is_file():
         raise WeightsUnavailable(f"--mllm {folder}: not a model folder (no config.json inside)")
+    if not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        found = f"it holds {', '.join(pickled[:3])}, pickle files, which are never loaded" if pickled else "none"
+        raise WeightsUnavailable(
+            f"--mllm {folder}: no safetensors weights ({found}); save the model with "
+            "save_pretrained(..., safe_serialization=True) on a machine you trust"
+        )
     return folder
 
 

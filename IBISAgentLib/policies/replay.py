@@ -24,10 +24,15 @@ class ReplayPolicy:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON, an integer past 4300 digits
             raise ValueError(f"replay file {path}: cannot read JSON ({exc})") from exc
+        except RecursionError:
+            raise ValueError(f"replay file {path}: the JSON is nested too deeply") from None
         if isinstance(data, dict) and isinstance(data.get("steps"), list):
-            data = [s["raw"] for s in data["steps"] if s.get("source") == "agent" and s.get("raw") is not None]
+            steps = data["steps"]
+            if not all(isinstance(s, dict) for s in steps):
+                raise ValueError(f"replay file {path}: a trace's steps must be JSON objects")
+            data = [s["raw"] for s in steps if s.get("source") == "agent" and s.get("raw") is not None]
         if not isinstance(data, list) or not all(isinstance(o, str) for o in data):
             raise ValueError(f"replay file {path}: expected a JSON list of strings or a trace with steps")
         return cls(data, source=path.name)

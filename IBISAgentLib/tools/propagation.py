@@ -89,7 +89,9 @@ class SliceFrames(Sequence):
 
         if not 0 <= frame < len(self):
             raise IndexError(frame)
-        plane = np.ascontiguousarray(self.geometry.at(self.first + frame).extract(self.volume))
+        # A copy, not ascontiguousarray: a flipped plane with a dimension of 1 counts as contiguous to numpy
+        # and keeps its negative stride, which torch.from_numpy refuses.
+        plane = self.geometry.at(self.first + frame).extract(self.volume).copy()
         gray = torch.from_numpy(plane).to(self.device)[None].float().div_(255)
         return self.transforms.transforms(gray.expand(3, -1, -1))
 

@@ -20,10 +20,10 @@ class SegmenterSpec:
     variant: SAM2Variant
     checkpoint: Path | None
 
-    def tool(self, device: str = "auto") -> Any:  # -> SAM2Tool
+    def tool(self, device: str = "auto", cached_images: int = 16) -> Any:  # -> SAM2Tool
         from .click_tool import SAM2Tool
 
-        return SAM2Tool(self.checkpoint, device=device, variant=self.variant)
+        return SAM2Tool(self.checkpoint, device=device, variant=self.variant, cached_images=cached_images)
 
     def propagator(self, device: str = "auto") -> Any:  # -> SAM2Propagator
         from .propagation import SAM2Propagator
