@@ -151,8 +151,9 @@ def server(tiny_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("reliability")
     replay = folder / "replay.json"
     replay.write_text(json.dumps(["<think>x \ud800 y</think><action>Terminate</action><answer>\udcff</answer>"] * 50))
-    with ServerProcess("--mllm", f"replay:{replay}", "--sam2", str(tiny_models[1]), "--idle-timeout", "2",
-                       log=folder / "server.log") as process:  # fmt: skip
+    arguments = ["--mllm", f"replay:{replay}", "--sam2", str(tiny_models[1]), "--idle-timeout", "2",
+                 "--body-timeout", "2", "--max-sessions", "40"]  # fmt: skip
+    with ServerProcess(*arguments, log=folder / "server.log") as process:
         yield process
 
 
@@ -183,6 +184,108 @@ def test_authenticated_bad_input_is_4xx_never_5xx(server):
     assert [r.status_code // 100 for r in cases] == [4] * len(cases), [r.text for r in cases]
     assert all(r.json()["detail"] for r in cases)
     assert "Zebulon-Quartz" not in server.read_log()
+
+
+def _raw_upload(header: dict | str, data: bytes = b"") -> bytes:
+    text = header if isinstance(header, str) else json.dumps(header)
+    encoded = text.encode()
+    return MAGIC + len(encoded).to_bytes(4, "little") + encoded + data
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        # A spacing too large for a float (OverflowError before), a 5000-digit shape (int() refuses it in json.loads).
+        ('{"kind": "volume", "dtype": "uint8", "shape": [1, 1, 1], "spacing": [' + "1" * 400 + ', 1, 1], '
+         '"origin": [0, 0, 0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}', "spacing must be"),
+        ('{"kind": "volume", "dtype": "uint8", "shape": [' + "9" * 5000 + ', 1, 1]}', "header is not JSON"),
+    ],
+)  # fmt: skip
+def test_numbers_beyond_a_float_or_an_int_are_422(server, header, reason):
+    body = _raw_upload(header, b"\0")
+    response = requests.put(f"{server.url}/v1/images/{content_hash(body)}", data=body, headers=server.headers,
+                            timeout=30)  # fmt: skip
+    assert response.status_code == 422 and reason in response.json()["detail"], response.text
+
+
+def _open_socket_upload(server, declared: int, sent: bytes):
+    import socket
+
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = (f"PUT /v1/images/{'0' * 64} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.token}\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()  # fmt: skip
+    connection.sendall(head + sent)
+    return connection
+
+
+def _rss(pid: int) -> int:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss
+
+
+def test_a_declared_length_reserves_no_memory_and_silence_ends_the_upload(server):
+    """Three uploads declaring 1000 MiB and sending 8 bytes took the server from 1.2 to 4.2 GB and stalled it."""
+    before = _rss(server.process.pid)
+    connections = [_open_socket_upload(server, 1000 << 20, b"IBISIMG1") for _ in range(3)]
+    time.sleep(0.5)
+    grown = _rss(server.process.pid) - before
+    assert requests.get(server.url + "/v1/health", timeout=5).ok  # the event loop is free
+    assert grown < 50 << 20, f"the server grew by {grown >> 20} MiB"
+    answers = []
+    for connection in connections:  # --body-timeout 2: each is answered 408 and closed
+        answers.append(connection.recv(4096).decode(errors="replace"))
+        connection.close()
+    assert all(a.startswith("HTTP/1.1 408") and "no upload bytes for 2 s" in a for a in answers), answers
+
+
+def test_a_client_gone_mid_upload_is_not_logged_as_an_error(server):
+    connection = _open_socket_upload(server, 1 << 20, b"IBISIMG1" + b"\0" * 1000)
+    time.sleep(0.3)
+    connection.close()
+    time.sleep(0.5)
+    log = server.read_log()
+    assert "ClientDisconnect" not in log and "Traceback" not in log and " ERROR " not in log
+
+
+def _volume_session(server) -> str:
+    body = encode_image(UploadedImage("volume", np.zeros((6, 16, 16), np.int16)))
+    digest = content_hash(body)
+    assert requests.put(f"{server.url}/v1/images/{digest}", data=body, headers=server.headers, timeout=30).ok
+    opened = _post(server, "/v1/sessions", json.dumps({"image": digest, "instruction": "x", "slice": "axial:2"}))
+    return opened.json()["session"]
+
+
+@pytest.mark.parametrize(
+    ("request_body", "reason"),
+    [
+        ({"first": 4, "last": 1}, "must lie in 0:5"),
+        ({"first": 0, "last": 9}, "must lie in 0:5"),
+        ({"first": 3}, "contain the key slice 2"),
+        ({"last": 10**30}, "less than or equal"),
+    ],
+)
+def test_a_bad_propagation_range_is_422_before_anything_streams(server, request_body, reason):
+    session = _volume_session(server)
+    response = requests.post(f"{server.url}/v1/sessions/{session}/propagate", json=request_body,
+                             headers=server.headers, timeout=30)  # fmt: skip
+    assert response.status_code == 422 and reason in response.text, response.text
+    assert _post(server, f"/v1/sessions/{session}/undo", "{}").status_code == 200  # released, not left busy
+    assert "Traceback" not in server.read_log()
+
+
+def test_propagating_a_2d_session_is_422(server):
+    digest = _upload(server, np.zeros((16, 16, 3), np.uint8))
+    session = _post(server, "/v1/sessions", json.dumps({"image": digest, "instruction": "x"})).json()["session"]
+    response = requests.post(f"{server.url}/v1/sessions/{session}/propagate", json={}, headers=server.headers,
+                             timeout=30)  # fmt: skip
+    assert response.status_code == 422 and "2D image" in response.text
+
+
+def test_the_click_tool_keeps_one_embedding_per_session_allowed(server):
+    capabilities = requests.get(f"{server.url}/v1/capabilities", headers=server.headers, timeout=30).json()
+    assert capabilities["limits"]["max_sessions"] == 40
+    assert capabilities["slice_embeddings_kept"] == 40
 
 
 def test_model_text_with_lone_surrogates_crosses_the_server_intact(server):

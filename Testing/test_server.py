@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 import socket
 import struct
 import threading
@@ -263,6 +264,19 @@ def test_server_killed_mid_run_is_a_clear_error_and_nothing_partial(slow_server)
     assert len(session.steps) == len(seen) and np.array_equal(session.mask, seen[-1].mask)
 
 
+def _with_real_ids(schema: dict, sessions: list[str], images: list[str]) -> dict:
+    """The server's own OpenAPI schema with its id parameters drawn from real sessions and images, so that
+    every route is reached behind its 404 for an unknown id (random ids fuzzed only that 404)."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "session_id":
+                    parameter["schema"] = {"type": "string", "enum": sessions}
+                elif parameter["name"] == "digest":
+                    parameter["schema"] = {"type": "string", "enum": images}
+    return schema
+
+
 def test_schemathesis_finds_no_server_error(tiny_models, replay, tmp_path):
     import shutil
     import subprocess
@@ -271,13 +285,31 @@ def test_schemathesis_finds_no_server_error(tiny_models, replay, tmp_path):
 
     schemathesis = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
     with ServerProcess("--mllm", f"replay:{replay}", "--sam2", str(tiny_models[1]), log=tmp_path / "log") as process:
+        images, sessions = [], []
+        for kind, array, slice_spec in (("rgb", read_rgb_image(SAMPLE), None),
+                                        ("volume", np.zeros((5, 24, 24), np.int16), "axial:2")):  # fmt: skip
+            body = encode_image(UploadedImage(kind, array))
+            images.append(content_hash(body))
+            requests.put(f"{process.url}/v1/images/{images[-1]}", data=body, headers=process.headers, timeout=30)
+            for _ in range(3):  # a few of each, as fuzzed requests close and cancel them
+                opened = requests.post(f"{process.url}/v1/sessions", headers=process.headers, timeout=30,
+                                       json={"image": images[-1], "instruction": "x", "slice": slice_spec})  # fmt: skip
+                sessions.append(opened.json()["session"])
+        schema = _with_real_ids(requests.get(process.url + "/openapi.json", timeout=30).json(), sessions, images)
+        (tmp_path / "openapi.json").write_text(json.dumps(schema))
         result = subprocess.run(
-            [schemathesis, "run", process.url + "/openapi.json", "--checks", "not_a_server_error",
-             "--max-examples", "5", "--seed", "1", "-H", f"Authorization: Bearer {process.token}"],
+            [schemathesis, "run", str(tmp_path / "openapi.json"), "--url", process.url, "--checks",
+             "not_a_server_error", "--max-examples", "5", "--seed", "1", "-H",
+             f"Authorization: Bearer {process.token}"],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
+        log = process.read_log()
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout
+    known = "|".join(sessions)
+    for method, route in (("POST", "run"), ("POST", "clicks"), ("POST", "undo"), ("POST", "propagate"),
+                          ("GET", "trace")):  # fmt: skip
+        assert re.search(rf'"{method} /v1/sessions/({known})/{route} HTTP/1.1" 200', log), f"{route} never reached"
 
 
 def test_a_full_queue_answers_503_with_retry_after(tiny_models, tmp_path):

@@ -11,6 +11,7 @@ from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
 
 import IBISAgentLib
 from IBISAgentLib.agent.backends import LocalBackend
@@ -68,8 +69,8 @@ class ClickRequest(Strict):
 
 
 class PropagateRequest(Strict):
-    first: int | None = Field(default=None, ge=0)
-    last: int | None = Field(default=None, ge=0)
+    first: int | None = Field(default=None, ge=0, le=1_000_000)
+    last: int | None = Field(default=None, ge=0, le=1_000_000)
     stop_after_empty: int = Field(default=3, ge=0, le=100_000)
     largest_component: bool = False
 
@@ -124,6 +125,7 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
                 "max_instruction": config.max_instruction,
                 "max_sessions": config.max_sessions,
             },
+            "slice_embeddings_kept": getattr(backend.tool, "cached_images", None),
             "sessions_open": len(service.sessions),
             "idle_timeout": config.idle_timeout,
         }
@@ -134,7 +136,7 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
 
     @app.put("/v1/images/{digest}", status_code=201)
     async def upload(digest: Digest, request: Request) -> dict[str, Any]:
-        return service.store_image(digest, await _read_body(request, digest))
+        return service.store_image(digest, await _read_body(request, digest, config.body_timeout))
 
     @app.post("/v1/sessions", status_code=201)
     def open_session(request: SessionRequest) -> dict[str, Any]:
@@ -169,7 +171,9 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
     @app.post("/v1/sessions/{session_id}/propagate")
     async def propagate(session_id: SessionId, request: PropagateRequest) -> StreamingResponse:
         entry = service.claim(session_id)
-        return _stream(service, entry, service.propagate_job(entry, PropagationOptions(**request.model_dump())))
+        options = PropagationOptions(**request.model_dump())
+        service.check_propagation(entry, options)
+        return _stream(service, entry, service.propagate_job(entry, options))
 
     @app.get("/v1/sessions/{session_id}/trace")
     def trace(session_id: SessionId) -> dict[str, Any]:
@@ -184,20 +188,31 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
     return app
 
 
-async def _read_body(request: Request, digest: str) -> bytearray:
-    """The upload, written into one buffer of the declared size as it arrives (never held twice) and hashed
-    meanwhile; refused unless its length and content hash are what the request says."""
+async def _read_body(request: Request, digest: str, timeout: float) -> bytearray:
+    """The upload, hashed as it arrives into a buffer that grows with the bytes received (a declared length
+    reserves nothing: a client that declares a gigabyte and sends eight bytes holds eight bytes); refused
+    unless its length and content hash are what the request says, and given up when ``timeout`` seconds pass
+    without a byte."""
     declared = request.headers.get("content-length")
     if declared is None:
         raise HTTPException(411, "send the image with a Content-Length")
-    body, hasher, filled = bytearray(int(declared)), content_hasher(), 0
-    async for chunk in request.stream():
-        if filled + len(chunk) > len(body):
-            raise HTTPException(400, "the body is longer than its Content-Length")
-        body[filled : filled + len(chunk)] = chunk
-        hasher.update(chunk)
-        filled += len(chunk)
-    if filled != len(body):
+    expected, body, hasher = int(declared), bytearray(), content_hasher()
+    chunks = request.stream().__aiter__()
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
+            except StopAsyncIteration:
+                break
+            if len(body) + len(chunk) > expected:
+                raise HTTPException(400, "the body is longer than its Content-Length")
+            body += chunk
+            hasher.update(chunk)
+    except TimeoutError:
+        raise HTTPException(408, f"no upload bytes for {timeout:g} s: the upload was given up") from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the client went away during the upload") from None
+    if len(body) != expected:
         raise HTTPException(400, "the body is shorter than its Content-Length")
     if hasher.hexdigest() != digest:
         raise HTTPException(422, "the body's content hash (BLAKE2b-256) does not match the address")

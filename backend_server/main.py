@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from IBISAgentLib.cli import ModelOptions, UserError, add_segmenter_options, load_local_backend
+from IBISAgentLib.cli.options import add_limit_options, positive_int
 from IBISAgentLib.remote.client import TOKEN_ENV, is_loopback, token_from
 
 from .config import ServerConfig
@@ -30,8 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mllm-model", help="model name at an http(s) endpoint")
     parser.add_argument("--api-key", help="API key for an http(s) endpoint")
     add_segmenter_options(parser)
+    add_limit_options(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--max-sessions", type=int, default=defaults.max_sessions)
+    parser.add_argument(
+        "--max-sessions",
+        type=positive_int,
+        default=defaults.max_sessions,
+        help=f"sessions open at once (default {defaults.max_sessions}); each keeps its slice embedding in memory",
+    )
     parser.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout, help="seconds (default 900)")
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue, help="model jobs waiting at most")
     parser.add_argument(
@@ -42,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=defaults.image_store_bytes >> 20,
         help="uploaded images kept in memory at most, in MiB (least recently used dropped first)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout,
+        help=f"seconds an upload may send nothing before it is given up (default {defaults.body_timeout:g})",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -73,7 +86,9 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     pin_malloc_thresholds()  # before the models load, so no thread arena keeps a large block
     try:
-        backend = load_local_backend(ModelOptions.of(args))
+        # One slice embedding kept per session allowed: with fewer, sessions taking turns evict each other's and
+        # every step recomputes one (tenfold slower steps above 16 sessions when the cache was fixed at 16).
+        backend = load_local_backend(ModelOptions.of(args), cached_images=args.max_sessions)
         backend.propagator  # noqa: B018  (models load once, at start-up)
     except (UserError, ValueError) as exc:
         print(f"ibisagent serve: error: {exc}", file=sys.stderr)
@@ -85,6 +100,8 @@ def serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_upload_bytes=args.max_upload_mb << 20,
         image_store_bytes=args.image_store_mb << 20,
+        body_timeout=args.body_timeout,
+        max_voxels=args.max_voxels,
     )
     models = {"policy": backend.policy_factory().description, "tool": backend.tool.description}
     app = create_app(backend, config, models)

@@ -136,6 +136,17 @@ class SessionService:
 
         return job
 
+    def check_propagation(self, entry: Entry, options: PropagationOptions) -> None:
+        """Refuse, before anything streams, a propagation the session cannot run (a 2D image, a bad range)."""
+        case = entry.session.case
+        try:
+            if case is None:
+                raise ValueError("propagation applies to a session on a volume slice; this session is a 2D image")
+            options.span(case.geometry)
+        except ValueError as exc:
+            self.sessions.release(entry)
+            raise Refused(422, str(exc)) from None
+
     def propagate_job(self, entry: Entry, options: PropagationOptions) -> Callable[[Emit], dict]:
         """The propagation, its progress emitted slice by slice."""
 

@@ -101,7 +101,7 @@ def decode_image(body: bytes | bytearray, max_voxels: int, max_dimension: int) -
     start = len(MAGIC) + 4
     try:
         header = json.loads(bytes(body[start : start + length]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer beyond Python's 4300-digit limit
         raise ProtocolError(f"header is not JSON: {exc}") from exc
     except RecursionError:
         raise ProtocolError("header is nested too deeply") from None
@@ -156,7 +156,13 @@ def _geometry(header: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, .
 
 
 def _finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number that is a finite float (an integer such as 10**400 is too large to be one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
