@@ -11,7 +11,9 @@ from trame.widgets import client, html
 from trame_slicer.app.ui import create_vertical_slice_view_gutter_ui, create_vertical_view_gutter_ui
 from trame_slicer.core import LayoutManager
 from trame_slicer.rca_view import register_rca_factories
+from wslink.websocket import LinkProtocol
 
+from IBISAgentLib.imaging.limits import DEFAULT_LIMITS, ImageLimits
 from IBISAgentLib.workflow import BackendChoice
 
 from .bridge import DriverBridge
@@ -27,10 +29,18 @@ STILL_QUALITY = 90
 
 
 class IBISAgentWebApp(TrameApp):
-    def __init__(self, server: Any = None, *, choice: BackendChoice, out_dir: Path, max_turns: int = 20) -> None:
+    def __init__(
+        self,
+        server: Any = None,
+        *,
+        choice: BackendChoice,
+        out_dir: Path,
+        max_turns: int = 20,
+        limits: ImageLimits = DEFAULT_LIMITS,
+    ) -> None:
         super().__init__(server, client_type="vue3")
         self.out_dir = Path(out_dir)
-        self.scene = WebScene()
+        self.scene = WebScene(limits)
         self.state.update(DEFAULTS)
         self.state.ia_models = choice.describe()
         self.state.trame__title = "IBISAgent"
@@ -49,9 +59,8 @@ class IBISAgentWebApp(TrameApp):
             self.scene.app.view_manager.get_slice_views(), self.bridge.on_click, lambda: bool(self.state.ia_mode)
         )
         self._saved: dict[str, Path] = {}
-        self._clients = 0
+        self.server.add_protocol_to_configure(lambda protocol: protocol.registerLinkProtocol(OpenTabs(self.state)))
         self.server.controller.on_client_connected.add(self._on_client_connected)
-        self.server.controller.on_client_exited.add(self._on_client_exited)
         self.server.trigger("ia_download")(self.on_download)
         self._build_ui()
 
@@ -68,15 +77,9 @@ class IBISAgentWebApp(TrameApp):
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def _on_client_connected(self, *_args, **_kwargs) -> None:
-        self._clients += 1
-        self.state.ia_clients = self._clients
         self.scene.fit_views()  # views re-fit at their first real size (reported after the client connects)
         self.bridge.refresh_segments()
         self.bridge.render()
-
-    def _on_client_exited(self, *_args, **_kwargs) -> None:
-        self._clients = max(0, self._clients - 1)
-        self.state.ia_clients = self._clients
 
     # -- actions the panel calls -----------------------------------------------------------------------
 
@@ -145,6 +148,29 @@ class IBISAgentWebApp(TrameApp):
             self.bridge.notify(f"{name} is no longer there: press Save again.")
             return None
         return self.server.protocol.addAttachment(path.read_bytes())
+
+
+class OpenTabs(LinkProtocol):
+    """Counts the pages connected now, by their websockets (``ia_clients``, behind the shared-scene warning). The
+    page's own "exited" message comes from its beforeunload handler, which a closed or crashed tab may never
+    run; a closed socket is noticed at once."""
+
+    def __init__(self, state: Any) -> None:
+        super().__init__()
+        self.state = state
+        self.open: set[str] = set()
+
+    def onConnect(self, request: Any, client_id: str) -> None:
+        self.open.add(client_id)
+        self._publish()
+
+    def onClose(self, client_id: str) -> None:
+        self.open.discard(client_id)
+        self._publish()
+
+    def _publish(self) -> None:
+        with self.state:
+            self.state.ia_clients = len(self.open)
 
 
 def _view_tag(view: Any) -> None:

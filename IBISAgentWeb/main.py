@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from IBISAgentLib.cli import add_segmenter_options
+from IBISAgentLib.cli.options import add_limit_options, image_limits
 from IBISAgentLib.models.devices import DEVICE_CHOICES
 from IBISAgentLib.remote.client import TOKEN_ENV, is_loopback, token_from
 from IBISAgentLib.tools import SETTINGS
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", help="an IBISAgent server URL: its models run the agent (instead of this computer)")
     parser.add_argument("--token-file", help=f"a file holding the server's token (default: ${TOKEN_ENV})")
     parser.add_argument("--max-turns", type=int, default=20, help="agent turns at most per run (default 20)")
+    add_limit_options(parser)
 
 
 def register(commands: Any) -> None:
@@ -71,9 +73,9 @@ def serve(args: argparse.Namespace) -> int:
     )
     # trame reads sys.argv for its own options: it gets only what it must know, and the key through a file.
     sys.argv = [sys.argv[0], "--server"] + (["--authKeyFile", str(Path(args.access_key_file).resolve())] if key else [])
-    app = IBISAgentWebApp(choice=choice, out_dir=Path(args.out), max_turns=args.max_turns)
+    app = IBISAgentWebApp(choice=choice, out_dir=Path(args.out), max_turns=args.max_turns, limits=image_limits(args))
     if args.volume:
-        message = app.scene.open_paths([args.volume])
+        message = app.scene.open_path(args.volume)
         if message:
             print(f"ibisagent web: error: {message}", file=sys.stderr)
             return 2

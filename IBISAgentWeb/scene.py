@@ -14,19 +14,25 @@ from typing import Any
 
 import slicer
 from trame_slicer.core import SlicerApp
-from trame_slicer.utils import write_client_files_to_dir
 from vtkmodules.vtkCommonCore import vtkCommand
 
+from IBISAgentLib.imaging.limits import DEFAULT_LIMITS, ImageLimits
+from IBISAgentLib.imaging.volume_files import VolumeFileError, check_volume_file, volume_files_in
+from IBISAgentLib.imaging.volumes import VolumeInputError, dicom_series_files
+
 from .surfaces import SegmentSurfaces
+from .uploads import UploadRefused, write_uploads
 
 VIEW_NAMES = {"Red": "Red (axial)", "Yellow": "Yellow (sagittal)", "Green": "Green (coronal)"}
 REFIT_S = 5.0
 # The other views render this long after the agent's: its frame (rendered, encoded, sent) goes first.
 OTHER_VIEWS_AFTER_S = 0.15
+READABLE = "The web app opens NIfTI (.nii, .nii.gz), NRRD, MHA/MHD and DICOM series."
 
 
 class WebScene:
-    def __init__(self) -> None:
+    def __init__(self, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
         self.app = SlicerApp()
         self.scene = self.app.scene
         # What IBISAgentMRML's headless scene also has: transforms (world geometry) and texts (the trace node,
@@ -41,29 +47,39 @@ class WebScene:
 
     # -- volumes -----------------------------------------------------------------------------------
 
-    def open_paths(self, paths: list[str]) -> str | None:
-        """Open a volume (one file, several DICOM files, or a folder of them); None or a message."""
-        files: list[str] = []
-        for path in paths:
-            p = Path(path)
-            if p.is_dir():
-                files += sorted(str(f) for f in p.iterdir() if f.is_file())
-            elif p.is_file():
-                files.append(str(p))
+    def open_path(self, path: str) -> str | None:
+        """Open the volume the operator named at start (a file or a DICOM folder); None or a message. The
+        same checks as the CLI: limits and truncation from the header, one DICOM series per folder."""
+        source = Path(path)
+        try:
+            if source.is_dir():
+                files = dicom_series_files(source, self.limits)
+            elif source.is_file():
+                check_volume_file(source, self.limits)
+                files = [str(source)]
             else:
                 return f"{path} does not exist."
-        return self._open(files, ", ".join(Path(p).name for p in paths))
+        except (VolumeFileError, VolumeInputError) as exc:
+            return f"Could not read {source.name} as a volume: {str(exc).removeprefix(f'{source}: ')}."
+        return self._open(files, source.name)
 
     def open_uploads(self, uploads: list[dict]) -> str | None:
-        """Files from the browser's file input ({name, content, ...}); None or a message."""
+        """Files from the browser's file input ({name, content, ...}); None or a message. They are written
+        under plain names into a fresh folder, and opened only once their headers pass (no file they name
+        outside the upload, within the limits, not truncated)."""
         if not uploads:
             return "No file was received."
         with tempfile.TemporaryDirectory(prefix="ibisagent-upload-") as folder:
             try:
-                files = write_client_files_to_dir(uploads, folder)
-            except Exception as exc:  # a truncated or odd upload
-                return f"The upload could not be received ({exc})."
-            return self._open(files, ", ".join(Path(f).name for f in files[:3]) + ("…" if len(files) > 3 else ""))
+                names = write_uploads(uploads, Path(folder))
+            except UploadRefused as exc:
+                return str(exc)
+            label = ", ".join(names[:3]) + ("…" if len(names) > 3 else "")
+            try:
+                files = volume_files_in(Path(folder), self.limits)
+            except VolumeFileError as exc:
+                return f"Could not read {label} as a volume: {exc}. {READABLE}"
+            return self._open([str(f) for f in files], label)
 
     def _open(self, files: list[str], label: str) -> str | None:
         before = set(self._volume_ids())
@@ -76,10 +92,7 @@ class WebScene:
         nodes = [n for n in nodes if n.GetID() not in before]
         if not nodes:
             self._remove_new_volumes(before)
-            return (
-                f"Could not read {label} as a volume{': ' + error if error else ''}. The web app opens NIfTI "
-                "(.nii, .nii.gz), NRRD, MHA/MHD and DICOM series."
-            )
+            return f"Could not read {label} as a volume{': ' + error if error else ''}. {READABLE}"
         node = max(nodes, key=_voxel_count)
         problem = _check_volume(node)
         if problem:

@@ -490,3 +490,107 @@ def test_a_non_loopback_bind_needs_an_access_key(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "--access-key-file" in result.stderr and "Traceback" not in result.stderr
+
+
+def _upload(page, files: list[tuple[str, bytes]]) -> None:
+    """Files sent through the page's own file input, under any names (as a page's script could send them)."""
+    page.locator("input[type=file]").set_input_files(
+        [{"name": name, "mimeType": "application/octet-stream", "buffer": data} for name, data in files]
+    )
+
+
+def _nifti_bomb() -> bytes:
+    import gzip
+    import struct
+
+    header = bytearray(352)  # NIfTI-1, uint8, 1024 x 1024 x 1100 declared
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, 3, 1024, 1024, 1100, 1, 1, 1, 1)
+    struct.pack_into("<hh", header, 70, 2, 8)
+    struct.pack_into("<8f", header, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", header, 108, 352.0)
+    header[344:348] = b"n+1\0"
+    return gzip.compress(bytes(header) + bytes(1 << 16))
+
+
+def test_uploads_cannot_reach_files_outside_the_upload(data, page, tmp_path):
+    """Names that climb out of the upload folder, headers that name a file on the server, a truncated file, a
+    header declaring a huge volume and two DICOM series are refused (or, for names, reduced to a plain name);
+    the open volume stays."""
+    from volume_data import ct_phantom, write_dicom_series
+
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bytes(range(256)) * 64)  # 16384 bytes: a 16 x 16 x 32 uint16 "volume" if read
+    header = "ObjectType = Image\nNDims = 3\nDimSize = 16 16 32\nElementType = MET_USHORT\nElementDataFile = {}\n"
+    nrrd = "NRRD0004\ntype: uint16\ndimension: 3\nsizes: 16 16 32\nencoding: raw\nendian: little\ndata file: {}\n\n"
+    whole = data["volume"].read_bytes()
+    series = []
+    for name in ("a", "b"):
+        write_dicom_series(sitk.GetImageFromArray(ct_phantom((3, 16, 16))), tmp_path / name)
+        series += [(f"{name}_{p.name}", p.read_bytes()) for p in sorted((tmp_path / name).iterdir())]
+    import gzip
+
+    truncated = gzip.compress(gzip.decompress(whole)[:-500])
+    with served(str(data["volume"]), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]),
+                "--device", "cpu", "--out", str(tmp_path / "out"), cwd=tmp_path) as url:  # fmt: skip
+        page.goto(url)
+        expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
+        refusals = [
+            ([("evil.mhd", header.format(secret).encode())], "reads its voxels from"),
+            ([("evil.nhdr", nrrd.format(secret).encode())], "reads its voxels from"),
+            ([("evil.mhd", header.format("../secret.raw").encode())], "reads its voxels from"),
+            ([("alone.mhd", header.format("alone.raw").encode())], "which was not uploaded with it"),
+            ([("cut.nii.gz", truncated)], "the file is truncated"),
+            ([("bomb.nii.gz", _nifti_bomb())], "more than the limit of 268,435,456"),
+            (series, "holds 2 DICOM series"),
+            ([("notes.txt", b"hello")], "no volume file and no DICOM series"),
+        ]
+        for files, reason in refusals:
+            _upload(page, files)
+            expect(alert(page)).to_contain_text(reason)
+            expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
+            page.locator(".v-alert .v-btn").first.click()  # close the message before the next upload
+        # A header with its data file in the same upload is fine, and so is a name reduced to its last part.
+        voxels = sitk.GetImageFromArray(ct_phantom((4, 16, 16)).astype(np.uint16))
+        sitk.WriteImage(voxels, str(tmp_path / "pair.mhd"))
+        _upload(page, [("pair.mhd", (tmp_path / "pair.mhd").read_bytes()),
+                       ("pair.raw", (tmp_path / "pair.raw").read_bytes())])  # fmt: skip
+        expect(page.get_by_text("Volume: pair")).to_be_visible()
+        escape = f"../../../../../../../..{tmp_path}/escaped.nii.gz"
+        _upload(page, [(escape, whole)])
+        expect(page.get_by_text("Volume: escaped")).to_be_visible()
+        assert not (tmp_path / "escaped.nii.gz").exists()
+
+
+def test_the_shared_scene_warning_counts_the_tabs_open_now(data, browser, tmp_path):
+    """Two tabs: the warning shows; one tab closed without its beforeunload handler running (as a crashed or
+    killed tab): it goes at once, not seconds later."""
+    warning = "All tabs of this page share one scene"
+    with served(str(data["volume"]), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]),
+                "--device", "cpu", cwd=tmp_path) as url:  # fmt: skip
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        first, second = context.new_page(), context.new_page()
+        first.goto(url)
+        expect(first.get_by_text("Volume: brain.nii.gz")).to_be_visible()
+        expect(first.get_by_text(warning)).to_have_count(0)
+        second.goto(url)
+        expect(second.get_by_text("Volume: brain.nii.gz")).to_be_visible()
+        expect(first.get_by_text(warning)).to_be_visible()
+        second.close(run_before_unload=False)
+        expect(first.get_by_text(warning)).to_have_count(0, timeout=3000)
+        context.close()
+
+
+def test_an_access_key_guards_the_page_on_loopback_too(data, page, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("Tulip-Sesame-7\n")
+    server, url = start_server("--access-key-file", str(key_file), "--mllm", f"replay:{data['replay']}",
+                               "--sam2", str(data["sam2"]), cwd=tmp_path)  # fmt: skip
+    try:
+        page.goto(url)  # without the key the app never connects
+        page.wait_for_timeout(4000)
+        expect(page.get_by_text("Volume:")).to_have_count(0)
+        page.goto(url + "?secret=Tulip-Sesame-7")
+        expect(page.get_by_text("Volume: none: open one below")).to_be_visible()
+    finally:
+        stop_server(server)
