@@ -122,7 +122,8 @@ def _nifti_data_end(header: bytes) -> int | None:
         if len(header) >= 348 and struct.unpack_from(order + "i", header)[0] == 348:
             dims = struct.unpack_from(order + "8h", header, 40)
             bitpix = struct.unpack_from(order + "h", header, 72)[0]
-            offset = max(352, int(struct.unpack_from(order + "f", header, 108)[0]))
+            stated = struct.unpack_from(order + "f", header, 108)[0]
+            offset = max(352, int(stated)) if math.isfinite(stated) else 352
             break
         if len(header) >= 540 and struct.unpack_from(order + "i", header)[0] == 540:
             bitpix = struct.unpack_from(order + "h", header, 14)[0]
