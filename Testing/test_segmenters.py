@@ -139,12 +139,11 @@ def test_a_medsam2_propagator_beside_a_sam2_click_tool(checkpoints, tiny_models)
     assert backend.propagator.variant is MEDSAM2 and mask.shape == case.windowed.shape and mask[2].any()
 
 
-def test_a_tool_that_cannot_propagate_says_so(sample_image):
-    from IBISAgentLib.tools.classical import RandomWalkerTool
+def test_the_weight_free_tool_propagates_with_its_own_propagator(sample_image):
+    from IBISAgentLib.tools.classical import ClassicalPropagator, RandomWalkerTool
 
     backend = LocalBackend(lambda: ReplayPolicy([DONE]), RandomWalkerTool())
-    with pytest.raises(ValueError, match="cannot propagate"):
-        _ = backend.propagator
+    assert isinstance(backend.propagator, ClassicalPropagator)
 
 
 def test_the_command_line_runs_sam2_hiera_large_at_1024_px(tmp_path):

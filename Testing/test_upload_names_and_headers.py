@@ -2,6 +2,7 @@
 Property tests: whatever a page or a file says, the answer is a plain name inside the upload folder, or a
 one-line refusal; never an exception of another kind."""
 
+import contextlib
 import gzip
 import struct
 from pathlib import Path
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 from IBISAgentLib.imaging.volume_files import VolumeFileError, check_volume_file, data_file_named, volume_files_in
 
 any_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, categories=None), max_size=80)
-climbing = st.lists(st.sampled_from(["..", ".", "/", "\\", "a", "C:", "~", "\0", " ", "x.nii"]), max_size=12).map("".join)
+climbing = st.lists(st.sampled_from(["..", ".", "/", "\\", "a", "C:", "~", "\0", " ", "x.nii"]), max_size=12).map(
+    "".join
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -38,7 +41,7 @@ def test_two_files_of_one_name_refuse_the_upload(tmp_path):
     pytest.importorskip("trame", reason="the web extra is not installed")
     from IBISAgentWeb.uploads import UploadRefused, write_uploads
 
-    with pytest.raises(UploadRefused, match="Two uploaded files are named 'x.dcm'"):
+    with pytest.raises(UploadRefused, match=r"Two uploaded files are named 'x\.dcm'"):
         write_uploads([{"name": "a/x.dcm", "content": b"1"}, {"name": "b\\x.dcm", "content": b"2"}], tmp_path)
 
 
@@ -68,10 +71,8 @@ def test_lying_nifti_dimensions_never_escape_as_another_error(tmp_path_factory, 
     header[344:348] = b"n+1\0"
     path = tmp_path_factory.mktemp("nifti") / "v.nii"
     path.write_bytes(bytes(header) + bytes(64))
-    try:
+    with contextlib.suppress(VolumeFileError):
         check_volume_file(path)
-    except VolumeFileError:
-        pass
 
 
 @pytest.mark.parametrize(

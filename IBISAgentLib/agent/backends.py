@@ -12,7 +12,7 @@ import numpy as np
 
 from ..imaging.volume_case import VolumeCase
 from ..remote.protocol import source_image
-from ..tools.propagation import DEFAULT_PROPAGATION, PropagationOptions
+from ..tools.propagation import DEFAULT_PROPAGATION, PropagationOptions, PropagationResult
 from ..tools.resolve import SegmenterSpec
 from .interfaces import Policy, SegmentationTool
 from .session import DEFAULT_MAX_TURNS, AgentSession
@@ -73,7 +73,7 @@ class Backend(Protocol):
 class LocalBackend:
     """Sessions in this process. ``policy_factory`` gives each session its policy (a shared model, or a
     fresh replay). The propagator is built on first use from ``propagator``, else from the click tool's own
-    model (a SAM 2 family tool); the random walker cannot propagate, so it needs one named."""
+    segmenter (a SAM 2 family model, or the weight-free classical one)."""
 
     def __init__(
         self,
@@ -121,18 +121,31 @@ class LocalBackend:
         cancel: threading.Event | None = None,
     ) -> np.ndarray:
         """The session's mask grown through its volume, as a (k, j, i) bool array on the volume grid."""
+        return self.propagate_with_keys(session, options, on_progress=on_progress, cancel=cancel).mask
+
+    def propagate_with_keys(
+        self,
+        session: Session,
+        options: PropagationOptions = DEFAULT_PROPAGATION,
+        *,
+        extra_keys: dict[int, np.ndarray] | None = None,
+        on_progress: Callable[[int, int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> PropagationResult:
+        """The propagation with its record of every slice, from the session's slice and any ``extra_keys``
+        (slice index -> mask on the same axis: slices the check corrected)."""
         case = session.case
         if case is None:
             raise ValueError("propagation needs a session on a volume slice")
-        result = self.propagator.propagate(
-            case.windowed, case.geometry, session.mask, options, on_progress=on_progress, cancel=cancel
-        )
-        return result.mask
+        return self.propagator.propagate(
+            case.windowed, case.geometry, session.mask, options, extra_keys=extra_keys, on_progress=on_progress,
+            cancel=cancel,
+        )  # fmt: skip
 
     @property
     def propagator(self):  # -> SAM2Propagator
         if self._propagator is None:
             if self.propagator_spec is None:
-                raise ValueError(f"{self.tool.description} cannot propagate: choose a SAM 2 family propagator")
+                raise ValueError(f"{self.tool.description} cannot propagate: choose a propagator")
             self._propagator = self.propagator_spec.propagator(self.device)
         return self._propagator

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..imaging.volume_case import VolumeCase
     from ..tools.resolve import SegmenterSpec
 
 
@@ -30,8 +31,8 @@ class Click:
 class PolicyRequest:
     """One turn as the model sees it. ``image`` is RGB uint8 with the current mask already drawn on it.
 
-    ``mask`` and ``clicks`` are the session state behind the picture; text models ignore them, simulated
-    clickers (the oracle) read them.
+    ``mask``, ``clicks`` and ``case`` (the volume and slice the image is cut from) are the session state behind
+    the picture; text models ignore them, simulated clickers (the oracle) read them.
     """
 
     system_prompt: str
@@ -43,6 +44,7 @@ class PolicyRequest:
     history: list[tuple[str, np.ndarray, str]] = field(default_factory=list)
     mask: np.ndarray | None = None
     clicks: tuple[Click, ...] = ()
+    case: VolumeCase | None = None
 
 
 class Policy(Protocol):

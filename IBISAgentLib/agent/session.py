@@ -290,6 +290,7 @@ class AgentSession:
             history=history,
             mask=state.mask,
             clicks=tuple(self.clicks),
+            case=self.case,
         )
 
     def _apply_click(self, click: Click, state: _State, new_state: _State, step: Step) -> float:

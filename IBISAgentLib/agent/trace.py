@@ -17,7 +17,9 @@ from . import jsontext
 from .actions import Action
 
 TRACE_SCHEMA = "ibisagent-trace"
-TRACE_VERSION = 1
+# 2 added the volume agent's records: search, propagation and checks (absent from version 1 traces, which load).
+TRACE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SCHEMA_PATH = Path(__file__).with_name("trace_schema.json")
 
 StopReason = Literal["terminate", "max_turns", "repeated_action", "unparseable", "cancelled", "error"]
@@ -101,6 +103,12 @@ class Trace:
     initial_mask_area: int | None = None
     slice: dict[str, Any] | None = None  # {"axis", "index", "window"} when the image is a volume slice
     error: str | None = None  # why the run failed, when no step records it (a server gone, a run never started)
+    # The volume agent (None when it did not run): each slice the search inspected {"index", "verdict", "text",
+    # "area"}; the propagation {"first", "last", "slices": [{"index", "area", "score", "flags"}]}; each slice the
+    # check re-ran {"index", "why", "steps", "outcome", "area_before", "area_after"}.
+    search: list[dict[str, Any]] | None = None
+    propagation: dict[str, Any] | None = None
+    checks: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +124,9 @@ class Trace:
             "answer": self.answer,
             "stop_reason": self.stop_reason,
             "error": self.error,
+            "search": self.search,
+            "propagation": self.propagation,
+            "checks": self.checks,
         }
 
     def to_json(self) -> str:
@@ -128,10 +139,10 @@ class Trace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Trace:
-        if data.get("schema") != TRACE_SCHEMA or data.get("version") != TRACE_VERSION:
+        if data.get("schema") != TRACE_SCHEMA or data.get("version") not in READABLE_VERSIONS:
             raise ValueError(
-                f"not an {TRACE_SCHEMA} v{TRACE_VERSION} trace (schema={data.get('schema')!r}, "
-                f"version={data.get('version')!r})"
+                f"not an {TRACE_SCHEMA} trace of version {' or '.join(map(str, READABLE_VERSIONS))} "
+                f"(schema={data.get('schema')!r}, version={data.get('version')!r})"
             )
         return cls(
             instruction=data["instruction"],
@@ -144,6 +155,9 @@ class Trace:
             undone=[Step.from_dict(s) for s in data.get("undone", [])],
             initial_mask_area=data.get("initial_mask_area"),
             error=data.get("error"),
+            search=data.get("search"),
+            propagation=data.get("propagation"),
+            checks=data.get("checks"),
         )
 
     @classmethod

@@ -56,10 +56,13 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("segmenter")
     which = group.add_mutually_exclusive_group()
     which.add_argument(
+        "--segmenter",
         "--sam2",
-        help="the click tool's SAM 2 family checkpoint: a file or a Hugging Face id (owner/repo[:file]); the "
+        dest="sam2",
+        help="the click tool and its propagator: classical (weight-free random walker), a SAM 2 family variant's "
+        "name (its released checkpoint), or a checkpoint file or Hugging Face id (owner/repo[:file]); the "
         "variant comes from the id, from --sam2-variant, or from the checkpoint's tensors (default: "
-        f"$IBISAGENT_SAM2 or {SETTINGS['paper']})",
+        f"$IBISAGENT_SAM2 or {SETTINGS['paper']}). --sam2 is the same option",
     )
     which.add_argument(
         "--setting",

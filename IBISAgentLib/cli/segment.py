@@ -20,6 +20,13 @@ from ..agent.actions import format_action
 from ..agent.backends import Backend, Session
 from ..agent.prompts import IBIS_V1
 from ..agent.trace import ImageInfo, Step, Trace
+from ..agent.volume_agent import (
+    DEFAULT_CHECK_BUDGET,
+    CheckRecord,
+    SearchResult,
+    check_propagation,
+    search_key_slice,
+)
 from ..imaging.images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
 from ..imaging.limits import ImageLimits
 from ..imaging.rendering import overlay_mask
@@ -28,6 +35,7 @@ from ..imaging.volumes import write_labelmap
 from ..models.devices import DEVICE_CHOICES
 from ..remote.client import RemoteError
 from ..tools import PropagationOptions
+from ..tools.propagation import PropagationResult
 from .options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -106,7 +114,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 def _add_volume_options(parser: argparse.ArgumentParser) -> None:
     volume = parser.add_argument_group("volumes")
     volume.add_argument(
-        "--slice", help="AXIS:INDEX, AXIS one of axial, coronal, sagittal (default: the middle axial slice)"
+        "--slice",
+        help="AXIS:INDEX, AXIS one of axial, coronal, sagittal (default: the middle axial slice); auto or AXIS:auto: "
+        "the agent finds the slice that shows the target (axial by default)",
     )
     volume.add_argument(
         "--window",
@@ -121,6 +131,18 @@ def _add_volume_options(parser: argparse.ArgumentParser) -> None:
         help="stop a direction after this many empty slices in a row (0: never; default 3)",
     )
     volume.add_argument("--largest-component", action="store_true", help="keep only the largest 3D connected part")
+    volume.add_argument(
+        "--check",
+        action="store_true",
+        help="with --propagate: flag propagated slices that look wrong, let the agent re-check them from the "
+        "propagated mask, and propagate again from the slices it corrected",
+    )
+    volume.add_argument(
+        "--check-budget",
+        type=non_negative_int,
+        default=DEFAULT_CHECK_BUDGET,
+        help=f"slices the check may re-run the agent on (default {DEFAULT_CHECK_BUDGET})",
+    )
     add_limit_options(parser)
 
 
@@ -135,13 +157,23 @@ class SegmentRun:
     jsonl: bool
     overlays: Path | None
     propagation: PropagationOptions | None
+    search: bool = False  # --slice auto: find the key slice first
+    check_budget: int | None = None  # --check: re-check flagged slices, at most this many
 
 
 def _segment(args: argparse.Namespace) -> int:
     """The handler: the arguments become typed values here, once; nothing below reads the namespace."""
     if not args.prompt.strip():
         raise UserError("--prompt is empty: say what to segment")
-    case, image, initial_mask = _read_inputs(args.image, args.slice, args.window, args.initial_mask, image_limits(args))
+    search = bool(args.slice) and args.slice.strip().lower().rpartition(":")[2] == "auto"
+    slice_spec = (args.slice.strip().lower().removesuffix("auto").rstrip(":") or "axial") if search else args.slice
+    if args.check and not args.propagate:
+        raise UserError("--check applies to --propagate: it checks the propagated slices")
+    if (search or args.check) and args.server:
+        raise UserError("--slice auto and --check run in this process only for now; leave out --server")
+    if search and args.initial_mask:
+        raise UserError("--initial-mask refines a slice you name: give --slice AXIS:INDEX with it, not auto")
+    case, image, initial_mask = _read_inputs(args.image, slice_spec, args.window, args.initial_mask, image_limits(args))
     if case is None:
         _refuse_volume_options(args.image, slice=args.slice, window=args.window, range=args.range,
                                propagate=args.propagate)  # fmt: skip
@@ -156,7 +188,10 @@ def _segment(args: argparse.Namespace) -> int:
     options = None
     if args.propagate:
         options = _propagation_options(args.range, args.stop_after_empty, args.largest_component, case)
-    run = SegmentRun(str(args.image), args.prompt, args.max_turns, tuple(args.click), args.jsonl, overlays, options)
+    run = SegmentRun(
+        str(args.image), args.prompt, args.max_turns, tuple(args.click), args.jsonl, overlays, options, search,
+        args.check_budget if args.check else None,
+    )  # fmt: skip
     token = _token(args.token, args.token_file) if args.server else None
     backend = _backend(args.server, token, args.ca_bundle, ModelOptions.of(args))
     report = sys.stderr if args.jsonl else sys.stdout
@@ -169,7 +204,7 @@ def _segment(args: argparse.Namespace) -> int:
     trace.save(trace_path)
     if write_scene is not None:
         try:
-            write_scene(args.scene, case, outcome.mask, trace, Path(args.image).name)
+            write_scene(args.scene, outcome.case, outcome.mask, trace, Path(args.image).name)
         except Exception as exc:  # Slicer's core reports failures in several types; all end the same way
             print(f"ibisagent: could not write the scene {args.scene}: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -190,6 +225,7 @@ class _Outcome:
     mask: np.ndarray  # the 2D mask, or the 3D labelmap of a volume
     trace: Trace
     exit_code: int
+    case: VolumeCase | None = None  # the volume at the slice the agent worked on (found by --slice auto)
 
 
 def _run(
@@ -209,8 +245,14 @@ def _run(
             picture = overlay_mask(image, step.mask, IBIS_V1.overlay_color, IBIS_V1.overlay_alpha)
             write_rgb(run.overlays / f"step_{step.turn:02d}.png", picture)
 
-    session, propagated, exit_code, error = None, None, EXIT_OK, None
+    session, propagated, exit_code, error, found = None, None, EXIT_OK, None, None
     try:
+        if run.search and case is not None:
+            found = _search(case, backend, run, report)
+            if found.key is None:
+                return _Outcome(np.zeros(case.windowed.shape, bool), _not_found_trace(run, case, found), EXIT_OK, case)
+            case = case.at(found.key)
+            image = case.slice_rgb()
         session = backend.open_session(
             case if case is not None else image,
             run.prompt,
@@ -223,7 +265,7 @@ def _run(
         for x, y, positive in run.clicks:
             session.add_click(x, y, positive)
         if run.propagation is not None and case is not None and session.stop_reason != "error":
-            propagated, exit_code = _propagate(case, backend, session, report, run.propagation)
+            propagated, exit_code, records = _propagate(case, backend, session, report, run)
     except KeyboardInterrupt:
         if session is not None:
             session.cancel()
@@ -242,11 +284,15 @@ def _run(
         trace = session.trace()
         with contextlib.suppress(RemoteError):  # a remote session frees the server's memory at once
             session.close()
+    if found is not None:
+        trace.search = found.to_dict()
+    if propagated is not None:
+        trace.propagation, trace.checks = records
     if error is not None:
         trace.stop_reason, trace.error = "error", trace.error or error
     if case is None:
         return _Outcome(key, trace, exit_code)
-    return _Outcome(propagated if propagated is not None else case.place(key), trace, exit_code)
+    return _Outcome(propagated if propagated is not None else case.place(key), trace, exit_code, case)
 
 
 def _unstarted_trace(run: SegmentRun, image: np.ndarray, initial_mask: np.ndarray | None, error: str | None) -> Trace:
@@ -263,15 +309,46 @@ def _unstarted_trace(run: SegmentRun, image: np.ndarray, initial_mask: np.ndarra
     )
 
 
+def _search(case: VolumeCase, backend: Backend, run: SegmentRun, report: TextIO) -> SearchResult:
+    """``--slice auto``: the agent looks for the slice that shows the target, each look printed."""
+
+    def said(record) -> None:  # -> SearchRecord
+        area = f", first click {record.area} px" if record.verdict == "present" else ""
+        print(f"search: {case.geometry.axis} {record.index}: {record.verdict}{area}", file=report, flush=True)
+
+    found = search_key_slice(
+        lambda slice_case: backend.open_session(slice_case, run.prompt, max_turns=1, image_source=run.source),
+        case,
+        on_record=said,
+    )
+    print(f"search: {found.summary()}", file=report, flush=True)
+    return found
+
+
+def _not_found_trace(run: SegmentRun, case: VolumeCase, found: SearchResult) -> Trace:
+    return Trace(
+        instruction=run.prompt.strip(),
+        image=ImageInfo(width=case.geometry.width, height=case.geometry.height, source=run.source),
+        models={},
+        steps=[],
+        answer=f"The target was not found: {found.summary().removeprefix('the target was not found ')}.",
+        stop_reason="terminate",
+        slice={"axis": case.geometry.axis, "index": case.geometry.index, "window": case.window.describe()},
+        search=found.to_dict(),
+    )
+
+
 def _propagate(
-    case: VolumeCase, backend: Backend, session: Session, report: TextIO, options: PropagationOptions
-) -> tuple[np.ndarray | None, int]:
-    """The propagated 3D mask, or None (the key slice alone) when there is nothing to grow or it was interrupted."""
+    case: VolumeCase, backend: Backend, session: Session, report: TextIO, run: SegmentRun
+) -> tuple[np.ndarray | None, int, tuple[dict | None, list | None]]:
+    """The propagated 3D mask, or None (the key slice alone) when there is nothing to grow or it was interrupted;
+    the exit code; and what the trace records of it (each slice with its flags, and the checks)."""
     from tqdm import tqdm
 
+    options = run.propagation
     if not session.mask.any():
         print("nothing to propagate: the key slice mask is empty", file=report, flush=True)
-        return None, EXIT_OK
+        return None, EXIT_OK, (None, None)
     first, last = options.span(case.geometry)
     with tqdm(total=last - first + 1, desc="propagating", unit="slice", file=sys.stderr) as bar:
 
@@ -281,12 +358,43 @@ def _propagate(
             bar.set_postfix_str(f"{case.geometry.axis} {index}")
 
         try:
-            mask = backend.propagate(session, options, on_progress=progress)
+            if not hasattr(backend, "propagate_with_keys"):  # a server: the mask alone
+                mask = backend.propagate(session, options, on_progress=progress)
+                print(f"propagated through {bar.n} slices: {int(mask.sum())} voxels", file=report)
+                return mask, EXIT_OK, (None, None)
+
+            def propagate(extra: dict[int, np.ndarray]) -> PropagationResult:
+                bar.reset()
+                return backend.propagate_with_keys(session, options, extra_keys=extra, on_progress=progress)
+
+            def checked(record: CheckRecord) -> None:
+                print(f"check: {case.geometry.axis} {record.index} ({', '.join(record.why)}): {record.outcome}, "
+                      f"{record.area_before} -> {record.area_after} px", file=report, flush=True)  # fmt: skip
+
+            result = propagate({})
+            print(f"propagated through {bar.n} slices: {int(result.mask.sum())} voxels", file=report)
+            negatives = [(c.y, c.x) for c in getattr(session, "clicks", []) if not c.positive]
+            result, checks, flags = check_propagation(
+                propagate,
+                lambda slice_case, mask: backend.open_session(
+                    slice_case, run.prompt, initial_mask=mask, max_turns=run.max_turns, image_source=run.source
+                ),
+                case, result, negatives, run.check_budget or 0, on_check=checked,
+            )  # fmt: skip
         except KeyboardInterrupt:
             print("propagation interrupted: writing the key slice only", file=sys.stderr)
-            return None, EXIT_INTERRUPTED
-    print(f"propagated through {bar.n} slices: {int(mask.sum())} voxels", file=report)
-    return mask, EXIT_OK
+            return None, EXIT_INTERRUPTED, (None, None)
+    if run.check_budget is not None:
+        corrected = sum(c.outcome in ("corrected", "cleared") for c in checks)
+        still = ", ".join(map(str, sorted(flags))) or "none"
+        print(f"check: {len(checks)} slices re-checked, {corrected} corrected; still flagged: {still}; "
+              f"{int(result.mask.sum())} voxels", file=report)  # fmt: skip
+    slices = [
+        {"index": r.index, "area": r.area, "score": r.score, "agreement": r.agreement, "flags": flags.get(r.index, [])}
+        for r in result.slices.values()
+    ]
+    checked_records = [c.to_dict() for c in checks] if run.check_budget is not None else None
+    return result.mask, EXIT_OK, ({"first": first, "last": last, "slices": slices}, checked_records)
 
 
 def _propagation_options(

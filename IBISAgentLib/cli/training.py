@@ -145,7 +145,9 @@ def _synth(args: argparse.Namespace) -> int:
     samples = _samples(args.dataset)
     tool = _training_tool(args.tool, args.sam2, args.sam2_variant, args.device)
     teacher = Teacher(args.teacher, args.teacher_model) if args.teacher else None
-    tool_name = "classical" if tool.spec is None else str(tool.spec.checkpoint)
+    from ..tools.classical import CLASSICAL
+
+    tool_name = "classical" if tool.spec is CLASSICAL else str(tool.spec.checkpoint)
     with tqdm(total=len(samples), desc="synthesizing", unit="sample", file=sys.stderr) as bar:
         paths = synthesize(
             samples, tool, Path(args.out), teacher, tool_name, args.seed, progress=lambda n: bar.update(1)
@@ -212,8 +214,6 @@ def _eval_propagator(
             return load_propagator(propagator, variant).propagator(device)
         except (WeightsUnavailable, ValueError) as exc:
             raise UserError(str(exc)) from exc
-    if tool.spec is None:
-        raise UserError("--propagate with --tool classical needs --propagator (the random walker cannot propagate)")
     return tool.spec.propagator(device)
 
 

@@ -46,6 +46,10 @@ class VolumeCase:
         axis, index = parse_slice(slice_spec or "axial")
         return cls(image, chosen, apply_window(voxels, chosen), SliceGeometry.of(image, axis, index))
 
+    def at(self, index: int) -> VolumeCase:
+        """The same volume and window on another slice of the same axis (the arrays are shared, not copied)."""
+        return VolumeCase(self.image, self.window, self.windowed, self.geometry.at(index))
+
     @property
     def slice_spec(self) -> str:
         return f"{self.geometry.axis}:{self.geometry.index}"

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..agent.interfaces import Policy, SegmentationTool
-from ..tools import CheckpointError, SegmenterSpec, resolve_segmenter
+from ..tools import CheckpointError, SegmenterSpec
+from ..tools.resolve import segmenter_named
 from .weights import WeightsUnavailable, resolve_mllm_folder
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def load_models(
     except WeightsUnavailable as exc:
         problems.append(str(exc))
     try:
-        segmenter = resolve_segmenter(sam2, sam2_variant, tqdm_class)
+        segmenter = segmenter_named(sam2, sam2_variant, tqdm_class)
     except (WeightsUnavailable, CheckpointError) as exc:
         problems.append(str(exc))
     if make_policy is None or segmenter is None:
@@ -80,7 +81,7 @@ def load_propagator(spec: str, variant: str | None = None, tqdm_class: type | No
     """The segmenter that propagates through volumes when it is not the click tool's (resolved, not built:
     it is built on first use)."""
     try:
-        return resolve_segmenter(spec, variant, tqdm_class)
+        return segmenter_named(spec, variant, tqdm_class)
     except CheckpointError as exc:
         raise WeightsUnavailable(str(exc)) from exc
 
@@ -110,7 +111,7 @@ def _shared_unless_replay(spec: str, make_policy: Callable[[], Policy]) -> Calla
 
 
 def spec_is_replay(spec: str) -> bool:
-    return spec.startswith("replay:")
+    return spec.startswith(("replay:", "oracle:"))  # a policy of its own for every session
 
 
 def spec_is_endpoint(spec: str) -> bool:
@@ -120,8 +121,16 @@ def spec_is_endpoint(spec: str) -> bool:
 def _policy_factory(
     spec: str, device: str, model_name: str | None, api_key: str | None, tqdm_class: type | None = None
 ) -> Callable[[], Policy]:
-    """``replay:FILE.json``, ``http(s)://host/v1`` (OpenAI-compatible), a local folder or a hub id."""
-    if spec_is_replay(spec):
+    """The policy schemes: ``replay:FILE.json``, ``oracle:REFERENCE`` (a labelmap on the volume's grid, or a
+    2D mask), ``http(s)://host/v1`` (OpenAI-compatible), else a local folder or a hub id."""
+    if spec.startswith("oracle:"):
+        from ..training.oracle import ReferenceOracle
+
+        reference = Path(spec.removeprefix("oracle:")).expanduser()
+        if not reference.is_file():
+            raise WeightsUnavailable(f"--mllm {spec}: no such reference labelmap or mask file")
+        return lambda: ReferenceOracle(reference)
+    if spec.startswith("replay:"):
         from ..policies.replay import ReplayPolicy
 
         outputs = ReplayPolicy.from_file(spec.removeprefix("replay:")).outputs

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..models.weights import HubRef, is_hub_ref, resolve_sam2_file
 from .sam2_model import detect, read_state
-from .variants import SAM2Variant, variant_named, variant_of_repo
+from .variants import VARIANTS, SAM2Variant, variant_named, variant_of_repo
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,21 @@ class SegmenterSpec:
             f"{role}_image_size": str(self.variant.image_size),
             f"{role}_checkpoint": str(self.checkpoint) if self.checkpoint else "random weights",
         }
+
+
+def segmenter_named(spec: str, variant: str | None = None, tqdm_class: type | None = None) -> Any:
+    """``--segmenter`` (``--sam2``): a name from the registry, or a checkpoint. The names are ``classical`` (the
+    weight-free random walker and its propagator) and every SAM 2 family variant (its released checkpoint);
+    anything else is a checkpoint file or Hugging Face id, as ``resolve_segmenter`` takes. Whatever it gives
+    has ``tool(device)``, ``propagator(device)`` and ``identity(role)``."""
+    from .classical import CLASSICAL
+
+    if spec == CLASSICAL.name:
+        return CLASSICAL
+    named = next((v for v in VARIANTS if v.name == spec), None)
+    if named is not None:
+        return resolve_segmenter(named.hub_spec, named.name, tqdm_class)
+    return resolve_segmenter(spec, variant, tqdm_class)
 
 
 def resolve_segmenter(spec: str, variant: str | None = None, tqdm_class: type | None = None) -> SegmenterSpec:

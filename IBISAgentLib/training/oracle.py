@@ -9,6 +9,7 @@ outside, so clicks land well inside errors and never on a pixel clicked before.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -75,3 +76,28 @@ class OraclePolicy:
         )
         region = "a part of the target the mask misses" if click.positive else "an area the mask wrongly includes"
         return format_response(f"IoU is {score:.2f}; the largest error is {region}.", action)
+
+
+class ReferenceOracle:
+    """``--mllm oracle:REFERENCE``: the oracle on whatever slice a session works on, its ground truth cut from a
+    reference labelmap on the volume's grid (non-zero voxels), or a 2D mask for a 2D image. On a slice where the
+    reference is empty it answers Terminate with "The target is absent.", as the released model does."""
+
+    def __init__(self, reference: Path, threshold: float = DEFAULT_IOU_THRESHOLD) -> None:
+        self.reference, self.threshold = reference, threshold
+        self.description = f"oracle on {reference.name} (IoU >= {threshold:g})"
+        self._labels: tuple[int, np.ndarray] | None = None  # (id of the volume it was read for, its voxels)
+
+    def generate(self, request: PolicyRequest, cancel: threading.Event) -> str:
+        return OraclePolicy(self._ground_truth(request), self.threshold).generate(request, cancel)
+
+    def _ground_truth(self, request: PolicyRequest) -> np.ndarray:
+        from ..imaging.images import read_mask
+        from ..imaging.volumes import read_labelmap
+
+        case = request.case
+        if case is None:
+            return read_mask(self.reference, request.image.shape[:2])
+        if self._labels is None or self._labels[0] != id(case.image):
+            self._labels = (id(case.image), read_labelmap(self.reference, case.image))
+        return np.ascontiguousarray(case.geometry.extract(self._labels[1]))
