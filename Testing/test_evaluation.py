@@ -111,8 +111,6 @@ def test_volume_evaluation_reports_the_propagated_mask(manifest, tiny_models, tm
     row = {"id": "wm", "image": "t1.nii.gz", "mask": "wm.nii.gz", "target": "white matter", "slice": "axial:3"}
     single.write_text(json.dumps(row | {"modality": "MR"}) + "\n")
     common = ("eval", "--dataset", single, "--policy", "oracle", "--tool", "classical", "--report", tmp_path / "r")
-    refused = ibisagent(*common, "--propagate")
-    assert refused.returncode == 2 and "needs --propagator" in refused.stderr
     result = ibisagent(*common, "--propagate", "--propagator", tiny_models[1], "--max-turns", "3")
     assert result.returncode == 0, result.stderr
     assert "volumes: 3D Dice" in result.stdout
@@ -130,6 +128,26 @@ def test_volume_evaluation_reports_the_propagated_mask(manifest, tiny_models, tm
     assert row["hd95_mm"] == pytest.approx(expected["hd95_mm"])
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert "| 3D Dice | HD95 (mm) |" in markdown and f"{row['volume_dice']:.4f}" in markdown
+
+
+def test_volume_evaluation_with_the_check_and_the_search(manifest, tmp_path):
+    """The weight-free segmenter propagates by itself; --check adds the 3D measures after the check, --search the
+    key-slice hit rate, in the results, the summary and the report."""
+    for name in ("t1", "wm"):
+        whole = sitk.ReadImage(str(manifest.parent / f"{name}.nii.gz"))
+        sitk.WriteImage(sitk.RegionOfInterest(whole, (64, 64, 20), (66, 80, 90)), str(tmp_path / f"{name}.nii.gz"))
+    single = tmp_path / "one.jsonl"
+    row = {"id": "wm", "image": "t1.nii.gz", "mask": "wm.nii.gz", "target": "white matter", "slice": "axial:10"}
+    single.write_text(json.dumps(row | {"modality": "MR"}) + "\n")
+    result = ibisagent("eval", "--dataset", single, "--policy", "oracle", "--tool", "classical", "--propagate",
+                       "--check", "--search", "--report", tmp_path / "r")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "after the check 3D Dice" in result.stdout and "key-slice hit rate 1.00" in result.stdout
+    row = json.loads((tmp_path / "r" / "results.jsonl").read_text())
+    assert row["key_slice_hit"] is True and 0 <= row["key_slice"] < 20
+    assert 0 < row["volume_dice"] <= 1 and 0 < row["volume_dice_checked"] <= 1 and row["checks"] >= 0
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "3D Dice, checked" in markdown and "key-slice hits" in markdown
 
 
 def _ball(shape, centre, radius):

@@ -142,6 +142,16 @@ class LocalBackend:
             cancel=cancel,
         )  # fmt: skip
 
+    def for_threads(self) -> LocalBackend:
+        """The same models for sessions on several threads at once (the volume agent's ``workers``): the click
+        tool behind one lock (``SharedTool``); the policy must answer several threads itself (see
+        ``models.loading.spec_serves_threads``)."""
+        from ..tools.shared import SharedTool
+
+        twin = LocalBackend(self.policy_factory, SharedTool(self.tool), self.device, self.propagator_spec)
+        twin._propagator = self._propagator
+        return twin
+
     @property
     def propagator(self):  # -> SAM2Propagator
         if self._propagator is None:

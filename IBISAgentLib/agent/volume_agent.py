@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -82,40 +83,52 @@ def search_key_slice(
     *,
     on_record: Callable[[SearchRecord], None] | None = None,
     cancel: threading.Event | None = None,
+    workers: int = 1,
 ) -> SearchResult:
     """Inspect slices of ``case``'s axis, coarse to fine, with ``open_slice(slice_case)`` giving a session on a
     slice (the backend's ``open_session`` with the instruction); the key slice, or None where no inspected slice
-    shows the target. Fewer than half of the slices of any volume of 20 slices or more are inspected."""
+    shows the target. Fewer than half of the slices of any volume of 20 slices or more are inspected. With
+    ``workers`` > 1 the slices of each round are inspected that many at once (``open_slice`` must then give
+    sessions that may run on several threads: a policy behind an endpoint, a shared tool)."""
     count = case.geometry.count
     stride = max(MIN_STRIDE, count // COARSE_SLICES)
     result = SearchResult(case.geometry.axis)
     seen: dict[int, SearchRecord] = {}
     cancel = cancel or threading.Event()
 
-    def inspect(index: int) -> None:
-        if index in seen or not 0 <= index < count or cancel.is_set():
-            return
-        record = _inspect(open_slice, case.at(index))
-        seen[index] = record
-        result.records.append(record)
-        if on_record is not None:
-            on_record(record)
+    def inspect(indices: list[int]) -> None:
+        todo = sorted({i for i in indices if i not in seen and 0 <= i < count})
+        for record in _each(lambda i: _inspect(open_slice, case.at(i), cancel), todo, workers):
+            if record is None:
+                continue
+            seen[record.index] = record
+            result.records.append(record)
+            if on_record is not None:
+                on_record(record)
 
-    for index in range(min(stride // 2, count - 1), count, stride):
-        inspect(index)
+    inspect(list(range(min(stride // 2, count - 1), count, stride)))
     step = stride // 2
     while step >= 1 and not cancel.is_set():
         best = _best(seen)
         if best is None:
             break
-        inspect(best - step)
-        inspect(best + step)
+        inspect([best - step, best + step])
         step //= 2
     result.key = _best(seen)
     return result
 
 
-def _inspect(open_slice: Callable[[VolumeCase], Any], slice_case: VolumeCase) -> SearchRecord:
+def _each(job: Callable[[Any], Any], items: list, workers: int) -> list:
+    """``job`` on every item, ``workers`` at once, results in the items' order."""
+    if workers <= 1 or len(items) <= 1:
+        return [job(item) for item in items]
+    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="ibisagent-volume") as pool:
+        return list(pool.map(job, items))
+
+
+def _inspect(open_slice: Callable[[VolumeCase], Any], slice_case: VolumeCase, cancel: threading.Event) -> Any:
+    if cancel.is_set():
+        return None
     session = open_slice(slice_case)
     try:
         step = session.step()
@@ -194,11 +207,12 @@ def check_propagation(
     *,
     on_check: Callable[[CheckRecord], None] | None = None,
     cancel: threading.Event | None = None,
+    workers: int = 1,
 ) -> tuple[PropagationResult, list[CheckRecord], dict[int, list[str]]]:
     """Re-check flagged slices of ``result`` (at most ``budget``) with a session each from the propagated mask
-    (``open_slice(slice_case, initial_mask)``), re-propagate from the corrected ones (``propagate(extra_keys)``),
-    and repeat while new slices are flagged and the budget lasts. The final result, the checks, and the flags
-    of the final result."""
+    (``open_slice(slice_case, initial_mask)``, ``workers`` at once), re-propagate from the corrected ones
+    (``propagate(extra_keys)``), and repeat while new slices are flagged and the budget lasts. The final result,
+    the checks, and the flags of the final result."""
     cancel = cancel or threading.Event()
     key_index = case.geometry.index
     extra: dict[int, np.ndarray] = {}
@@ -211,16 +225,18 @@ def check_propagation(
         if not todo or cancel.is_set():
             return result, checks, flags
         changed = False
-        for index in todo:
-            if cancel.is_set():
-                break
-            checked.add(index)
-            record = _recheck(open_slice, case.at(index), result, flags[index])
+        checked.update(todo)
+        rechecks = _each(
+            lambda i, now=result, why=flags: _recheck(open_slice, case.at(i), now, why[i], cancel), todo, workers
+        )
+        for record in rechecks:
+            if record is None:
+                continue
             checks.append(record)
             if on_check is not None:
                 on_check(record)
             if record.outcome in ("corrected", "cleared"):
-                extra[index] = record.mask
+                extra[record.index] = record.mask
                 changed = True
         if not changed or cancel.is_set():
             return result, checks, flags
@@ -229,8 +245,10 @@ def check_propagation(
 
 def _recheck(
     open_slice: Callable[[VolumeCase, np.ndarray], Any], slice_case: VolumeCase, result: PropagationResult,
-    why: list[str],
-) -> CheckRecord:  # fmt: skip
+    why: list[str], cancel: threading.Event,
+) -> CheckRecord | None:  # fmt: skip
+    if cancel.is_set():
+        return None
     before = np.ascontiguousarray(slice_case.geometry.extract(result.mask))
     session = open_slice(slice_case, before)
     try:

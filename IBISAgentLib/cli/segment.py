@@ -33,6 +33,8 @@ from ..imaging.rendering import overlay_mask
 from ..imaging.volume_case import VolumeCase
 from ..imaging.volumes import write_labelmap
 from ..models.devices import DEVICE_CHOICES
+from ..models.loading import spec_serves_threads
+from ..models.weights import mllm_spec
 from ..remote.client import RemoteError
 from ..tools import PropagationOptions
 from ..tools.propagation import PropagationResult
@@ -138,6 +140,13 @@ def _add_volume_options(parser: argparse.ArgumentParser) -> None:
         "propagated mask, and propagate again from the slices it corrected",
     )
     volume.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="slices the search and the check ask the model about at once (an http(s) endpoint or the oracle "
+        "answers several; default 1)",
+    )
+    volume.add_argument(
         "--check-budget",
         type=non_negative_int,
         default=DEFAULT_CHECK_BUDGET,
@@ -159,6 +168,7 @@ class SegmentRun:
     propagation: PropagationOptions | None
     search: bool = False  # --slice auto: find the key slice first
     check_budget: int | None = None  # --check: re-check flagged slices, at most this many
+    workers: int = 1  # sessions the search and the check run at once
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -171,6 +181,11 @@ def _segment(args: argparse.Namespace) -> int:
         raise UserError("--check applies to --propagate: it checks the propagated slices")
     if (search or args.check) and args.server:
         raise UserError("--slice auto and --check run in this process only for now; leave out --server")
+    if args.workers > 1 and not spec_serves_threads(mllm_spec(args.mllm)):
+        raise UserError(
+            f"--workers {args.workers} needs a policy that answers several sessions at once (an http(s) endpoint, "
+            "e.g. vLLM, or oracle:); a model in this process answers one at a time"
+        )
     if search and args.initial_mask:
         raise UserError("--initial-mask refines a slice you name: give --slice AXIS:INDEX with it, not auto")
     case, image, initial_mask = _read_inputs(args.image, slice_spec, args.window, args.initial_mask, image_limits(args))
@@ -190,7 +205,7 @@ def _segment(args: argparse.Namespace) -> int:
         options = _propagation_options(args.range, args.stop_after_empty, args.largest_component, case)
     run = SegmentRun(
         str(args.image), args.prompt, args.max_turns, tuple(args.click), args.jsonl, overlays, options, search,
-        args.check_budget if args.check else None,
+        args.check_budget if args.check else None, args.workers,
     )  # fmt: skip
     token = _token(args.token, args.token_file) if args.server else None
     backend = _backend(args.server, token, args.ca_bundle, ModelOptions.of(args))
@@ -316,10 +331,12 @@ def _search(case: VolumeCase, backend: Backend, run: SegmentRun, report: TextIO)
         area = f", first click {record.area} px" if record.verdict == "present" else ""
         print(f"search: {case.geometry.axis} {record.index}: {record.verdict}{area}", file=report, flush=True)
 
+    threaded = backend.for_threads() if run.workers > 1 else backend
     found = search_key_slice(
-        lambda slice_case: backend.open_session(slice_case, run.prompt, max_turns=1, image_source=run.source),
+        lambda slice_case: threaded.open_session(slice_case, run.prompt, max_turns=1, image_source=run.source),
         case,
         on_record=said,
+        workers=run.workers,
     )
     print(f"search: {found.summary()}", file=report, flush=True)
     return found
@@ -374,12 +391,13 @@ def _propagate(
             result = propagate({})
             print(f"propagated through {bar.n} slices: {int(result.mask.sum())} voxels", file=report)
             negatives = [(c.y, c.x) for c in getattr(session, "clicks", []) if not c.positive]
+            threaded = backend.for_threads() if run.workers > 1 else backend
             result, checks, flags = check_propagation(
                 propagate,
-                lambda slice_case, mask: backend.open_session(
+                lambda slice_case, mask: threaded.open_session(
                     slice_case, run.prompt, initial_mask=mask, max_turns=run.max_turns, image_source=run.source
                 ),
-                case, result, negatives, run.check_budget or 0, on_check=checked,
+                case, result, negatives, run.check_budget or 0, on_check=checked, workers=run.workers,
             )  # fmt: skip
         except KeyboardInterrupt:
             print("propagation interrupted: writing the key slice only", file=sys.stderr)

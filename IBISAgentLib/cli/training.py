@@ -56,7 +56,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="also propagate each volume sample's final mask through its volume and report the 3D Dice and "
         "95%% Hausdorff distance against its 3D label",
     )
-    evaluate.add_argument("--propagator", help="the SAM 2 family checkpoint that propagates (default: --sam2's)")
+    evaluate.add_argument(
+        "--check",
+        action="store_true",
+        help="with --propagate: also run the volume agent's check and report the 3D Dice and HD95 after it",
+    )
+    evaluate.add_argument(
+        "--check-budget", type=positive_int, default=8, help="slices the check may re-run the agent on (default 8)"
+    )
+    evaluate.add_argument(
+        "--search",
+        action="store_true",
+        help="also let the agent search each volume sample's axis for the key slice and report how often the slice "
+        "it finds shows the target (the key-slice hit rate)",
+    )
+    evaluate.add_argument("--propagator", help="the segmenter that propagates (default: --sam2's)")
     evaluate.add_argument(
         "--propagator-variant", choices=VARIANT_NAMES, help="its variant, where the file does not tell"
     )
@@ -169,8 +183,12 @@ def _eval(args: argparse.Namespace) -> int:
     propagator = None
     if args.propagate:
         propagator = _eval_propagator(args.propagator, args.propagator_variant, tool, args.device)
-    if args.policy == "oracle":
-        policy_for = lambda sample: OraclePolicy(sample.ground_truth)  # noqa: E731
+    if args.check and not args.propagate:
+        raise UserError("--check applies to --propagate: it checks the propagated slices")
+    if args.policy == "oracle":  # the whole labelmap where there is one: the check and the search ask on other slices
+        policy_for = lambda sample: OraclePolicy(  # noqa: E731
+            sample.volume_truth if sample.volume_truth is not None else sample.ground_truth
+        )
     else:
         from ..models.loading import load_policy_factory
         from ..models.weights import WeightsUnavailable
@@ -180,12 +198,13 @@ def _eval(args: argparse.Namespace) -> int:
         except (WeightsUnavailable, ValueError) as exc:
             raise UserError(str(exc)) from exc
         policy_for = lambda sample: factory()  # noqa: E731
-    load = lambda record: load_sample(record, keep_volume=args.propagate)  # noqa: E731
+    load = lambda record: load_sample(record, keep_volume=args.propagate or args.search)  # noqa: E731
     with tqdm(total=len(records), desc="evaluating", unit="sample", file=sys.stderr) as bar:
         try:
             report = evaluate(records, load, policy_for, tool, Path(args.report), args.max_turns,
                               progress=lambda done, total: bar.update(done - bar.n), workers=args.workers,
-                              propagator=propagator)  # fmt: skip
+                              propagator=propagator, check_budget=args.check_budget if args.check else None,
+                              search=args.search)  # fmt: skip
         except ManifestError as exc:
             raise UserError(str(exc)) from exc
     summary = report["summary"]
@@ -195,6 +214,10 @@ def _eval(args: argparse.Namespace) -> int:
         if "volumes" in summary
         else ""
     )
+    if "volume_dice_checked" in summary:
+        volumes += f", after the check 3D Dice {summary['volume_dice_checked']:.4f}"
+    if "key_slice_hit_rate" in summary:
+        volumes += f", key-slice hit rate {summary['key_slice_hit_rate']:.2f}"
     print(
         f"{summary['samples']} samples: Dice {summary['dice']:.4f}, IoU {summary['iou']:.4f}, F1 {summary['f1']:.4f}, "
         f"NoC@85 {summary['noc85']:.2f}, NoC@90 {summary['noc90']:.2f}{volumes} -> {Path(args.report) / 'report.md'}"
@@ -205,7 +228,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_propagator(
     propagator: str | None, variant: str | None, tool: SegmentationTool, device: str
 ) -> SAM2Propagator:
-    """The propagator of ``--propagate``: ``--propagator``, else the click tool's own SAM 2 family model."""
+    """The propagator of ``--propagate``: ``--propagator``, else the click tool's own segmenter's."""
     from ..models.loading import load_propagator
     from ..models.weights import WeightsUnavailable
 

@@ -95,7 +95,7 @@ def load_policy_factory(
     make_policy = _policy_factory(mllm, device, model_name, api_key)
     if workers == 1:
         return _shared_unless_replay(mllm, make_policy)
-    if not (spec_is_replay(mllm) or spec_is_endpoint(mllm)):
+    if not spec_serves_threads(mllm):
         raise ValueError(
             f"{workers} workers need the model behind an OpenAI-compatible endpoint (--mllm http://HOST/v1, e.g. "
             "vLLM), which batches their requests; a model in this process runs one session at a time"
@@ -111,7 +111,13 @@ def _shared_unless_replay(spec: str, make_policy: Callable[[], Policy]) -> Calla
 
 
 def spec_is_replay(spec: str) -> bool:
-    return spec.startswith(("replay:", "oracle:"))  # a policy of its own for every session
+    return spec.startswith("replay:")
+
+
+def spec_serves_threads(spec: str) -> bool:
+    """Policies that answer sessions on several threads at once: an endpoint (which batches them), a replay (one
+    per session) and the oracle; a model in this process answers one at a time."""
+    return spec_is_replay(spec) or spec_is_endpoint(spec) or spec.startswith("oracle:")
 
 
 def spec_is_endpoint(spec: str) -> bool:
@@ -129,7 +135,8 @@ def _policy_factory(
         reference = Path(spec.removeprefix("oracle:")).expanduser()
         if not reference.is_file():
             raise WeightsUnavailable(f"--mllm {spec}: no such reference labelmap or mask file")
-        return lambda: ReferenceOracle(reference)
+        oracle = ReferenceOracle(reference)  # one for all sessions: it reads the reference once
+        return lambda: oracle
     if spec.startswith("replay:"):
         from ..policies.replay import ReplayPolicy
 

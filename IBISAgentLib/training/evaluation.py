@@ -1,9 +1,10 @@
 """The evaluation harness: per-sample overlap (SimpleITK's label overlap filter), turns, stop reason and
 time; NoC@85 / NoC@90 for click policies; with a propagator, the volume-level Dice and 95 % Hausdorff
-distance of the propagated 3D mask; tables per modality and overall. Resumable: every finished sample is
-appended to ``results.jsonl`` and skipped on the next run. ``workers`` sessions run at once (threads:
-the model behind an OpenAI-compatible endpoint batches their requests), sharing one click tool and one
-propagator, so the results are those of one worker."""
+distance of the propagated 3D mask, and with the volume agent's check the same after it; with the search,
+whether the key slice it finds shows the target (the hit rate); tables per modality and overall. Resumable:
+every finished sample is appended to ``results.jsonl`` and skipped on the next run. ``workers`` sessions run
+at once (threads: the model behind an OpenAI-compatible endpoint batches their requests), sharing one click
+tool and one propagator, so the results are those of one worker."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ import SimpleITK as sitk
 
 from ..agent.interfaces import Policy, SegmentationTool
 from ..agent.session import AgentSession
+from ..agent.volume_agent import check_propagation, search_key_slice
 from ..imaging.geometry import SliceGeometry
+from ..imaging.volume_case import VolumeCase
+from ..tools.propagation import PropagationResult
 from ..tools.shared import SharedTool
 from .manifest import Sample
 from .oracle import iou
@@ -32,7 +36,12 @@ HAUSDORFF_PERCENTILE = 95
 
 
 class Propagator(Protocol):
-    def propagate(self, volume: np.ndarray, key: SliceGeometry, key_mask: np.ndarray) -> Any: ...
+    def propagate(
+        self, volume: np.ndarray, key: SliceGeometry, key_mask: np.ndarray, *, extra_keys: dict | None = None
+    ) -> Any: ...
+
+
+Propagate = Callable[[Sample, np.ndarray, dict[int, np.ndarray]], PropagationResult]
 
 
 def overlap(truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -85,11 +94,18 @@ def evaluate_sample(
     policy: Policy,
     tool: SegmentationTool,
     max_turns: int,
-    propagate: Callable[[Sample, np.ndarray], np.ndarray] | None = None,
+    propagate: Propagate | None = None,
+    check_budget: int | None = None,
+    search: bool = False,
 ) -> dict[str, Any]:
-    """One sample's row; ``propagate`` (sample, key-slice mask) -> 3D mask adds the volume-level measures."""
+    """One sample's row; ``propagate`` (sample, key-slice mask, extra key slices) adds the volume-level measures,
+    ``check_budget`` the same after the volume agent's check, and ``search`` whether the key slice the agent
+    finds on the sample's axis shows the target. The session itself works on the manifest's slice, so the
+    per-slice measures stay comparable with and without them."""
     started = time.perf_counter()
-    session = AgentSession(sample.image, sample.task, policy, tool, max_turns=max_turns, image_source=sample.id)
+    session = AgentSession(
+        sample.image, sample.task, policy, tool, max_turns=max_turns, image_source=sample.id, case=sample.case
+    )
     try:
         trace = session.run()
     finally:
@@ -104,9 +120,28 @@ def evaluate_sample(
         "stop_reason": trace.stop_reason,
         **{f"noc{round(t * 100)}": clicks_to_reach(click_ious, t) for t in NOC_THRESHOLDS},
     }
-    if propagate is not None and sample.case is not None and sample.volume_truth is not None:
-        volume = propagate(sample, session.mask)
-        row.update(volume_overlap(sample.volume_truth, volume, sample.case.image))
+    case, truth = sample.case, sample.volume_truth
+    if case is not None and truth is not None:
+
+        def on_slice(slice_case: VolumeCase, mask: np.ndarray | None = None, turns: int = max_turns) -> AgentSession:
+            return AgentSession(slice_case.slice_rgb(), sample.task, policy, tool, initial_mask=mask, max_turns=turns,
+                                image_source=sample.id, case=slice_case)  # fmt: skip
+
+        if search:
+            found = search_key_slice(lambda slice_case: on_slice(slice_case, turns=1), case)
+            row["key_slice"] = found.key
+            row["key_slice_hit"] = found.key is not None and bool(case.at(found.key).geometry.extract(truth).any())
+        if propagate is not None and session.mask.any():
+            result = propagate(sample, session.mask, {})
+            row.update(volume_overlap(truth, result.mask, case.image))
+            if check_budget is not None:
+                checked, checks, _ = check_propagation(
+                    lambda extra: propagate(sample, session.mask, extra), on_slice, case, result,
+                    [(c.y, c.x) for c in session.clicks if not c.positive], check_budget,
+                )  # fmt: skip
+                after = volume_overlap(truth, checked.mask, case.image)
+                row.update({f"{name}_checked": value for name, value in after.items()})
+                row["checks"] = len(checks)
     row["seconds"] = time.perf_counter() - started
     return row
 
@@ -121,6 +156,8 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     workers: int = 1,
     propagator: Propagator | None = None,
+    check_budget: int | None = None,
+    search: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every record not yet in ``report_dir/results.jsonl`` with ``workers`` sessions at once.
 
@@ -139,7 +176,7 @@ def evaluate(
 
         def run(record: dict) -> None:
             sample = load(record)
-            row = evaluate_sample(sample, policy_for(sample), shared, max_turns, propagate)
+            row = evaluate_sample(sample, policy_for(sample), shared, max_turns, propagate, check_budget, search)
             with written:
                 results.write(json.dumps(row) + "\n")
                 results.flush()
@@ -177,14 +214,14 @@ def _finished(results_path: Path) -> dict[str, dict]:
     return done
 
 
-def _serialized_propagation(propagator: Propagator) -> Callable[[Sample, np.ndarray], np.ndarray]:
+def _serialized_propagation(propagator: Propagator) -> Propagate:
     """Propagation through the sample's whole volume, one volume at a time (one model, shared)."""
     lock = threading.Lock()
 
-    def propagate(sample: Sample, key_mask: np.ndarray) -> np.ndarray:
+    def propagate(sample: Sample, key_mask: np.ndarray, extra: dict[int, np.ndarray]) -> PropagationResult:
         assert sample.case is not None
         with lock:
-            return propagator.propagate(sample.case.windowed, sample.case.geometry, key_mask).mask
+            return propagator.propagate(sample.case.windowed, sample.case.geometry, key_mask, extra_keys=extra)
 
     return propagate
 
@@ -196,18 +233,31 @@ def summarize(rows: list[dict]) -> dict[str, float]:
     volumes = [r for r in rows if "volume_dice" in r]
     if volumes:
         summary["volumes"] = len(volumes)
-        summary["volume_dice"] = statistics.fmean(r["volume_dice"] for r in volumes)
-        distances = [r["hd95_mm"] for r in volumes if r["hd95_mm"] is not None]
-        summary["hd95_mm"] = statistics.fmean(distances) if distances else None
+        for suffix in ("", "_checked"):
+            measured = [r for r in volumes if f"volume_dice{suffix}" in r]
+            if not measured:
+                continue
+            summary[f"volume_dice{suffix}"] = statistics.fmean(r[f"volume_dice{suffix}"] for r in measured)
+            distances = [r[f"hd95_mm{suffix}"] for r in measured if r[f"hd95_mm{suffix}"] is not None]
+            summary[f"hd95_mm{suffix}"] = statistics.fmean(distances) if distances else None
+    searched = [r for r in rows if "key_slice_hit" in r]
+    if searched:
+        summary["key_slice_hit_rate"] = statistics.fmean(float(r["key_slice_hit"]) for r in searched)
     return summary
 
 
 def markdown(report: dict[str, Any]) -> str:
-    with_volumes = "volumes" in report["summary"]
+    summary = report["summary"]
+    with_volumes, checked, searched = ("volumes" in summary, "volume_dice_checked" in summary,
+                                       "key_slice_hit_rate" in summary)  # fmt: skip
     header = "| set | samples | Dice | IoU | F1 | turns | NoC@85 | NoC@90 |"
     rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
     if with_volumes:
         header, rule = header + " volumes | 3D Dice | HD95 (mm) |", rule + "---:|---:|---:|"
+    if checked:
+        header, rule = header + " 3D Dice, checked | HD95 (mm), checked |", rule + "---:|---:|"
+    if searched:
+        header, rule = header + " key-slice hits |", rule + "---:|"
 
     def line(name: str, s: dict[str, Any]) -> str:
         text = (
@@ -216,6 +266,10 @@ def markdown(report: dict[str, Any]) -> str:
         )
         if with_volumes:
             text += f" {s.get('volumes', 0)} | {_number(s.get('volume_dice'))} | {_number(s.get('hd95_mm'), 2)} |"
+        if checked:
+            text += f" {_number(s.get('volume_dice_checked'))} | {_number(s.get('hd95_mm_checked'), 2)} |"
+        if searched:
+            text += f" {_number(s.get('key_slice_hit_rate'), 2)} |"
         return text + "\n"
 
     body = "".join(line(m, s) for m, s in report["per_modality"].items()) + line("**overall**", report["summary"])

@@ -52,7 +52,8 @@ def next_click(
 
 class OraclePolicy:
     """Answers like the model would, from the ground truth: click the largest error, or terminate once the
-    mask reaches ``threshold`` IoU or no error is left."""
+    mask reaches ``threshold`` IoU or no error is left. The ground truth is the image's (H, W) mask, or a
+    (k, j, i) labelmap on a volume's grid, cut at whatever slice the request's session works on."""
 
     def __init__(self, ground_truth: np.ndarray, threshold: float = DEFAULT_IOU_THRESHOLD) -> None:
         self.ground_truth = ground_truth.astype(bool)
@@ -60,13 +61,18 @@ class OraclePolicy:
         self.description = f"oracle clicker (IoU >= {threshold:g})"
 
     def generate(self, request: PolicyRequest, cancel: threading.Event) -> str:
-        mask = request.mask if request.mask is not None else np.zeros(self.ground_truth.shape, bool)
-        if mask.shape != self.ground_truth.shape:
-            raise ValueError(f"ground truth {self.ground_truth.shape} does not match the image {mask.shape}")
-        score = iou(self.ground_truth, mask)
-        click = None if score >= self.threshold else next_click(self.ground_truth, mask, request.clicks)
+        truth = self.ground_truth
+        if truth.ndim == 3:
+            if request.case is None:
+                raise ValueError("a volume's ground truth needs a session on a slice of that volume")
+            truth = np.ascontiguousarray(request.case.geometry.extract(truth))
+        mask = request.mask if request.mask is not None else np.zeros(truth.shape, bool)
+        if mask.shape != truth.shape:
+            raise ValueError(f"ground truth {truth.shape} does not match the image {mask.shape}")
+        score = iou(truth, mask)
+        click = None if score >= self.threshold else next_click(truth, mask, request.clicks)
         if click is None:
-            answer = "The target is absent." if not self.ground_truth.any() else "The mask matches the target."
+            answer = "The target is absent." if not truth.any() else "The mask matches the target."
             return format_response(f"The mask overlaps the target with IoU {score:.2f}.", Action("terminate"), answer)
         height, width = mask.shape
         action = Action(
@@ -87,17 +93,20 @@ class ReferenceOracle:
         self.reference, self.threshold = reference, threshold
         self.description = f"oracle on {reference.name} (IoU >= {threshold:g})"
         self._labels: tuple[int, np.ndarray] | None = None  # (id of the volume it was read for, its voxels)
+        self._lock = threading.Lock()  # sessions on several threads share one oracle
 
     def generate(self, request: PolicyRequest, cancel: threading.Event) -> str:
         return OraclePolicy(self._ground_truth(request), self.threshold).generate(request, cancel)
 
     def _ground_truth(self, request: PolicyRequest) -> np.ndarray:
+        """The 2D mask, or the labelmap on the request's volume (read once per volume)."""
         from ..imaging.images import read_mask
         from ..imaging.volumes import read_labelmap
 
         case = request.case
         if case is None:
             return read_mask(self.reference, request.image.shape[:2])
-        if self._labels is None or self._labels[0] != id(case.image):
-            self._labels = (id(case.image), read_labelmap(self.reference, case.image))
-        return np.ascontiguousarray(case.geometry.extract(self._labels[1]))
+        with self._lock:
+            if self._labels is None or self._labels[0] != id(case.image):
+                self._labels = (id(case.image), read_labelmap(self.reference, case.image))
+            return self._labels[1]
