@@ -313,7 +313,7 @@ def test_schemathesis_finds_no_server_error(tiny_models, replay, tmp_path):
 
 
 def test_a_full_queue_answers_503_with_retry_after(tiny_models, tmp_path):
-    with FakeOpenAIServer(chunk_delay=0.2) as model:
+    with FakeOpenAIServer(chunk_delay=0.6) as model:  # runs that last seconds: still busy on a loaded machine
         model.replies += [(200, c) for c in clicks(30)]
         with ServerProcess("--mllm", model.url, "--sam2", str(tiny_models[1]), "--max-queue", "1") as process:
             backend = RemoteBackend(process.url, token=process.token)
