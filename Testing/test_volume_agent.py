@@ -189,3 +189,51 @@ def test_the_check_on_the_real_mni_white_matter(tmp_path):
         dice[bool(flags)] = _dice(mask, truth)
     print(f"MNI white matter, oracle + classical: 3D Dice {dice[False]:.3f} without --check, {dice[True]:.3f} with")
     assert dice[False] > 0.5 and dice[True] >= dice[False] - 0.01
+
+
+def test_the_driver_finds_the_slice_propagates_and_checks(tmp_path):
+    """What the web app and the Slicer module run: start with find, then propagate with a check budget; the
+    log, the per-slice records, the segment and the trace say what happened."""
+    from workflow_ports import LOCAL, ArrayTarget
+
+    from IBISAgentLib.workflow import WorkflowDriver
+
+    volume, reference, lesion, neighbour = _phantom(tmp_path)
+    backend = _backend(reference)
+    driver = WorkflowDriver(build_backend=lambda choice: backend)
+    case = VolumeCase.load(volume, "axial")  # the middle slice: the lesion is elsewhere at its largest
+    target = ArrayTarget(case.windowed.shape)
+    driver.start(case, PROMPT, target, target, LOCAL, find=True)
+    driver.wait()
+    areas = lesion.sum(axis=(1, 2))
+    key = driver.case.geometry.index
+    assert areas[key] == areas.max() and driver.state.stop_reason == "terminate"
+    assert any(line.startswith("looked at slice") for line in driver.state.log)
+    assert f"working on axial slice {key}" in driver.state.log
+    backend._propagator = LeakyPropagator(neighbour, key + 3)
+    driver.propagate(PropagationOptions(stop_after_empty=0), check_budget=8)
+    driver.wait()
+    assert any(line.startswith(f"checked slice {key + 3}") and "corrected" in line for line in driver.state.log)
+    assert {s["index"] for s in driver.state.slices} == set(range(lesion.shape[0]))
+    assert _dice(target.segment, lesion) > 0.98
+    trace = json.loads(target.traces[-1])
+    jsonschema.validate(trace, SCHEMA)
+    assert trace["search"] and trace["propagation"]["slices"] and any(c["index"] == key + 3 for c in trace["checks"])
+
+
+def test_the_driver_says_when_no_slice_shows_the_target(tmp_path):
+    from workflow_ports import LOCAL, ArrayTarget
+
+    from IBISAgentLib.workflow import WorkflowDriver
+
+    volume, _, lesion, _ = _phantom(tmp_path, depth=24)
+    empty = sitk.GetImageFromArray(np.zeros(lesion.shape, np.uint8))
+    empty.CopyInformation(sitk.ReadImage(str(volume)))
+    sitk.WriteImage(empty, str(tmp_path / "none.nii.gz"))
+    driver = WorkflowDriver(build_backend=lambda choice: _backend(tmp_path / "none.nii.gz"))
+    case = VolumeCase.load(volume, "axial")
+    target = ArrayTarget(case.windowed.shape)
+    driver.start(case, "segment the spleen", target, target, LOCAL, find=True)
+    driver.wait()
+    assert driver.session is None and driver.state.stop_reason == "terminate"
+    assert driver.state.answer.startswith("The target was not found") and not target.segment.any()

@@ -25,11 +25,25 @@ import numpy as np
 
 from ..agent.backends import Backend, Session
 from ..agent.trace import Step
+from ..agent.volume_agent import check_propagation, search_key_slice
 from ..imaging.geometry import SliceGeometry
 from ..imaging.volume_case import VolumeCase
 from ..tools.propagation import DEFAULT_PROPAGATION, PropagationCancelled, PropagationOptions
 from .choice import BackendChoice
-from .events import Event, Failed, Finished, Idle, Opened, Progressed, Propagated, Reverted, SliceChanged, TraceReady
+from .events import (
+    Checked,
+    Event,
+    Failed,
+    Finished,
+    Idle,
+    Opened,
+    Progressed,
+    Propagated,
+    Reverted,
+    Searched,
+    SliceChanged,
+    TraceReady,
+)
 from .markers import Marker, markers_of
 from .ports import RecordPort, SegmentPort
 
@@ -48,6 +62,7 @@ class DriverState:
     stop_reason: str | None = None
     answer: str | None = None
     progress: tuple[int, int] | None = None  # propagation: slices done, total
+    slices: list[dict] = field(default_factory=list)  # the last propagation's per-slice records, with flags
 
     @property
     def status(self) -> str:
@@ -84,6 +99,7 @@ class WorkflowDriver:
         self._worker_operation = threading.local()
         self._cancel = threading.Event()
         self._operation = 0
+        self._volume_records: dict[str, Any] = {}  # search, propagation, checks: what the trace adds for a volume
 
     # -- commands (UI thread) ----------------------------------------------------------------------
 
@@ -97,28 +113,46 @@ class WorkflowDriver:
         *,
         then: Literal["run", "step"] | None = "run",
         max_turns: int = 20,
+        find: bool = False,
     ) -> None:
         """Start a session on ``case``'s key slice, then run the agent (or one step). The previous session is
         closed first: nothing of it can act on the new target, even if opening fails. What the target holds
-        on the key slice is where the agent starts."""
+        on the key slice is where the agent starts. With ``find`` the agent first searches ``case``'s axis for
+        the slice that shows the target and works there (``Opened`` names it); if none does, the operation ends
+        with ``Finished("terminate", answer)`` and no session."""
         if not instruction.strip():
             raise ValueError("Type what to segment, for example 'segment the liver tumor'.")
         self._refuse_if_busy()
         segment = target.read()
         if segment.shape != case.windowed.shape:
             raise ValueError(f"the segment is {segment.shape}, the volume {case.windowed.shape}")
-        on_slice = case.geometry.extract(segment)
-        initial_mask = np.array(on_slice) if on_slice.any() else None
         previous, self.session, self.case = self.session, None, None
         self.target, self.record = target, record
         self.state = DriverState()
+        self._volume_records = {}
         record.show_markers([])
 
         def job() -> None:
+            nonlocal case
             _close(previous)
             if self._backend is None or choice != self._choice:
                 self._backend, self._choice = None, None  # a build that fails leaves no stale backend behind
                 self._backend, self._choice = self.build_backend(choice), choice
+            if find:
+                found = search_key_slice(
+                    lambda slice_case: self._backend.open_session(slice_case, instruction, max_turns=1),
+                    case, on_record=lambda record: self._emit(Searched(_record_dict(record))), cancel=self._cancel,
+                )  # fmt: skip
+                self._volume_records["search"] = found.to_dict()
+                if self._cancel.is_set():
+                    self._emit(Finished("cancelled", None))
+                    return
+                if found.key is None:
+                    self._emit(Finished("terminate", f"The target was not found: {found.summary()}."))
+                    return
+                case = case.at(found.key)
+            on_slice = case.geometry.extract(segment)
+            initial_mask = np.array(on_slice) if on_slice.any() else None
             session = self._backend.open_session(
                 case, instruction, initial_mask=initial_mask, max_turns=max_turns, on_step=self._on_step
             )
@@ -151,23 +185,45 @@ class WorkflowDriver:
 
         self._launch(job)
 
-    def propagate(self, options: PropagationOptions = DEFAULT_PROPAGATION) -> None:
-        """Grow the key-slice result through the volume as ``options`` say."""
+    def propagate(self, options: PropagationOptions = DEFAULT_PROPAGATION, check_budget: int | None = None) -> None:
+        """Grow the key-slice result through the volume as ``options`` say; with ``check_budget``, then check
+        the propagated slices and let the agent repair at most that many (``Checked`` for each)."""
         span = options.span(self._geometry())
+        max_turns = getattr(self.session, "max_turns", 20)
 
         def job() -> None:
             session = self._session()
             if not session.mask.any():
                 raise ValueError("Segment the key slice first: there is nothing to propagate yet.")
+            progress = lambda done, total, index: self._emit(Progressed(done, total))  # noqa: E731
             try:
-                mask = self._backend.propagate(
-                    session, options, cancel=self._cancel,
-                    on_progress=lambda done, total, index: self._emit(Progressed(done, total)),
+                if not hasattr(self._backend, "propagate_with_keys"):  # a server: the mask alone
+                    self._emit(Propagated(self._backend.propagate(session, options, cancel=self._cancel,
+                                                                  on_progress=progress), *span))  # fmt: skip
+                    return
+                keyed = lambda extra: self._backend.propagate_with_keys(  # noqa: E731
+                    session, options, extra_keys=extra, cancel=self._cancel, on_progress=progress
+                )
+                result = keyed({})
+                negatives = [(c.y, c.x) for c in getattr(session, "clicks", []) if not c.positive]
+                result, checks, flags = check_propagation(
+                    keyed,
+                    lambda slice_case, mask: self._backend.open_session(
+                        slice_case, session.trace().instruction, initial_mask=mask, max_turns=max_turns
+                    ),
+                    self._case(), result, negatives, check_budget or 0,
+                    on_check=lambda record: self._emit(Checked(record.to_dict())), cancel=self._cancel,
                 )  # fmt: skip
+                if self._cancel.is_set():
+                    raise PropagationCancelled()
             except PropagationCancelled:
                 self._emit(Reverted("propagation cancelled"))
                 return
-            self._emit(Propagated(mask, *span))
+            slices = [_record_dict(r) | {"flags": flags.get(r.index, [])} for r in result.slices.values()]
+            self._volume_records["propagation"] = {"first": span[0], "last": span[1], "slices": slices}
+            self._volume_records["checks"] = [c.to_dict() for c in checks] if check_budget is not None else None
+            self._emit(Propagated(result.mask, *span, slices))
+            self._emit_trace()
 
         self._launch(job, snapshot=self._read_target())
 
@@ -249,7 +305,7 @@ class WorkflowDriver:
         return column, row
 
     def trace_json(self) -> str:
-        return self._session().trace().to_json()
+        return self._trace().to_json()
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -294,7 +350,14 @@ class WorkflowDriver:
 
     def _emit_trace(self) -> None:
         with contextlib.suppress(Exception):  # a server gone mid-way: the operation's own error says so
-            self._emit(TraceReady(self._session().trace().to_json()))
+            self._emit(TraceReady(self._trace().to_json()))
+
+    def _trace(self) -> Any:  # -> Trace
+        """The session's trace with what the volume agent did (search, propagation records, checks)."""
+        trace = self._session().trace()
+        for name, value in self._volume_records.items():
+            setattr(trace, name, value)
+        return trace
 
     def _agent(self, action: Callable[[], Any]) -> None:
         session = self._session()
@@ -323,6 +386,14 @@ class WorkflowDriver:
             state.busy = False
         elif isinstance(event, Opened):
             state.log.append(f"working on {event.axis} slice {event.index}")
+        elif isinstance(event, Searched):
+            record = event.record
+            area = f" (first mask {record['area']} px)" if record["verdict"] == "present" else ""
+            state.log.append(f"looked at slice {record['index']}: {record['verdict']}{area}")
+        elif isinstance(event, Checked):
+            record = event.record
+            state.log.append(f"checked slice {record['index']} ({', '.join(record['why'])}): {record['outcome']}, "
+                             f"{record['area_before']} -> {record['area_after']} px")  # fmt: skip
         elif isinstance(event, SliceChanged):
             self._write_plane(event.plane)
             self._show_markers()
@@ -337,7 +408,10 @@ class WorkflowDriver:
                 )
 
             self._write(replace)
-            state.log.append(f"propagated through slices {event.first}–{event.last}: {int(event.mask.sum())} voxels")
+            state.slices = event.slices
+            flagged = [s["index"] for s in event.slices if s["flags"]]
+            state.log.append(f"propagated through slices {event.first}–{event.last}: {int(event.mask.sum())} voxels"
+                             + (f"; flagged: {', '.join(map(str, flagged))}" if flagged else ""))  # fmt: skip
         elif isinstance(event, Progressed):
             state.progress = (event.done, event.total)
         elif isinstance(event, Finished):
@@ -388,9 +462,19 @@ class WorkflowDriver:
         return self.session
 
     def _geometry(self) -> SliceGeometry:
+        return self._case().geometry
+
+    def _case(self) -> VolumeCase:
         if self.case is None:
             raise RuntimeError("There is no volume: start the agent first.")
-        return self.case.geometry
+        return self.case
+
+
+def _record_dict(record: Any) -> dict:
+    """A search or slice record as the trace writes it."""
+    from dataclasses import asdict
+
+    return asdict(record)
 
 
 def _close(session: Session | None) -> None:

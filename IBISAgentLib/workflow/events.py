@@ -44,12 +44,28 @@ class Progressed(Event):
 
 
 @dataclass
+class Searched(Event):
+    """The search looked at one slice (a ``volume_agent.SearchRecord`` as a dict: index, verdict, text, area)."""
+
+    record: dict
+
+
+@dataclass
+class Checked(Event):
+    """The check re-ran the agent on one propagated slice (a ``volume_agent.CheckRecord`` as a dict)."""
+
+    record: dict
+
+
+@dataclass
 class Propagated(Event):
-    """The 3D result: only slices ``first``..``last`` of ``mask`` count (along the slice normal)."""
+    """The 3D result: only slices ``first``..``last`` of ``mask`` count (along the slice normal). ``slices`` has a
+    record per propagated slice (index, area, score, agreement, flags) where the backend gives them."""
 
     mask: np.ndarray
     first: int
     last: int
+    slices: list[dict] = field(default_factory=list)
 
 
 @dataclass
