@@ -56,6 +56,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.shownCase = None
 
         self.ui.runButton.connect("clicked(bool)", self.onRun)
+        self.ui.findButton.connect("clicked(bool)", lambda: self.start("run", find=True))
         self.ui.stepButton.connect("clicked(bool)", self.onStep)
         self.ui.continueButton.connect("clicked(bool)", lambda: self.hub.command(self.hub.driver.run))
         self.ui.undoButton.connect("clicked(bool)", lambda: self.hub.command(self.hub.driver.undo))
@@ -139,7 +140,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
     def onStep(self):
         self.hub.step(self.start)
 
-    def start(self, then):
+    def start(self, then, find=False):
         self.saveSettings()
         self.hub.start(
             self.ui.inputVolumeSelector.currentNode(),
@@ -149,9 +150,11 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
             self.ui.instructionEdit.text.strip(),
             self.ui.maxTurnsSpinBox.value,
             then,
+            find,
         )
 
     def onPropagate(self):
+        from IBISAgentLib.agent.volume_agent import DEFAULT_CHECK_BUDGET
         from IBISAgentLib.tools import PropagationOptions
 
         options = PropagationOptions(
@@ -160,7 +163,8 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
             self.ui.stopAfterEmptySpinBox.value,
             self.ui.largestComponentCheckBox.checked,
         )
-        self.hub.command(lambda: self.hub.driver.propagate(options))
+        budget = DEFAULT_CHECK_BUDGET if self.ui.checkCheckBox.checked else None
+        self.hub.command(lambda: self.hub.driver.propagate(options, budget))
 
     def onPlace(self, positive, on):
         other = self.ui.negativeClickButton if positive else self.ui.positiveClickButton
@@ -202,7 +206,8 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.ui.reasoningText.plainText = "\n".join(state.log)
         self.ui.statusLabel.text = state.status
         self.ui.runButton.text = "Cancel" if state.busy else "Run"
-        for button in (self.ui.stepButton, self.ui.continueButton, self.ui.undoButton, self.ui.propagateButton):
+        for button in (self.ui.findButton, self.ui.stepButton, self.ui.continueButton, self.ui.undoButton,
+                       self.ui.propagateButton):  # fmt: skip
             button.enabled = not state.busy
         if state.progress is not None:
             done, total = state.progress

@@ -14,7 +14,7 @@ from .errors import AdapterError
 from .record import MRMLRecord, store_trace
 from .scene import HeadlessScene, load_mrb, new_scene, save_mrb
 from .segments import LogicEditor, MRMLSegment, segment_array
-from .volumes import ViewSlice, align_view, volume_case, volume_node_from_image, xy_to_world
+from .volumes import ViewSlice, align_view, show_slice, volume_case, volume_node_from_image, xy_to_world
 
 __all__ = [
     "AdapterError",
@@ -28,6 +28,7 @@ __all__ = [
     "new_scene",
     "save_mrb",
     "segment_array",
+    "show_slice",
     "store_trace",
     "volume_case",
     "volume_node_from_image",

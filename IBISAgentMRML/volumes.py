@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
-from IBISAgentLib.imaging.geometry import AXES, Axis, anatomical_axes
+from IBISAgentLib.imaging.geometry import AXES, Axis, SliceGeometry, anatomical_axes
 from IBISAgentLib.imaging.volume_case import VolumeCase
 from IBISAgentLib.imaging.volumes import volume_array
 from IBISAgentLib.imaging.windowing import Window
@@ -123,6 +123,14 @@ def align_view(slice_node: Any, volume_node: Any) -> bool:
     centre[normal_axis] = shown.index  # exactly on the agent's voxel plane, not between two
     slice_node.JumpSliceByCentering(*(matrix @ centre)[:3])
     return True
+
+
+def show_slice(slice_node: Any, geometry: SliceGeometry) -> None:
+    """Move a view that shows the geometry's axis onto its voxel plane (the slice the agent works on), keeping
+    where it looks within the plane. ``geometry`` is a VolumeCase's, in world RAS."""
+    centre = np.array([(n - 1) / 2 for n in geometry.size], dtype=float)
+    centre[geometry.normal_axis] = geometry.index
+    slice_node.JumpSliceByOffsetting(*geometry.ijk_to_ras(centre))
 
 
 def _voxel_axes(matrix: np.ndarray) -> np.ndarray:

@@ -13,10 +13,11 @@ from urllib.parse import urlsplit
 
 from trame.app import asynchronous
 
+from IBISAgentLib.agent.volume_agent import DEFAULT_CHECK_BUDGET
 from IBISAgentLib.remote.client import is_loopback
 from IBISAgentLib.tools import PropagationOptions
 from IBISAgentLib.workflow import BackendChoice, DriverBusy, Event, Failed, WorkflowDriver
-from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, volume_case
+from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, show_slice, volume_case
 
 from .scene import VIEW_NAMES, WebScene
 
@@ -111,9 +112,23 @@ class DriverBridge:
         def call() -> None:
             first, last = _int(self.state.ia_first, "first slice"), _int(self.state.ia_last, "last slice")
             empty = _int(self.state.ia_stop_after_empty, "stop after empty slices")
-            self.driver.propagate(PropagationOptions(first, last, empty, bool(self.state.ia_largest)))
+            budget = DEFAULT_CHECK_BUDGET if self.state.ia_check else None
+            self.driver.propagate(PropagationOptions(first, last, empty, bool(self.state.ia_largest)), budget)
 
         self.command(call)
+
+    def on_find(self) -> None:
+        self.start("run", find=True)
+
+    def on_goto_slice(self, index: int) -> None:
+        """A bar of the propagated-slice strip: the agent's view moves to that slice."""
+        case, view = self.driver.case, self._session_opened[2] if self._session_opened else None
+        slice_node = self.scene.slice_node(view) if view else None
+        if case is None or slice_node is None:
+            return
+        show_slice(slice_node, case.at(int(index)).geometry)
+        with self.state:
+            self.state.ia_shown = f"(showing {case.geometry.axis} slice {int(index)})"
 
     def on_click(self, view_name: str, ras: tuple[float, float, float]) -> None:
         """A click on a slice view while Add/Remove point is on."""
@@ -127,11 +142,14 @@ class DriverBridge:
             return
         self.command(lambda: self.driver.click(tuple(float(v) for v in ras), mode == "add"), quick=True)
 
-    def start(self, then: str) -> None:
+    def start(self, then: str, find: bool = False) -> None:
         host = urlsplit(self.choice.server).hostname if self.choice.remote else None
         if host and not is_loopback(host) and host not in self._consented:
             with self.state:  # the page asks once per server before an image leaves this computer
                 self.state.ia_consent_host, self._pending_start = host, then
+            return
+        if find and self.choice.remote:
+            self.notify("Find runs with the models on this computer for now, not on a server.")
             return
 
         def call() -> None:
@@ -157,7 +175,7 @@ class DriverBridge:
             port = MRMLSegment(node, segment_id, volume, editor)
             self.scene.surfaces.show(node)
             turns = _int(self.state.ia_max_turns, "max turns")
-            self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=turns)
+            self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=turns, find=find)
             self._session_opened = self._session_key()
 
         self.command(call)
@@ -259,8 +277,26 @@ class DriverBridge:
                 if self.state.ia_slice_where != where:  # a new session: the whole volume by default
                     self.state.ia_slice_where = where
                     self.state.ia_first, self.state.ia_last = 0, geometry.count - 1
+                    self._show_agent_slice(geometry)
             else:
                 self.state.ia_slice_where = ""
+            largest = max((s["area"] for s in state.slices), default=0) or 1
+            self.state.ia_slices = [
+                {
+                    "index": s["index"],
+                    "area": s["area"],
+                    "flags": s["flags"],
+                    "height": round(100 * s["area"] / largest),
+                }
+                for s in state.slices
+            ]
+
+    def _show_agent_slice(self, geometry: Any) -> None:
+        """The agent's view shows the session's slice (found by Find, it is not the one the view was on)."""
+        view = self._session_opened[2] if self._session_opened else None
+        slice_node = self.scene.slice_node(view) if view else None
+        if slice_node is not None:
+            show_slice(slice_node, geometry)
 
 
 def _int(value: Any, what: str) -> int:

@@ -32,6 +32,9 @@ DEFAULTS = {
     "ia_last": 0,
     "ia_stop_after_empty": 3,
     "ia_largest": False,
+    "ia_check": False,
+    "ia_slices": [],  # the last propagation's slices: {index, area, flags, height} for the strip
+    "ia_shown": "",  # the slice the agent's view was last moved to from the strip
     "ia_saved": "",
     "ia_downloads": [],
     "ia_clients": 0,
@@ -127,6 +130,12 @@ def build_panel(actions: Any, bridge: Any) -> None:
                 v.VBtn("Send", click=bridge.on_consent_given, color="primary")
         with html.Div(classes="d-flex flex-wrap", style="gap: 6px"):
             v.VBtn("{{ ia_busy ? 'Cancel' : 'Run' }}", click=bridge.on_run, color=("ia_busy ? 'error' : 'primary'",))
+            v.VBtn(
+                "Find",
+                click=bridge.on_find,
+                disabled=("ia_busy",),
+                raw_attrs=['title="Let the agent find the slice that shows the target, then run there"'],
+            )
             v.VBtn("Step", click=bridge.on_step, disabled=("ia_busy",))
             v.VBtn("Continue", click=bridge.on_continue, disabled=("ia_busy || !ia_has_session",))
             v.VBtn("Undo", click=bridge.on_undo, disabled=("ia_busy || !ia_has_session",))
@@ -155,6 +164,12 @@ def build_panel(actions: Any, bridge: Any) -> None:
                 density="compact",
                 hide_details=True,
             )
+            v.VCheckbox(
+                label="Check: let the agent re-check slices that look wrong",
+                v_model=("ia_check",),
+                density="compact",
+                hide_details=True,
+            )
             with html.Div(classes="d-flex align-center", style="gap: 6px"):
                 v.VBtn("Propagate", click=bridge.on_propagate, disabled=("ia_busy || !ia_has_session",))
                 v.VBtn("Cancel propagation", click=bridge.on_cancel, v_if="ia_busy && ia_progress_text", color="error")
@@ -166,6 +181,7 @@ def build_panel(actions: Any, bridge: Any) -> None:
                 raw_attrs=['aria-label="Propagation progress"'],
             )
             html.Div("{{ ia_progress_text }}", v_if="ia_progress_text", classes="text-caption")
+            _slice_strip(bridge)
         with html.Div(classes="d-flex align-center flex-wrap", style="gap: 6px"):
             v.VBtn("Save", click=actions.on_save, disabled=("ia_busy || !ia_volume_name",))
             v.VBtn(
@@ -196,6 +212,34 @@ def build_panel(actions: Any, bridge: Any) -> None:
             classes="pa-2 border rounded",
         ):
             html.Div("{{ line }}", v_for="(line, i) in ia_log", key="i", classes="mb-1")
+
+
+def _slice_strip(bridge: Any) -> None:
+    """The propagated slices as bars of their mask area, red where something looks wrong; a click on a bar moves
+    the agent's view to that slice."""
+    with html.Div(v_if="ia_slices.length", classes="mt-2"):
+        html.Div("Propagated slices (red: flagged; click to go there) {{ ia_shown }}", classes="text-caption")
+        with html.Div(
+            raw_attrs=['role="list"', 'aria-label="Propagated slices"'],
+            classes="d-flex align-end",
+            style="height: 40px; gap: 1px; overflow-x: auto;",
+        ):
+            html.Div(
+                v_for="s in ia_slices",
+                key="s.index",
+                raw_attrs=[
+                    'role="listitem"',
+                    ":aria-label=\"'slice ' + s.index + ': ' + s.area + ' px' + (s.flags.length ? ', ' + "
+                    "s.flags.join(', ') : '')\"",
+                    ":title=\"'slice ' + s.index + ': ' + s.area + ' px ' + s.flags.join(', ')\"",
+                    ":class=\"s.flags.length ? 'ia-flagged' : ''\"",
+                ],
+                style=(
+                    "{ flex: '1 0 4px', height: s.height + '%', minHeight: '2px', cursor: 'pointer', "
+                    "background: s.flags.length ? '#e53935' : '#43a047' }",
+                ),
+                click=(bridge.on_goto_slice, "[s.index]"),
+            )
 
 
 def _number(label: str, key: str, **options: Any) -> None:

@@ -594,3 +594,43 @@ def test_an_access_key_guards_the_page_on_loopback_too(data, page, tmp_path):
         expect(page.get_by_text("Volume: none: open one below")).to_be_visible()
     finally:
         stop_server(server)
+
+
+def test_find_then_propagate_with_the_check_and_go_to_a_flagged_slice(page, tmp_path):
+    """Find: the agent searches the axis and works on the slice it found, which the agent's view then shows;
+    Propagate with Check: a strip of the propagated slices, flagged ones red; a click on one moves the view
+    there. The weight-free segmenter and the oracle policy on a phantom whose truth is known."""
+    from test_volume_agent import _phantom
+
+    volume, reference, lesion, _ = _phantom(tmp_path)
+    key = int(np.argmax(lesion.sum(axis=(1, 2))))
+    with served(str(volume), "--mllm", f"oracle:{reference}", "--segmenter", "classical", "--device", "cpu",
+                "--out", str(tmp_path / "out"), cwd=tmp_path) as url:  # fmt: skip
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        page.goto(url)
+        expect(page.get_by_text("Volume: phantom")).to_be_visible()
+        page.get_by_label("Instruction").fill("segment the lesion")
+        page.get_by_role("button", name="Find").click()
+        log = page.get_by_role("log", name="Reasoning")
+        expect(log).to_contain_text("looked at slice")
+        expect(log).to_contain_text("stopped: terminate")
+        expect(page.get_by_text(re.compile(rf"Agent on axial slice {key}\b"))).to_be_visible()
+        page.get_by_label("Check: let the agent re-check slices that look wrong").check()
+        page.get_by_role("button", name="Propagate", exact=True).click()
+        strip = page.get_by_role("list", name="Propagated slices")
+        expect(strip).to_be_visible()
+        expect(log).to_contain_text("propagated through slices")
+        items = strip.get_by_role("listitem")
+        assert items.count() >= np.count_nonzero(lesion.any(axis=(1, 2)))  # it stops 3 empty slices past the target
+        flagged = strip.locator(".ia-flagged")
+        assert flagged.count() >= 1
+        label = flagged.first.get_attribute("aria-label")
+        index = int(re.match(r"slice (\d+)", label).group(1))
+        page.wait_for_timeout(1000)
+        before = view_image(page, "Red").screenshot()
+        flagged.first.click()
+        expect(page.get_by_text(f"(showing axial slice {index})")).to_be_visible()
+        frame_after(page, "Red", before)  # the view moved to that slice
+        page.screenshot(path=str(tmp_path / "web-check.png"))
+        if os.environ.get("IBISAGENT_SCREENSHOTS"):
+            shutil.copy(tmp_path / "web-check.png", os.environ["IBISAGENT_SCREENSHOTS"])

@@ -7,7 +7,7 @@ import qt
 import slicer
 
 from IBISAgentLib.workflow import DriverBusy, Failed, Idle, Opened, WorkflowDriver
-from IBISAgentMRML import AdapterError, MRMLRecord, MRMLSegment, align_view, volume_case
+from IBISAgentMRML import AdapterError, MRMLRecord, MRMLSegment, align_view, show_slice, volume_case
 
 from . import dependencies, settings
 from .downloads import DownloadProgress
@@ -27,14 +27,16 @@ class DesktopHub:
         self.driver = WorkflowDriver(lambda choice: choice.build(tqdm_class=self.downloads.tqdm_class()))
         self.placement = CorrectionPlacement()
         self.views = []  # objects with render(driver)
+        self.viewName = None  # the slice view the session works on
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.poll)
         self.sceneObserver = slicer.mrmlScene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self.onSceneClose)
 
-    def start(self, volumeNode, segmentationNode, segmentId, viewName, instruction, maxTurns, then):
+    def start(self, volumeNode, segmentationNode, segmentId, viewName, instruction, maxTurns, then, find=False):
         """Start a session on the slice ``viewName`` shows (the view is turned onto the volume's voxel plane
-        when it shows a resampled one, so it shows exactly what the agent works on)."""
+        when it shows a resampled one, so it shows exactly what the agent works on); with ``find``, on the slice
+        of that axis the agent finds, which the view then moves to."""
         if volumeNode is None or segmentationNode is None or not segmentId:
             slicer.util.errorDisplay("Select the volume and the segment that receives the result.")
             return
@@ -52,7 +54,8 @@ class DesktopHub:
             case, _ = volume_case(volumeNode, sliceNode)
             target = MRMLSegment(segmentationNode, segmentId, volumeNode, EffectEditor())
             record = MRMLRecord(slicer.mrmlScene)
-            self.driver.start(case, instruction, target, record, choice, then=then, max_turns=maxTurns)
+            self.driver.start(case, instruction, target, record, choice, then=then, max_turns=maxTurns, find=find)
+            self.viewName = viewName
 
         self.command(begin)
 
@@ -81,12 +84,20 @@ class DesktopHub:
         self.render()
         return True
 
+    def showAgentSlice(self):
+        """The agent's view shows the session's slice (after Find it is not the one the view was on)."""
+        widget = slicer.app.layoutManager().sliceWidget(self.viewName) if self.viewName else None
+        if widget is not None and self.driver.case is not None:
+            show_slice(widget.mrmlSliceNode(), self.driver.case.geometry)
+
     def poll(self):
         self.downloads.show()
         events = self.driver.poll(wait=WORKER_TIME_S)
         for event in events:
             if isinstance(event, (Opened, Idle)):
                 self.downloads.close()
+            if isinstance(event, Opened):
+                self.showAgentSlice()
             if isinstance(event, Failed):
                 logging.warning("IBISAgent: %s", event.message)
                 slicer.util.errorDisplay(f"IBISAgent: {event.message}")
