@@ -148,9 +148,6 @@ class DriverBridge:
             with self.state:  # the page asks once per server before an image leaves this computer
                 self.state.ia_consent_host, self._pending_start = host, then
             return
-        if find and self.choice.remote:
-            self.notify("Find runs with the models on this computer for now, not on a server.")
-            return
 
         def call() -> None:
             volume = self.scene.volume

@@ -237,3 +237,34 @@ def test_the_driver_says_when_no_slice_shows_the_target(tmp_path):
     driver.wait()
     assert driver.session is None and driver.state.stop_reason == "terminate"
     assert driver.state.answer.startswith("The target was not found") and not target.segment.any()
+
+
+def test_search_and_check_run_on_the_server_too(tmp_path):
+    """--server: the search opens its one-turn sessions on the server (the volume crosses the wire once) and the
+    check runs there, its re-checks streaming back; the trace is the same as in this process."""
+    from server_process import ServerProcess
+
+    volume, reference, lesion, _ = _phantom(tmp_path)
+    arguments = ["--mllm", f"oracle:{reference}", "--segmenter", "classical"]
+    with ServerProcess(*arguments, log=tmp_path / "server.log") as server:
+        remote = ibisagent("segment", volume, "--prompt", PROMPT, "--slice", "auto", "--propagate", "--check",
+                           "--server", server.url, "--trace", tmp_path / "remote.json", "--out",
+                           tmp_path / "remote.nii.gz", cwd=tmp_path, env={"IBISAGENT_TOKEN": server.token})  # fmt: skip
+        uploads = server.read_log().count("PUT /v1/images/")
+    assert remote.returncode == 0, remote.stderr
+    assert "check: axial" in remote.stdout and "propagated and checked" in remote.stdout
+    assert uploads == 1
+    local = ibisagent("segment", volume, "--prompt", PROMPT, "--slice", "auto", "--propagate", "--check",
+                      *arguments, "--trace", tmp_path / "local.json", "--out", tmp_path / "local.nii.gz",
+                      cwd=tmp_path)  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    traces = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("remote", "local")]
+    for trace in traces:
+        jsonschema.validate(trace, SCHEMA)
+    assert traces[0]["search"] == traces[1]["search"]
+    assert traces[0]["propagation"] == traces[1]["propagation"]
+    assert [(c["index"], c["outcome"]) for c in traces[0]["checks"]] == [
+        (c["index"], c["outcome"]) for c in traces[1]["checks"]
+    ]
+    masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{n}.nii.gz"))) for n in ("remote", "local")]
+    assert np.array_equal(*masks) and _dice(masks[0] > 0, lesion) > 0.9

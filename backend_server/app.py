@@ -73,6 +73,7 @@ class PropagateRequest(Strict):
     last: int | None = Field(default=None, ge=0, le=1_000_000)
     stop_after_empty: int = Field(default=3, ge=0, le=100_000)
     largest_component: bool = False
+    check_budget: int | None = Field(default=None, ge=0, le=64)  # the volume agent's check: slices it may re-run
 
 
 def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, str]) -> FastAPI:
@@ -171,9 +172,9 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
     @app.post("/v1/sessions/{session_id}/propagate")
     async def propagate(session_id: SessionId, request: PropagateRequest) -> StreamingResponse:
         entry = service.claim(session_id)
-        options = PropagationOptions(**request.model_dump())
+        options = PropagationOptions(**request.model_dump(exclude={"check_budget"}))
         service.check_propagation(entry, options)
-        return _stream(service, entry, service.propagate_job(entry, options))
+        return _stream(service, entry, service.propagate_job(entry, options, request.check_budget))
 
     @app.get("/v1/sessions/{session_id}/trace")
     def trace(session_id: SessionId) -> dict[str, Any]:

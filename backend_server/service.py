@@ -147,22 +147,28 @@ class SessionService:
             self.sessions.release(entry)
             raise Refused(422, str(exc)) from None
 
-    def propagate_job(self, entry: Entry, options: PropagationOptions) -> Callable[[Emit], dict]:
-        """The propagation, its progress emitted slice by slice."""
+    def propagate_job(
+        self, entry: Entry, options: PropagationOptions, check_budget: int | None = None
+    ) -> Callable[[Emit], dict]:
+        """The propagation, its progress emitted slice by slice; with ``check_budget`` the volume agent's check
+        after it, each re-checked slice emitted as it is done. The result carries the per-slice records."""
 
         def job(emit: Emit) -> dict:
             try:
-                mask = self.backend.propagate(
+                result = self.backend.propagate_and_check(
                     entry.session,
                     options,
+                    check_budget,
                     on_progress=lambda done, total, index: emit(
                         {"event": "progress", "done": done, "total": total, "index": index}
                     ),
+                    on_check=lambda record: emit({"event": "check", "record": record}),
                     cancel=entry.stop,
                 )
             except PropagationCancelled:
                 return {"event": "cancelled"}
-            return {"event": "result", "mask": encode_mask(mask)}
+            return {"event": "result", "mask": encode_mask(result.mask), "slices": result.slices,
+                    "checks": result.checks}  # fmt: skip
 
         return job
 

@@ -12,11 +12,12 @@ import numpy as np
 
 from ..imaging.volume_case import VolumeCase
 from ..remote.protocol import source_image
-from ..tools.propagation import DEFAULT_PROPAGATION, PropagationOptions, PropagationResult
+from ..tools.propagation import DEFAULT_PROPAGATION, PropagationCancelled, PropagationOptions, PropagationResult
 from ..tools.resolve import SegmenterSpec
 from .interfaces import Policy, SegmentationTool
 from .session import DEFAULT_MAX_TURNS, AgentSession
 from .trace import Step, Trace
+from .volume_agent import CheckedPropagation, check_propagation, checked_propagation
 
 
 class Session(Protocol):
@@ -141,6 +142,42 @@ class LocalBackend:
             case.windowed, case.geometry, session.mask, options, extra_keys=extra_keys, on_progress=on_progress,
             cancel=cancel,
         )  # fmt: skip
+
+    def propagate_and_check(
+        self,
+        session: Session,
+        options: PropagationOptions = DEFAULT_PROPAGATION,
+        check_budget: int | None = None,
+        *,
+        on_progress: Callable[[int, int, int], None] | None = None,
+        on_check: Callable[[dict], None] | None = None,
+        cancel: threading.Event | None = None,
+        workers: int = 1,
+    ) -> CheckedPropagation:
+        """The propagation with a record of every slice and its flags; with ``check_budget``, the volume agent's
+        check then re-runs the agent on at most that many flagged slices (``workers`` at once) and propagates
+        again from those it corrected, each check reported to ``on_check`` (a ``CheckRecord`` as a dict)."""
+        case = session.case
+        if case is None:
+            raise ValueError("propagation needs a session on a volume slice")
+        first, last = options.span(case.geometry)
+
+        def keyed(extra: dict[int, np.ndarray]) -> PropagationResult:
+            return self.propagate_with_keys(session, options, extra_keys=extra, on_progress=on_progress, cancel=cancel)
+
+        sessions = self.for_threads() if workers > 1 else self
+        instruction, turns = session.trace().instruction, getattr(session, "max_turns", DEFAULT_MAX_TURNS)
+        negatives = [(c.y, c.x) for c in getattr(session, "clicks", []) if not c.positive]
+        result, checks, flags = check_propagation(
+            keyed, lambda slice_case, mask: sessions.open_session(slice_case, instruction, initial_mask=mask,
+                                                                  max_turns=turns),
+            case, keyed({}), negatives, check_budget or 0,
+            on_check=None if on_check is None else lambda record: on_check(record.to_dict()), cancel=cancel,
+            workers=workers,
+        )  # fmt: skip
+        if cancel is not None and cancel.is_set():
+            raise PropagationCancelled()
+        return checked_propagation(result, first, last, checks if check_budget is not None else None, flags)
 
     def for_threads(self) -> LocalBackend:
         """The same models for sessions on several threads at once (the volume agent's ``workers``): the click

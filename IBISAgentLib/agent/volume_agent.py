@@ -77,6 +77,29 @@ class CheckRecord:
         return {k: v for k, v in asdict(self).items() if k != "mask"}
 
 
+@dataclass
+class CheckedPropagation:
+    """A propagation as the front ends and the trace see it: the 3D mask (slices ``first``..``last`` count), a
+    record per propagated slice (index, area, score, agreement, flags) and the checks (None: none was asked)."""
+
+    mask: np.ndarray
+    first: int
+    last: int
+    slices: list[dict[str, Any]]
+    checks: list[dict[str, Any]] | None
+
+    def propagation_record(self) -> dict[str, Any]:
+        return {"first": self.first, "last": self.last, "slices": self.slices}
+
+
+def checked_propagation(
+    result: PropagationResult, first: int, last: int, checks: list[CheckRecord] | None, flags: dict[int, list[str]]
+) -> CheckedPropagation:
+    slices = [asdict(r) | {"flags": flags.get(r.index, [])} for r in result.slices.values()]
+    records = None if checks is None else [c.to_dict() for c in checks]
+    return CheckedPropagation(result.mask, first, last, slices, records)
+
+
 def search_key_slice(
     open_slice: Callable[[VolumeCase], Any],
     case: VolumeCase,

@@ -20,13 +20,7 @@ from ..agent.actions import format_action
 from ..agent.backends import Backend, Session
 from ..agent.prompts import IBIS_V1
 from ..agent.trace import ImageInfo, Step, Trace
-from ..agent.volume_agent import (
-    DEFAULT_CHECK_BUDGET,
-    CheckRecord,
-    SearchResult,
-    check_propagation,
-    search_key_slice,
-)
+from ..agent.volume_agent import DEFAULT_CHECK_BUDGET, SearchResult, search_key_slice
 from ..imaging.images import ImageInputError, read_mask, read_rgb_image, write_mask, write_rgb
 from ..imaging.limits import ImageLimits
 from ..imaging.rendering import overlay_mask
@@ -37,7 +31,6 @@ from ..models.loading import spec_serves_threads
 from ..models.weights import mllm_spec
 from ..remote.client import RemoteError
 from ..tools import PropagationOptions
-from ..tools.propagation import PropagationResult
 from .options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -179,8 +172,8 @@ def _segment(args: argparse.Namespace) -> int:
     slice_spec = (args.slice.strip().lower().removesuffix("auto").rstrip(":") or "axial") if search else args.slice
     if args.check and not args.propagate:
         raise UserError("--check applies to --propagate: it checks the propagated slices")
-    if (search or args.check) and args.server:
-        raise UserError("--slice auto and --check run in this process only for now; leave out --server")
+    if args.workers > 1 and args.server:
+        raise UserError("--workers applies to models in this process; a server runs one model job at a time")
     if args.workers > 1 and not spec_serves_threads(mllm_spec(args.mllm)):
         raise UserError(
             f"--workers {args.workers} needs a policy that answers several sessions at once (an http(s) endpoint, "
@@ -362,57 +355,40 @@ def _propagate(
     the exit code; and what the trace records of it (each slice with its flags, and the checks)."""
     from tqdm import tqdm
 
-    options = run.propagation
     if not session.mask.any():
         print("nothing to propagate: the key slice mask is empty", file=report, flush=True)
         return None, EXIT_OK, (None, None)
-    first, last = options.span(case.geometry)
+    first, last = run.propagation.span(case.geometry)
     with tqdm(total=last - first + 1, desc="propagating", unit="slice", file=sys.stderr) as bar:
 
         def progress(done: int, total: int, index: int) -> None:
+            if done < bar.n:  # the check propagates again from the slices it corrected
+                bar.reset()
             bar.total = total
             bar.update(done - bar.n)
             bar.set_postfix_str(f"{case.geometry.axis} {index}")
 
+        def checked(record: dict) -> None:
+            print(f"check: {case.geometry.axis} {record['index']} ({', '.join(record['why'])}): {record['outcome']}, "
+                  f"{record['area_before']} -> {record['area_after']} px", file=report, flush=True)  # fmt: skip
+
         try:
-            if not hasattr(backend, "propagate_with_keys"):  # a server: the mask alone
-                mask = backend.propagate(session, options, on_progress=progress)
-                print(f"propagated through {bar.n} slices: {int(mask.sum())} voxels", file=report)
-                return mask, EXIT_OK, (None, None)
-
-            def propagate(extra: dict[int, np.ndarray]) -> PropagationResult:
-                bar.reset()
-                return backend.propagate_with_keys(session, options, extra_keys=extra, on_progress=progress)
-
-            def checked(record: CheckRecord) -> None:
-                print(f"check: {case.geometry.axis} {record.index} ({', '.join(record.why)}): {record.outcome}, "
-                      f"{record.area_before} -> {record.area_after} px", file=report, flush=True)  # fmt: skip
-
-            result = propagate({})
-            print(f"propagated through {bar.n} slices: {int(result.mask.sum())} voxels", file=report)
-            negatives = [(c.y, c.x) for c in getattr(session, "clicks", []) if not c.positive]
-            threaded = backend.for_threads() if run.workers > 1 else backend
-            result, checks, flags = check_propagation(
-                propagate,
-                lambda slice_case, mask: threaded.open_session(
-                    slice_case, run.prompt, initial_mask=mask, max_turns=run.max_turns, image_source=run.source
-                ),
-                case, result, negatives, run.check_budget or 0, on_check=checked, workers=run.workers,
+            result = backend.propagate_and_check(
+                session, run.propagation, run.check_budget, on_progress=progress, on_check=checked,
+                workers=run.workers,
             )  # fmt: skip
         except KeyboardInterrupt:
             print("propagation interrupted: writing the key slice only", file=sys.stderr)
             return None, EXIT_INTERRUPTED, (None, None)
-    if run.check_budget is not None:
-        corrected = sum(c.outcome in ("corrected", "cleared") for c in checks)
-        still = ", ".join(map(str, sorted(flags))) or "none"
-        print(f"check: {len(checks)} slices re-checked, {corrected} corrected; still flagged: {still}; "
-              f"{int(result.mask.sum())} voxels", file=report)  # fmt: skip
-    slices = [
-        {"index": r.index, "area": r.area, "score": r.score, "agreement": r.agreement, "flags": flags.get(r.index, [])}
-        for r in result.slices.values()
-    ]
-    checked_records = [c.to_dict() for c in checks] if run.check_budget is not None else None
-    return result.mask, EXIT_OK, ({"first": first, "last": last, "slices": slices}, checked_records)
+    voxels = int(result.mask.sum())
+    if result.checks is None:
+        print(f"propagated through {len(result.slices)} slices: {voxels} voxels", file=report)
+    else:
+        corrected = sum(c["outcome"] in ("corrected", "cleared") for c in result.checks)
+        still = ", ".join(str(s["index"]) for s in result.slices if s["flags"]) or "none"
+        print(f"propagated and checked: {len(result.checks)} slices re-checked, {corrected} corrected; still "
+              f"flagged: {still}; {voxels} voxels", file=report)  # fmt: skip
+    return result.mask, EXIT_OK, (result.propagation_record(), result.checks)
 
 
 def _propagation_options(

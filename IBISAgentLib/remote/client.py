@@ -27,6 +27,7 @@ import requests
 from .. import __version__
 from ..agent.session import DEFAULT_MAX_TURNS
 from ..agent.trace import ImageInfo, Step, Trace
+from ..agent.volume_agent import CheckedPropagation
 from ..imaging.volume_case import VolumeCase
 from ..tools.propagation import DEFAULT_PROPAGATION, PropagationCancelled, PropagationOptions
 from .protocol import API_VERSION, UploadedImage, content_hash, decode_mask, encode_image, encode_mask, source_image
@@ -228,11 +229,33 @@ class RemoteBackend:
         on_progress: Callable[[int, int, int], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> np.ndarray:
-        for event in session.stream("/propagate", dataclasses.asdict(options), phase="propagate", cancel=cancel):
+        return self.propagate_and_check(session, options, on_progress=on_progress, cancel=cancel).mask
+
+    def propagate_and_check(
+        self,
+        session: RemoteSession,
+        options: PropagationOptions = DEFAULT_PROPAGATION,
+        check_budget: int | None = None,
+        *,
+        on_progress: Callable[[int, int, int], None] | None = None,
+        on_check: Callable[[dict], None] | None = None,
+        cancel: threading.Event | None = None,
+        workers: int = 1,
+    ) -> CheckedPropagation:
+        """As ``LocalBackend.propagate_and_check``, on the server: progress and checks stream back as they
+        happen (the server runs one model job at a time, so ``workers`` does not apply)."""
+        if session.case is None:
+            raise ValueError("propagation needs a session on a volume slice")
+        first, last = options.span(session.case.geometry)
+        body = dataclasses.asdict(options) | {"check_budget": check_budget}
+        for event in session.stream("/propagate", body, phase="propagate", cancel=cancel):
             if event["event"] == "progress" and on_progress is not None:
                 on_progress(event["done"], event["total"], event["index"])
+            elif event["event"] == "check" and on_check is not None:
+                on_check(event["record"])
             elif event["event"] == "result":
-                return decode_mask(event["mask"])
+                mask = decode_mask(event["mask"])
+                return CheckedPropagation(mask, first, last, event.get("slices", []), event.get("checks"))
             elif event["event"] == "cancelled":
                 raise PropagationCancelled()
             elif event["event"] == "error":

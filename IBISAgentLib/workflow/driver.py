@@ -25,7 +25,7 @@ import numpy as np
 
 from ..agent.backends import Backend, Session
 from ..agent.trace import Step
-from ..agent.volume_agent import check_propagation, search_key_slice
+from ..agent.volume_agent import search_key_slice
 from ..imaging.geometry import SliceGeometry
 from ..imaging.volume_case import VolumeCase
 from ..tools.propagation import DEFAULT_PROPAGATION, PropagationCancelled, PropagationOptions
@@ -189,40 +189,23 @@ class WorkflowDriver:
         """Grow the key-slice result through the volume as ``options`` say; with ``check_budget``, then check
         the propagated slices and let the agent repair at most that many (``Checked`` for each)."""
         span = options.span(self._geometry())
-        max_turns = getattr(self.session, "max_turns", 20)
 
         def job() -> None:
             session = self._session()
             if not session.mask.any():
                 raise ValueError("Segment the key slice first: there is nothing to propagate yet.")
-            progress = lambda done, total, index: self._emit(Progressed(done, total))  # noqa: E731
             try:
-                if not hasattr(self._backend, "propagate_with_keys"):  # a server: the mask alone
-                    self._emit(Propagated(self._backend.propagate(session, options, cancel=self._cancel,
-                                                                  on_progress=progress), *span))  # fmt: skip
-                    return
-                keyed = lambda extra: self._backend.propagate_with_keys(  # noqa: E731
-                    session, options, extra_keys=extra, cancel=self._cancel, on_progress=progress
-                )
-                result = keyed({})
-                negatives = [(c.y, c.x) for c in getattr(session, "clicks", []) if not c.positive]
-                result, checks, flags = check_propagation(
-                    keyed,
-                    lambda slice_case, mask: self._backend.open_session(
-                        slice_case, session.trace().instruction, initial_mask=mask, max_turns=max_turns
-                    ),
-                    self._case(), result, negatives, check_budget or 0,
-                    on_check=lambda record: self._emit(Checked(record.to_dict())), cancel=self._cancel,
+                result = self._backend.propagate_and_check(
+                    session, options, check_budget, cancel=self._cancel,
+                    on_progress=lambda done, total, index: self._emit(Progressed(done, total)),
+                    on_check=lambda record: self._emit(Checked(record)),
                 )  # fmt: skip
-                if self._cancel.is_set():
-                    raise PropagationCancelled()
             except PropagationCancelled:
                 self._emit(Reverted("propagation cancelled"))
                 return
-            slices = [_record_dict(r) | {"flags": flags.get(r.index, [])} for r in result.slices.values()]
-            self._volume_records["propagation"] = {"first": span[0], "last": span[1], "slices": slices}
-            self._volume_records["checks"] = [c.to_dict() for c in checks] if check_budget is not None else None
-            self._emit(Propagated(result.mask, *span, slices))
+            self._volume_records["propagation"] = result.propagation_record()
+            self._volume_records["checks"] = result.checks
+            self._emit(Propagated(result.mask, *span, result.slices))
             self._emit_trace()
 
         self._launch(job, snapshot=self._read_target())
