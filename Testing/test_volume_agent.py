@@ -268,3 +268,28 @@ def test_search_and_check_run_on_the_server_too(tmp_path):
     ]
     masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{n}.nii.gz"))) for n in ("remote", "local")]
     assert np.array_equal(*masks) and _dice(masks[0] > 0, lesion) > 0.9
+
+
+def test_the_review_scene_marks_the_checked_slices(tmp_path):
+    pytest.importorskip("slicer", reason="Slicer's core is not installed (the slicer extra)")
+    from IBISAgentMRML import load_mrb, new_scene
+    from IBISAgentMRML.bundle import CHECKED_NODE_NAME
+
+    volume, reference, _, _ = _phantom(tmp_path)
+    result = ibisagent("segment", volume, "--prompt", PROMPT, "--slice", "auto", "--propagate", "--check",
+                       "--mllm", f"oracle:{reference}", "--segmenter", "classical", "--scene", tmp_path / "review.mrb",
+                       cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    trace = json.loads((tmp_path / "phantom_trace.json").read_text())
+    headless = new_scene(tmp_path / "cache")
+    load_mrb(headless.scene, tmp_path / "review.mrb")
+    node = headless.scene.GetFirstNodeByName(CHECKED_NODE_NAME)
+    labels = [node.GetNthControlPointLabel(i) for i in range(node.GetNumberOfControlPoints())]
+    assert trace["checks"] and all(
+        any(label.startswith(f"slice {c['index']}: {c['outcome']}") for label in labels) for c in trace["checks"]
+    )
+    image = sitk.ReadImage(str(volume))
+    for i in range(node.GetNumberOfControlPoints()):  # each point lies on its slice (RAS -> LPS -> index)
+        r, a, s = node.GetNthControlPointPositionWorld(i)
+        k = image.TransformPhysicalPointToContinuousIndex((-r, -a, s))[2]
+        assert round(k) == int(labels[i].split()[1].rstrip(":"))
