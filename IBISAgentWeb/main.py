@@ -13,7 +13,6 @@ from IBISAgentLib.cli import add_segmenter_options
 from IBISAgentLib.cli.options import add_limit_options, image_limits
 from IBISAgentLib.models.devices import DEVICE_CHOICES
 from IBISAgentLib.remote.client import TOKEN_ENV, is_loopback, token_from
-from IBISAgentLib.tools import SETTINGS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,17 +59,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"ibisagent web: needs the web extra ({exc}): pip install 'ibisagent[web]'", file=sys.stderr)
         return 2
 
-    sam2 = SETTINGS[args.setting] if args.setting else args.sam2
-    choice = BackendChoice(
-        server=args.server,
-        mllm=args.mllm,
-        sam2=sam2,
-        sam2_variant=args.sam2_variant,
-        propagator=args.propagator,
-        propagator_variant=args.propagator_variant,
-        device=args.device,
-        token=token,
-    )
+    choice = BackendChoice.from_arguments(args, token)
     # trame reads sys.argv for its own options: it gets only what it must know, and the key through a file.
     sys.argv = [sys.argv[0], "--server"] + (["--authKeyFile", str(Path(args.access_key_file).resolve())] if key else [])
     app = IBISAgentWebApp(choice=choice, out_dir=Path(args.out), max_turns=args.max_turns, limits=image_limits(args))

@@ -8,9 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 # Tests never reach a model hub; a test that needs the network says so by unsetting this itself.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# CI (CI=true) draws the same property-test examples every run, so a submission's CI result is reproducible;
+# a developer's runs keep exploring new ones (and print the blob to replay a failure).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # CI runs the model tests on the CPU; IBISAGENT_TEST_DEVICE=cuda runs the same tests on a GPU machine.
 TEST_DEVICE = os.environ.get("IBISAGENT_TEST_DEVICE", "cpu")

@@ -179,8 +179,10 @@ def test_hd95_is_the_95th_percentile_surface_distance_in_mm(radii, shift, spacin
     reference = sitk.Image(shape[2], shape[1], shape[0], sitk.sitkUInt8)
     reference.SetSpacing(spacing)
     measured = volume_overlap(truth, mask, reference)
-    # The two surface definitions differ at a few voxels, which can move the percentile a little.
-    assert measured["hd95_mm"] == pytest.approx(_surface_distance_hd95(truth, mask, spacing), rel=0.03, abs=0.1)
+    # The two computations differ below a voxel: SimpleITK measures from voxel centres to the other mask's
+    # boundary, the k-d tree between surface voxel centres; a percentile can move by up to half a voxel side.
+    expected = _surface_distance_hd95(truth, mask, spacing)
+    assert measured["hd95_mm"] == pytest.approx(expected, abs=max(0.1, 0.5 * max(spacing)))
     dice = 2 * (truth & mask).sum() / (truth.sum() + mask.sum())
     assert measured["volume_dice"] == pytest.approx(dice)
 

@@ -7,9 +7,10 @@ import logging
 import sys
 from typing import Any
 
-from IBISAgentLib.cli import ModelOptions, UserError, add_segmenter_options, load_local_backend
+from IBISAgentLib.cli import UserError, add_segmenter_options, build_backend
 from IBISAgentLib.cli.options import add_limit_options, positive_int
 from IBISAgentLib.remote.client import TOKEN_ENV, is_loopback, token_from
+from IBISAgentLib.workflow import BackendChoice
 
 from .config import ServerConfig
 
@@ -88,7 +89,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         # One slice embedding kept per session allowed: with fewer, sessions taking turns evict each other's and
         # every step recomputes one (tenfold slower steps above 16 sessions when the cache was fixed at 16).
-        backend = load_local_backend(ModelOptions.of(args), cached_images=args.max_sessions)
+        backend = build_backend(BackendChoice.from_arguments(args), cached_images=args.max_sessions)
         backend.propagator  # noqa: B018  (models load once, at start-up)
     except (UserError, ValueError) as exc:
         print(f"ibisagent serve: error: {exc}", file=sys.stderr)

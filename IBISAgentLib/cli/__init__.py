@@ -17,13 +17,12 @@ from .options import (
     EXIT_BAD_INPUT,
     EXIT_OK,
     VARIANT_NAMES,
-    ModelOptions,
     UserError,
     add_segmenter_options,
-    load_local_backend,
+    build_backend,
 )
 
-__all__ = ["ModelOptions", "UserError", "add_segmenter_options", "load_local_backend", "main"]
+__all__ = ["UserError", "add_segmenter_options", "build_backend", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..imaging.limits import MAX_DIMENSION, MAX_VOXELS, ImageLimits
 from ..models.devices import DEVICE_CHOICES
@@ -83,36 +83,6 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """The models a run loads (segment and serve), as one value: the policy, the click tool, the propagator."""
-
-    mllm: str
-    sam2: str
-    device: str = "auto"
-    sam2_variant: str | None = None
-    propagator: str | None = None
-    propagator_variant: str | None = None
-    mllm_model: str | None = None
-    api_key: str | None = None
-
-    @classmethod
-    def of(cls, args: argparse.Namespace) -> ModelOptions:
-        """From the policy flags and ``add_segmenter_options``' flags, with defaults and settings resolved."""
-        from ..models.weights import mllm_spec, sam2_spec
-
-        return cls(
-            mllm=mllm_spec(args.mllm),
-            sam2=SETTINGS[args.setting] if args.setting else sam2_spec(args.sam2),
-            device=args.device,
-            sam2_variant=args.sam2_variant,
-            propagator=args.propagator,
-            propagator_variant=args.propagator_variant,
-            mllm_model=args.mllm_model,
-            api_key=args.api_key,
-        )
-
-
 def add_training_tool_options(parser: argparse.ArgumentParser) -> None:
     """The click tool of synthesis, evaluation and training: a SAM 2 family model or the random walker."""
     parser.add_argument("--tool", choices=("sam2", "classical"), default="sam2", help="a SAM 2 family model, or none")
@@ -147,21 +117,21 @@ def check_writable(flag: str, path: Path) -> None:
         raise UserError(f"{flag} {path}: cannot write in {existing}")
 
 
-def load_local_backend(models: ModelOptions, cached_images: int = 16):  # -> LocalBackend
-    """The models ``models`` names (the segment command and the server); bad specs are a UserError.
-    ``cached_images``: the slice embeddings the click tool keeps."""
-    from ..models.loading import load_backend
-    from ..models.weights import WeightsUnavailable
+def build_backend(choice: Any, cached_images: int = 16) -> Any:  # BackendChoice -> Backend
+    """The backend ``choice`` names (segment, serve, web's start-up checks), saying what it loads or where it
+    connects; bad specs, missing weights and an unreachable server are a UserError."""
+    from ..models.weights import WeightsUnavailable, mllm_spec, sam2_spec
     from ..policies.errors import PolicyError
+    from ..remote.client import RemoteError
 
-    print(f"loading policy {models.mllm} and segmenter {models.sam2} ...", file=sys.stderr, flush=True)
+    if choice.remote:
+        print(f"connecting to {choice.server} ...", file=sys.stderr, flush=True)
+    else:
+        print(f"loading policy {mllm_spec(choice.mllm)} and segmenter {sam2_spec(choice.sam2)} ...",
+              file=sys.stderr, flush=True)  # fmt: skip
     try:
-        return load_backend(
-            models.mllm, models.sam2, models.device, sam2_variant=models.sam2_variant, propagator=models.propagator,
-            propagator_variant=models.propagator_variant, model_name=models.mllm_model, api_key=models.api_key,
-            cached_images=cached_images,
-        )  # fmt: skip
-    except (WeightsUnavailable, PolicyError, ValueError) as exc:
+        return choice.build(cached_images=cached_images)
+    except (WeightsUnavailable, PolicyError, RemoteError, ValueError) as exc:
         raise UserError(str(exc)) from exc
 
 

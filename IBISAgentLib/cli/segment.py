@@ -31,17 +31,17 @@ from ..models.loading import spec_serves_threads
 from ..models.weights import mllm_spec
 from ..remote.client import RemoteError
 from ..tools import PropagationOptions
+from ..workflow.choice import BackendChoice
 from .options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    ModelOptions,
     UserError,
     add_limit_options,
     add_segmenter_options,
+    build_backend,
     check_writable,
     image_limits,
-    load_local_backend,
     non_negative_int,
     positive_int,
     user_click,
@@ -201,7 +201,7 @@ def _segment(args: argparse.Namespace) -> int:
         args.check_budget if args.check else None, args.workers,
     )  # fmt: skip
     token = _token(args.token, args.token_file) if args.server else None
-    backend = _backend(args.server, token, args.ca_bundle, ModelOptions.of(args))
+    backend = build_backend(BackendChoice.from_arguments(args, token))
     report = sys.stderr if args.jsonl else sys.stdout
     outcome = _run(run, backend, case, image, initial_mask, report)
     if case is None:
@@ -513,18 +513,6 @@ def _refuse_volume_options(source: str, **given: object) -> None:
     for name, value in given.items():
         if value:
             raise UserError(f"--{name} applies to volumes; {source} is a 2D image")
-
-
-def _backend(server: str | None, token: str | None, ca_bundle: str | None, models: ModelOptions) -> Backend:
-    if server:
-        from ..remote.client import RemoteBackend
-
-        print(f"connecting to {server} ...", file=sys.stderr, flush=True)
-        try:
-            return RemoteBackend(server, token=token, verify=ca_bundle or True)
-        except (RemoteError, ValueError) as exc:
-            raise UserError(str(exc)) from exc
-    return load_local_backend(models)
 
 
 def _token(token: str | None, token_file: str | None) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,51 +111,88 @@ def _shared_unless_replay(spec: str, make_policy: Callable[[], Policy]) -> Calla
     return lambda: policy
 
 
+@dataclass(frozen=True)
+class PolicyScheme:
+    """A kind of ``--mllm`` spec, known by its prefix: how it builds its policy factory, whether every session
+    gets a policy of its own (``per_session``), and whether one policy answers sessions on several threads."""
+
+    prefixes: tuple[str, ...]
+    build: Callable[[str, PolicySettings], Callable[[], Policy]]
+    per_session: bool = False
+    serves_threads: bool = False
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    device: str = "auto"
+    model_name: str | None = None
+    api_key: str | None = None
+    tqdm_class: type | None = None
+
+
+def _replay(spec: str, settings: PolicySettings) -> Callable[[], Policy]:
+    from ..policies.replay import ReplayPolicy
+
+    path = spec.removeprefix("replay:")
+    outputs = ReplayPolicy.from_file(path).outputs
+    return lambda: ReplayPolicy(outputs, source=Path(path).name)
+
+
+def _oracle(spec: str, settings: PolicySettings) -> Callable[[], Policy]:
+    from ..training.oracle import ReferenceOracle
+
+    reference = Path(spec.removeprefix("oracle:")).expanduser()
+    if not reference.is_file():
+        raise WeightsUnavailable(f"--mllm {spec}: no such reference labelmap or mask file")
+    oracle = ReferenceOracle(reference)  # one for all sessions: it reads the reference once
+    return lambda: oracle
+
+
+def _endpoint(spec: str, settings: PolicySettings) -> Callable[[], Policy]:
+    from ..policies.openai_http import OpenAIChatPolicy
+
+    return lambda: OpenAIChatPolicy(
+        spec,
+        model=settings.model_name or os.environ.get(MLLM_MODEL_ENV),
+        api_key=settings.api_key or os.environ.get(API_KEY_ENV),
+    )
+
+
+def _local(spec: str, settings: PolicySettings) -> Callable[[], Policy]:
+    folder: Path = resolve_mllm_folder(spec, settings.tqdm_class)
+
+    def local() -> Policy:
+        from ..policies.transformers_qwen import TransformersQwenPolicy
+
+        return TransformersQwenPolicy(folder, device=settings.device)
+
+    return local
+
+
+# The policy schemes, tried in order; a spec no prefix matches is a local model folder or a Hugging Face id.
+POLICY_SCHEMES = (
+    PolicyScheme(("replay:",), _replay, per_session=True, serves_threads=True),
+    PolicyScheme(("oracle:",), _oracle, serves_threads=True),
+    PolicyScheme(("http://", "https://"), _endpoint, serves_threads=True),
+)
+LOCAL_MODEL = PolicyScheme((), _local)
+
+
+def policy_scheme(spec: str) -> PolicyScheme:
+    return next((s for s in POLICY_SCHEMES if spec.startswith(s.prefixes)), LOCAL_MODEL)
+
+
 def spec_is_replay(spec: str) -> bool:
-    return spec.startswith("replay:")
+    return policy_scheme(spec).per_session
 
 
 def spec_serves_threads(spec: str) -> bool:
     """Policies that answer sessions on several threads at once: an endpoint (which batches them), a replay (one
     per session) and the oracle; a model in this process answers one at a time."""
-    return spec_is_replay(spec) or spec_is_endpoint(spec) or spec.startswith("oracle:")
-
-
-def spec_is_endpoint(spec: str) -> bool:
-    return spec.startswith(("http://", "https://"))
+    return policy_scheme(spec).serves_threads
 
 
 def _policy_factory(
     spec: str, device: str, model_name: str | None, api_key: str | None, tqdm_class: type | None = None
 ) -> Callable[[], Policy]:
-    """The policy schemes: ``replay:FILE.json``, ``oracle:REFERENCE`` (a labelmap on the volume's grid, or a
-    2D mask), ``http(s)://host/v1`` (OpenAI-compatible), else a local folder or a hub id."""
-    if spec.startswith("oracle:"):
-        from ..training.oracle import ReferenceOracle
-
-        reference = Path(spec.removeprefix("oracle:")).expanduser()
-        if not reference.is_file():
-            raise WeightsUnavailable(f"--mllm {spec}: no such reference labelmap or mask file")
-        oracle = ReferenceOracle(reference)  # one for all sessions: it reads the reference once
-        return lambda: oracle
-    if spec.startswith("replay:"):
-        from ..policies.replay import ReplayPolicy
-
-        outputs = ReplayPolicy.from_file(spec.removeprefix("replay:")).outputs
-        return lambda: ReplayPolicy(outputs, source=Path(spec.removeprefix("replay:")).name)
-    if spec_is_endpoint(spec):
-        from ..policies.openai_http import OpenAIChatPolicy
-
-        return lambda: OpenAIChatPolicy(
-            spec,
-            model=model_name or os.environ.get(MLLM_MODEL_ENV),
-            api_key=api_key or os.environ.get(API_KEY_ENV),
-        )
-    folder: Path = resolve_mllm_folder(spec, tqdm_class)
-
-    def local() -> Policy:
-        from ..policies.transformers_qwen import TransformersQwenPolicy
-
-        return TransformersQwenPolicy(folder, device=device)
-
-    return local
+    return policy_scheme(spec).build(spec, PolicySettings(device, model_name, api_key, tqdm_class))

@@ -4,6 +4,7 @@ checkpoint's tensors."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,19 +40,23 @@ class SegmenterSpec:
         }
 
 
-def segmenter_named(spec: str, variant: str | None = None, tqdm_class: type | None = None) -> Any:
-    """``--segmenter`` (``--sam2``): a name from the registry, or a checkpoint. The names are ``classical`` (the
-    weight-free random walker and its propagator) and every SAM 2 family variant (its released checkpoint);
-    anything else is a checkpoint file or Hugging Face id, as ``resolve_segmenter`` takes. Whatever it gives
-    has ``tool(device)``, ``propagator(device)`` and ``identity(role)``."""
+def named_segmenters() -> dict[str, Callable[[type | None], Any]]:
+    """The segmenter registry, by the name ``--segmenter`` takes: ``classical`` (the weight-free random walker
+    and its propagator) and every SAM 2 family variant (its released checkpoint). Adding one is one entry."""
     from .classical import CLASSICAL
 
-    if spec == CLASSICAL.name:
-        return CLASSICAL
-    named = next((v for v in VARIANTS if v.name == spec), None)
-    if named is not None:
-        return resolve_segmenter(named.hub_spec, named.name, tqdm_class)
-    return resolve_segmenter(spec, variant, tqdm_class)
+    def released(variant: SAM2Variant) -> Callable[[type | None], SegmenterSpec]:
+        return lambda tqdm_class: resolve_segmenter(variant.hub_spec, variant.name, tqdm_class)
+
+    return {CLASSICAL.name: lambda tqdm_class: CLASSICAL, **{v.name: released(v) for v in VARIANTS}}
+
+
+def segmenter_named(spec: str, variant: str | None = None, tqdm_class: type | None = None) -> Any:
+    """``--segmenter`` (``--sam2``): a name from the registry, or a checkpoint file or Hugging Face id, as
+    ``resolve_segmenter`` takes. Whatever it gives has ``tool(device)``, ``propagator(device)`` and
+    ``identity(role)``."""
+    named = named_segmenters().get(spec)
+    return named(tqdm_class) if named is not None else resolve_segmenter(spec, variant, tqdm_class)
 
 
 def resolve_segmenter(spec: str, variant: str | None = None, tqdm_class: type | None = None) -> SegmenterSpec:

@@ -1,7 +1,10 @@
-"""Which backend runs the sessions: a small value that front ends store (without the token) and compare."""
+"""Which backend runs the sessions, as one value every front end builds its backend from: the command line
+(``segment``, ``serve``, ``web``), the web app and the Slicer module. Front ends store it (without secrets) and
+compare it; ``build()`` is the one place a backend is made from it."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +17,11 @@ STORED = ("server", "mllm", "sam2", "sam2_variant", "propagator", "propagator_va
 class BackendChoice:
     """Local models (``server`` None) or a server URL, with the models to load locally.
 
-    The token takes part in comparisons (a new token means a new connection) but never in ``settings()``,
-    which is what front ends write to disk."""
+    ``mllm`` is a policy spec (a model folder or Hugging Face id, ``http(s)://`` endpoint, ``replay:``,
+    ``oracle:``; see ``models.loading.POLICY_SCHEMES``), ``sam2`` a segmenter spec (``classical``, a variant's
+    name, a checkpoint; see ``tools.resolve.segmenter_named``); None takes the defaults. The token and the
+    endpoint's API key take part in comparisons (a new one means a new connection) but never in
+    ``settings()``, which is what front ends write to disk."""
 
     server: str | None = None
     mllm: str | None = None
@@ -25,6 +31,9 @@ class BackendChoice:
     propagator_variant: str | None = None
     device: str = "auto"
     token: str | None = field(default=None, repr=False)
+    mllm_model: str | None = None  # the model name at an http(s) endpoint
+    api_key: str | None = field(default=None, repr=False)
+    ca_bundle: str | None = None  # the CA certificates to verify the server's TLS with
 
     @property
     def remote(self) -> bool:
@@ -39,19 +48,44 @@ class BackendChoice:
         values = {name: str(settings.get(name) or "").strip() or None for name in STORED}
         return cls(**{**values, "device": values["device"] or "auto"}, token=token or None)
 
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace, token: str | None = None) -> BackendChoice:
+        """From a command's model options (``cli.options.add_segmenter_options`` and the policy's flags; a
+        command without ``--server``, ``--mllm-model``, ``--api-key`` or ``--ca-bundle`` has them None)."""
+        from ..tools import SETTINGS
+
+        def given(name: str) -> Any:
+            return vars(args).get(name)
+
+        return cls(
+            server=given("server"),
+            mllm=given("mllm"),
+            sam2=SETTINGS[args.setting] if given("setting") else given("sam2"),
+            sam2_variant=given("sam2_variant"),
+            propagator=given("propagator"),
+            propagator_variant=given("propagator_variant"),
+            device=given("device") or "auto",
+            token=token,
+            mllm_model=given("mllm_model"),
+            api_key=given("api_key"),
+            ca_bundle=given("ca_bundle"),
+        )
+
     def describe(self) -> str:
         return f"server {self.server}" if self.remote else f"this computer ({self.mllm or 'default model'})"
 
-    def build(self, tqdm_class: Any = None) -> Backend:
-        """Connect to the server, or load the local models (``tqdm_class`` reports weight downloads)."""
+    def build(self, tqdm_class: Any = None, cached_images: int = 16) -> Backend:
+        """Connect to the server, or load the local models (``tqdm_class`` reports weight downloads; the click
+        tool keeps ``cached_images`` slice embeddings)."""
         if self.remote:
             from ..remote.client import RemoteBackend
 
-            return RemoteBackend(self.server, token=self.token)
+            return RemoteBackend(self.server, token=self.token, verify=self.ca_bundle or True)
         from ..models.loading import load_backend
         from ..models.weights import mllm_spec, sam2_spec
 
         return load_backend(
             mllm_spec(self.mllm), sam2_spec(self.sam2), self.device, sam2_variant=self.sam2_variant,
-            propagator=self.propagator, propagator_variant=self.propagator_variant, tqdm_class=tqdm_class,
+            propagator=self.propagator, propagator_variant=self.propagator_variant, model_name=self.mllm_model,
+            api_key=self.api_key, tqdm_class=tqdm_class, cached_images=cached_images,
         )  # fmt: skip
