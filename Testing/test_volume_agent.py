@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from test_cli import SCHEMA, ibisagent
-from volume_data import mni_crop, mni_path
+from volume_data import LeakyPropagator, mni_crop, mni_path
 
 from IBISAgentLib.agent.backends import LocalBackend
 from IBISAgentLib.agent.trace import Trace
 from IBISAgentLib.agent.volume_agent import check_propagation, search_key_slice
 from IBISAgentLib.imaging.volume_case import VolumeCase
 from IBISAgentLib.tools import PropagationOptions
-from IBISAgentLib.tools.classical import CLASSICAL, ClassicalPropagator
+from IBISAgentLib.tools.classical import CLASSICAL
 from IBISAgentLib.training.oracle import ReferenceOracle
 
 PROMPT = "segment the lesion"
@@ -94,22 +94,6 @@ def test_slice_auto_propagate_check_end_to_end(tmp_path):
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "phantom_mask.nii.gz"))) > 0
     assert _dice(mask, lesion) > 0.9
     assert Trace.load(tmp_path / "phantom_trace.json").search == trace["search"]
-
-
-class LeakyPropagator:
-    """A test double for drift: the real weight-free propagator, plus the neighbouring organ on every slice from
-    ``start`` onward that no key slice at or before it re-anchors (a key slice at ``start`` or beyond stops it)."""
-
-    def __init__(self, neighbour, start):
-        self.inner, self.neighbour, self.start = ClassicalPropagator(), neighbour, start
-
-    def propagate(self, volume, key, key_mask, options, *, extra_keys=None, **kwargs):
-        result = self.inner.propagate(volume, key, key_mask, options, extra_keys=extra_keys, **kwargs)
-        stop = min([k for k in (extra_keys or {}) if k >= self.start], default=volume.shape[0])
-        for index in range(self.start, stop):
-            result.mask[index] |= self.neighbour[index]
-            result.slices[index].area = int(result.mask[index].sum())
-        return result
 
 
 def test_the_check_flags_a_leak_and_repairs_it(tmp_path):

@@ -92,3 +92,22 @@ def mni_tissue_dataset(folder: Path) -> Path:
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+class LeakyPropagator:
+    """A test double for drift: the real weight-free propagator, plus a neighbouring organ (``neighbour``, a
+    (k, j, i) mask) on every slice from ``start`` on, up to the first key slice at or past ``start`` (a key
+    slice there re-anchors the propagation and stops the leak)."""
+
+    def __init__(self, neighbour: np.ndarray, start: int) -> None:
+        from IBISAgentLib.tools.classical import ClassicalPropagator
+
+        self.inner, self.neighbour, self.start = ClassicalPropagator(), neighbour, start
+
+    def propagate(self, volume, key, key_mask, options, *, extra_keys=None, **kwargs):
+        result = self.inner.propagate(volume, key, key_mask, options, extra_keys=extra_keys, **kwargs)
+        stop = min([k for k in (extra_keys or {}) if k >= self.start], default=volume.shape[0])
+        for index in range(self.start, stop):
+            result.mask[index] |= self.neighbour[index]
+            result.slices[index].area = int(result.mask[index].sum())
+        return result

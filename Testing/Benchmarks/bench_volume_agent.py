@@ -12,6 +12,7 @@ propagator that leaks into a neighbouring organ from a few slices past the key, 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import threading
 import time
@@ -20,11 +21,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from volume_data import LeakyPropagator
+
 from IBISAgentLib.agent.backends import LocalBackend
 from IBISAgentLib.agent.volume_agent import check_propagation, search_key_slice
 from IBISAgentLib.imaging.volume_case import VolumeCase
 from IBISAgentLib.tools import PropagationOptions
-from IBISAgentLib.tools.classical import CLASSICAL, ClassicalPropagator
+from IBISAgentLib.tools.classical import CLASSICAL
 from IBISAgentLib.training.oracle import ReferenceOracle
 
 
@@ -42,21 +47,6 @@ class SlowOracle:
             self.calls += 1
         time.sleep(self.latency)
         return self.oracle.generate(request, cancel)
-
-
-class Leaky:
-    """The weight-free propagator plus a neighbouring organ from ``start`` on, up to the first key at or past it."""
-
-    def __init__(self, neighbour: np.ndarray, start: int) -> None:
-        self.inner, self.neighbour, self.start = ClassicalPropagator(), neighbour, start
-
-    def propagate(self, volume, key, key_mask, options, *, extra_keys=None, **kwargs):
-        result = self.inner.propagate(volume, key, key_mask, options, extra_keys=extra_keys, **kwargs)
-        stop = min([k for k in (extra_keys or {}) if k >= self.start], default=volume.shape[0])
-        for index in range(self.start, stop):
-            result.mask[index] |= self.neighbour[index]
-            result.slices[index].area = int(result.mask[index].sum())
-        return result
 
 
 def phantom(folder: Path, depth: int) -> tuple[Path, Path, np.ndarray, np.ndarray]:
@@ -86,7 +76,7 @@ def run(depth: int, latency: float, workers: int, folder: Path) -> dict[str, flo
     found = search_key_slice(lambda c: threaded.open_session(c, prompt, max_turns=1), case, workers=workers)
     search_s, search_calls = time.perf_counter() - started, policy.calls
     key_case = case.at(found.key)
-    backend._propagator = Leaky(neighbour, found.key + 3)
+    backend._propagator = LeakyPropagator(neighbour, found.key + 3)
     session = backend.open_session(key_case, prompt)
     session.run()
     options = PropagationOptions(stop_after_empty=0)
