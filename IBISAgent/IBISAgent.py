@@ -322,6 +322,19 @@ class IBISAgentTest(ScriptedLoadableModuleTest):
         grown = segment_array(segmentationNode, segmentId, volumeNode)
         self.assertTrue(all(geometry.at(k).extract(grown).any() for k in range(geometry.index - 2, geometry.index + 3)))
 
+        self.delayDisplay("Propagating with the check, then Find")
+        widget.ui.checkCheckBox.checked = True
+        widget.ui.propagateButton.click()
+        driver.wait()
+        desktop.poll()
+        self.assertTrue(driver.state.slices)
+        self.assertIsNotNone(json.loads(driver.trace_json())["checks"])
+        widget.ui.findButton.click()
+        driver.wait()
+        desktop.poll()
+        self.assertTrue(any(line.startswith("looked at slice") for line in driver.state.log))
+        self.assertIsNotNone(driver.session)
+
         self.delayDisplay("Saving and reloading the scene keeps the trace")
         scenePath = os.path.join(folder, "scene.mrb")
         self.assertTrue(slicer.util.saveScene(scenePath))
