@@ -129,8 +129,9 @@ class IBISAgentWebApp(TrameApp):
         try:
             trace = driver.trace_json() if driver.has_session else None
             paths, voxels = save_outputs(
-                self.out_dir, self.scene.scene, self.scene.volume, segmentation, segment_id, trace
-            )
+                self.out_dir, self.scene.scene, self.scene.volume, segmentation, segment_id, trace,
+                self.scene.source_grid,
+            )  # fmt: skip
         except Exception as exc:  # a full disk, a folder we cannot write: say so, keep working
             self.bridge.notify(f"Could not save: {exc}")
             return

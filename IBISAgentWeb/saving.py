@@ -1,5 +1,6 @@
-"""Save: the segmentation (.seg.nrrd), the target segment as a NIfTI labelmap on the volume's grid, the trace
-(JSON) and the whole scene (.mrb) into the output folder."""
+"""Save: the segmentation (.seg.nrrd), the target segment as a NIfTI labelmap on the opened file's own grid
+(Slicer may reorder a volume's voxels: a flipped axis comes back unflipped), the trace (JSON) and the whole
+scene (.mrb) into the output folder."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicer
 
+from IBISAgentLib.imaging.volume_files import Grid
 from IBISAgentMRML import save_mrb, segment_array
 from IBISAgentMRML.volumes import image_from_volume
 
@@ -21,9 +23,16 @@ def stem_of(name: str) -> str:
 
 
 def save_outputs(
-    out_dir: Path, scene: Any, volume: Any, segmentation: Any, segment_id: str, trace_json: str | None
+    out_dir: Path,
+    scene: Any,
+    volume: Any,
+    segmentation: Any,
+    segment_id: str,
+    trace_json: str | None,
+    grid: Grid | None = None,
 ) -> tuple[list[Path], int]:
-    """Write the four files; return their paths and the segment's voxel count."""
+    """Write the four files; return their paths and the segment's voxel count. The NIfTI labelmap is on ``grid``
+    (the opened file's; None: the volume's grid in the scene, as for a DICOM series)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem_of(segmentation.GetSegmentation().GetSegment(segment_id).GetName())
     written: list[Path] = []
@@ -38,6 +47,8 @@ def save_outputs(
     mask = segment_array(segmentation, segment_id, volume)
     labelmap = sitk.GetImageFromArray(mask.astype(np.uint8))
     labelmap.CopyInformation(image_from_volume(volume))  # the volume's grid in world LPS, as NIfTI wants
+    if grid is not None:
+        labelmap = grid.resample(labelmap)
     nii_path = out_dir / f"{stem}.nii.gz"
     sitk.WriteImage(labelmap, str(nii_path))
     written.append(nii_path)

@@ -17,7 +17,7 @@ from trame_slicer.core import SlicerApp
 from vtkmodules.vtkCommonCore import vtkCommand
 
 from IBISAgentLib.imaging.limits import DEFAULT_LIMITS, ImageLimits
-from IBISAgentLib.imaging.volume_files import VolumeFileError, check_volume_file, volume_files_in
+from IBISAgentLib.imaging.volume_files import Grid, VolumeFileError, check_volume_file, volume_files_in
 from IBISAgentLib.imaging.volumes import VolumeInputError, dicom_series_files
 
 from .surfaces import SegmentSurfaces
@@ -41,6 +41,8 @@ class WebScene:
         self.app.register_module_logic(slicer.vtkSlicerTextsLogic(), logic_name="Texts")
         self.surfaces = SegmentSurfaces(self.scene, self.fit_3d_views)
         self.volume: Any = None
+        # The opened file's own grid, for saving labelmaps on it (None for a DICOM series: no one file's grid).
+        self.source_grid: Grid | None = None
         self._unfitted: set[str] = set()
         self._fit_until = 0.0
         self._observed: set[str] = set()
@@ -61,7 +63,7 @@ class WebScene:
                 return f"{path} does not exist."
         except (VolumeFileError, VolumeInputError) as exc:
             return f"Could not read {source.name} as a volume: {str(exc).removeprefix(f'{source}: ')}."
-        return self._open(files, source.name)
+        return self._open(files, source.name, None if source.is_dir() else Grid.of_file(source))
 
     def open_uploads(self, uploads: list[dict]) -> str | None:
         """Files from the browser's file input ({name, content, ...}); None or a message. They are written
@@ -79,9 +81,10 @@ class WebScene:
                 files = volume_files_in(Path(folder), self.limits)
             except VolumeFileError as exc:
                 return f"Could not read {label} as a volume: {exc}. {READABLE}"
-            return self._open([str(f) for f in files], label)
+            grid = Grid.of_file(files[0]) if len(files) == 1 else None  # one volume file, not a DICOM series
+            return self._open([str(f) for f in files], label, grid)
 
-    def _open(self, files: list[str], label: str) -> str | None:
+    def _open(self, files: list[str], label: str, grid: Grid | None) -> str | None:
         before = set(self._volume_ids())
         try:
             nodes = [n for n in self.app.io_manager.load_volumes(files) if n is not None]
@@ -102,6 +105,7 @@ class WebScene:
             if extra is not node:
                 self.scene.RemoveNode(extra)
         self._replace_volume(node)
+        self.source_grid = grid
         return None
 
     def _volume_ids(self) -> list[str]:

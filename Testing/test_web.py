@@ -634,3 +634,30 @@ def test_find_then_propagate_with_the_check_and_go_to_a_flagged_slice(page, tmp_
         page.screenshot(path=str(tmp_path / "web-check.png"))
         if os.environ.get("IBISAGENT_SCREENSHOTS"):
             shutil.copy(tmp_path / "web-check.png", os.environ["IBISAGENT_SCREENSHOTS"])
+
+
+def test_the_saved_labelmap_is_on_the_opened_files_grid(data, page, tmp_path):
+    """A volume whose k axis runs against RAS: Slicer reorders its voxels, the saved NIfTI comes back on the
+    file's own grid (size, origin, spacing, direction, voxel order), as pyradiomics and nnU-Net require."""
+    flipped = sitk.ReadImage(str(data["volume"]))
+    flipped.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1))  # Slicer reads this with its k axis reversed
+    sitk.WriteImage(flipped, str(tmp_path / "flipped.nii.gz"))
+    out = tmp_path / "out"
+    with served(str(tmp_path / "flipped.nii.gz"), "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]),
+                "--device", "cpu", "--out", str(out), cwd=tmp_path) as url:  # fmt: skip
+        page.goto(url)
+        expect(page.get_by_text("Volume: flipped")).to_be_visible()
+        page.get_by_label("Instruction").fill("segment the white matter")
+        page.get_by_role("button", name="Run", exact=True).click()
+        expect(page.get_by_role("log", name="Reasoning")).to_contain_text("stopped: terminate")
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_text(re.compile(r"Saved 4 files"))).to_be_visible()
+    saved = sitk.ReadImage(str(out / "segment_the_white_matter.nii.gz"))
+    assert saved.GetSize() == flipped.GetSize()
+    for ours, theirs in ((saved.GetOrigin(), flipped.GetOrigin()), (saved.GetSpacing(), flipped.GetSpacing()),
+                         (saved.GetDirection(), flipped.GetDirection())):  # fmt: skip
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    segmentation = sitk.ReadImage(str(out / "segment_the_white_matter.seg.nrrd"))  # written by Slicer, its grid
+    on_file_grid = sitk.Resample(segmentation, flipped, sitk.Transform(), sitk.sitkNearestNeighbor)
+    labels = sitk.GetArrayFromImage(saved)
+    assert labels.any() and np.array_equal(labels > 0, sitk.GetArrayFromImage(on_file_grid) > 0)

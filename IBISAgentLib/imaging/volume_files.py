@@ -12,6 +12,7 @@ import gzip
 import math
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -40,6 +41,32 @@ def check_volume_file(path: Path, limits: ImageLimits = DEFAULT_LIMITS) -> None:
         raise VolumeFileError(str(exc)) from None
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_length(path)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A volume file's voxel grid as SimpleITK reads it (LPS): what a labelmap must share with its image for
+    tools such as pyradiomics or nnU-Net to accept the pair."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of_file(cls, path: Path) -> Grid:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return cls(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+    def resample(self, labelmap: sitk.Image) -> sitk.Image:
+        """``labelmap`` on this grid by nearest neighbour: exact when the grids differ by a permutation or flip of
+        the axes (as Slicer's reordering of a volume's voxels does), every voxel centre landing on one."""
+        return sitk.Resample(
+            labelmap, self.size, sitk.Transform(), sitk.sitkNearestNeighbor, self.origin, self.spacing,
+            self.direction, 0, labelmap.GetPixelID(),
+        )  # fmt: skip
 
 
 def data_file_named(path: Path) -> str | None:
