@@ -122,11 +122,10 @@ class DriverBridge:
 
     def on_goto_slice(self, index: int) -> None:
         """A bar of the propagated-slice strip: the agent's view moves to that slice."""
-        case, view = self.driver.case, self._session_opened[2] if self._session_opened else None
-        slice_node = self.scene.slice_node(view) if view else None
-        if case is None or slice_node is None:
+        case = self.driver.case
+        if case is None:
             return
-        show_slice(slice_node, case.at(int(index)).geometry)
+        self._show_agent_slice(case.at(int(index)).geometry)
         with self.state:
             self.state.ia_shown = f"(showing {case.geometry.axis} slice {int(index)})"
 

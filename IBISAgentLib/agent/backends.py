@@ -70,6 +70,18 @@ class Backend(Protocol):
         cancel: threading.Event | None = None,
     ) -> np.ndarray: ...
 
+    def propagate_and_check(
+        self,
+        session: Session,
+        options: PropagationOptions = DEFAULT_PROPAGATION,
+        check_budget: int | None = None,
+        *,
+        on_progress: Callable[[int, int, int], None] | None = None,
+        on_check: Callable[[dict], None] | None = None,
+        cancel: threading.Event | None = None,
+        workers: int = 1,
+    ) -> CheckedPropagation: ...
+
 
 class LocalBackend:
     """Sessions in this process. ``policy_factory`` gives each session its policy (a shared model, or a

@@ -45,6 +45,9 @@ class SearchRecord:
     text: str
     area: int = 0  # the first click's mask, where the target is present
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass
 class SearchResult:
@@ -53,7 +56,11 @@ class SearchResult:
     key: int | None = None
 
     def to_dict(self) -> list[dict[str, Any]]:
-        return [asdict(r) for r in self.records]
+        return [r.to_dict() for r in self.records]
+
+    def absent_answer(self) -> str:
+        """The run's answer when no inspected slice shows the target: where it looked."""
+        return f"The target was not found: {self.summary().removeprefix('the target was not found ')}."
 
     def summary(self) -> str:
         present = [r.index for r in self.records if r.verdict == "present"]

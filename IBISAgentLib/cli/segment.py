@@ -341,7 +341,7 @@ def _not_found_trace(run: SegmentRun, case: VolumeCase, found: SearchResult) -> 
         image=ImageInfo(width=case.geometry.width, height=case.geometry.height, source=run.source),
         models={},
         steps=[],
-        answer=f"The target was not found: {found.summary().removeprefix('the target was not found ')}.",
+        answer=found.absent_answer(),
         stop_reason="terminate",
         slice={"axis": case.geometry.axis, "index": case.geometry.index, "window": case.window.describe()},
         search=found.to_dict(),

@@ -141,14 +141,14 @@ class WorkflowDriver:
             if find:
                 found = search_key_slice(
                     lambda slice_case: self._backend.open_session(slice_case, instruction, max_turns=1),
-                    case, on_record=lambda record: self._emit(Searched(_record_dict(record))), cancel=self._cancel,
+                    case, on_record=lambda record: self._emit(Searched(record.to_dict())), cancel=self._cancel,
                 )  # fmt: skip
                 self._volume_records["search"] = found.to_dict()
                 if self._cancel.is_set():
                     self._emit(Finished("cancelled", None))
                     return
                 if found.key is None:
-                    self._emit(Finished("terminate", f"The target was not found: {found.summary()}."))
+                    self._emit(Finished("terminate", found.absent_answer()))
                     return
                 case = case.at(found.key)
             on_slice = case.geometry.extract(segment)
@@ -451,13 +451,6 @@ class WorkflowDriver:
         if self.case is None:
             raise RuntimeError("There is no volume: start the agent first.")
         return self.case
-
-
-def _record_dict(record: Any) -> dict:
-    """A search or slice record as the trace writes it."""
-    from dataclasses import asdict
-
-    return asdict(record)
 
 
 def _close(session: Session | None) -> None:
