@@ -99,6 +99,21 @@ def test_run_correct_undo_propagate_and_save_on_a_real_scene(world, tmp_path):
     assert isinstance(events[0], SliceChanged) and events[0].step.source == "user"
     assert record.nodes[("user", True)].GetNthControlPointLabel(0) == "3+"
     corrected = target.read()
+    # The log names each click's marker as the views label it, and says where it landed and what it changed.
+    log = driver.state.log
+    assert log[1].startswith("1. agent: positive click 1+ on ") and log[1].endswith(" — white matter here")
+    assert log[2].startswith("2. agent: negative click 2− on ")
+    user = driver.session.steps[-1]
+    assert log[-1] == (
+        f"4. you: positive click 3+ on {geometry.axis} slice {geometry.index}, voxel "
+        f"({', '.join(map(str, user.ijk))}): {steps[1].mask_area} -> {user.mask_area} px"
+    )
+    assert user.ijk[geometry.normal_axis] == geometry.index and user.mask_area != steps[1].mask_area
+    driver.undo()
+    driver.wait()
+    assert driver.state.log[-1] == "undone: step 4 (marker 3+)"
+    driver.click(tuple(ras), positive=True)
+    driver.wait()
     assert not np.array_equal(corrected, segment)
     editor.logic.Undo()  # each write is one step of the editor's undo history
     np.testing.assert_array_equal(target.read(), segment)

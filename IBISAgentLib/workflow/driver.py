@@ -100,6 +100,7 @@ class WorkflowDriver:
         self._cancel = threading.Event()
         self._operation = 0
         self._volume_records: dict[str, Any] = {}  # search, propagation, checks: what the trace adds for a volume
+        self._initial_area = 0  # the target's area on the key slice when the session opened
 
     # -- commands (UI thread) ----------------------------------------------------------------------
 
@@ -122,6 +123,8 @@ class WorkflowDriver:
         with ``Finished("terminate", answer)`` and no session."""
         if not instruction.strip():
             raise ValueError("Type what to segment, for example 'segment the liver tumor'.")
+        if max_turns < 1:
+            raise ValueError(f"Max turns is {max_turns}: the agent needs at least 1 turn.")
         self._refuse_if_busy()
         segment = target.read()
         if segment.shape != case.windowed.shape:
@@ -153,6 +156,7 @@ class WorkflowDriver:
                 case = case.at(found.key)
             on_slice = case.geometry.extract(segment)
             initial_mask = np.array(on_slice) if on_slice.any() else None
+            self._initial_area = int(np.count_nonzero(on_slice))
             session = self._backend.open_session(
                 case, instruction, initial_mask=initial_mask, max_turns=max_turns, on_step=self._on_step
             )
@@ -379,9 +383,10 @@ class WorkflowDriver:
                              f"{record['area_before']} -> {record['area_after']} px")  # fmt: skip
         elif isinstance(event, SliceChanged):
             self._write_plane(event.plane)
+            shown_before = state.markers
             self._show_markers()
-            if event.step is not None:
-                state.log.append(_describe(event.step) if event.cause == "step" else f"undone: step {event.step.turn}")
+            if event.step is not None:  # an undone click's marker is among those shown before
+                state.log.append(self._describe(event.step, shown_before + state.markers, event.cause == "undone"))
         elif isinstance(event, Propagated):
             geometry = self._geometry()
 
@@ -409,6 +414,32 @@ class WorkflowDriver:
             self._note(event)
         elif isinstance(event, TraceReady) and self.record is not None:
             self.record.store_trace(event.text)
+
+    def _describe(self, step: Step, markers: list[Marker], undone: bool) -> str:
+        """A log line that names the step's marker as the views label it (``3+``), where a click landed (slice,
+        voxel) and what it changed (the mask area on the agent's slice, before -> after)."""
+        label = next((m.label for m in markers if m.turn == step.turn), None)
+        if undone:
+            return f"undone: step {step.turn}" + (f" (marker {label})" if label else "")
+        who = "agent" if step.source == "agent" else "you"
+        if step.action is None:
+            return f"{step.turn}. {who}: {step.error or 'no action'}"
+        if not step.action.is_click:
+            text = f"{step.turn}. {who}: {step.action.kind}"
+        else:
+            text = f"{step.turn}. {who}: {step.action.kind} click" + (f" {label}" if label else "")
+            if step.ijk is not None and self.case is not None:
+                where = f"{self.case.geometry.axis} slice {self.case.geometry.index}"
+                text += f" on {where}, voxel ({', '.join(map(str, step.ijk))})"
+            text += f": {self._area_before(step)} -> {step.mask_area} px"
+        if step.think:
+            text += f" — {step.think}"
+        return text
+
+    def _area_before(self, step: Step) -> int:
+        steps = self.session.steps if self.session is not None else []
+        earlier = [s for s in steps if s.turn < step.turn]
+        return earlier[-1].mask_area if earlier else self._initial_area
 
     def _note(self, failure: Failed) -> None:
         self.state.log.append(f"error: {failure.message}")
@@ -458,14 +489,3 @@ def _close(session: Session | None) -> None:
     if session is not None:
         with contextlib.suppress(Exception):  # a session already gone on the server needs no closing
             session.close()
-
-
-def _describe(step: Step) -> str:
-    who = "agent" if step.source == "agent" else "you"
-    if step.action is None:
-        return f"{step.turn}. {who}: {step.error or 'no action'}"
-    move = step.action.kind if step.action.kind == "terminate" else f"{step.action.kind} click"
-    text = f"{step.turn}. {who}: {move}"
-    if step.think:
-        text += f" — {step.think}"
-    return text

@@ -18,12 +18,14 @@ COLORS = {
 
 @dataclass(frozen=True)
 class Marker:
-    """A click to show: where (world RAS, millimetres), its number and polarity as a label, its colour."""
+    """A click to show: where (world RAS, millimetres), its number and polarity as a label, its colour, and the
+    turn of the step that placed it (so a log line can name its marker)."""
 
     number: int
     positive: bool
     source: str
     ras: tuple[float, float, float]
+    turn: int = 0
 
     @property
     def label(self) -> str:
@@ -38,6 +40,6 @@ def markers_of(steps: Iterable[Step]) -> list[Marker]:
     """The clicks among ``steps`` (on a volume slice: each has its world position), numbered in order."""
     clicks = [s for s in steps if s.ras is not None and s.action is not None and s.action.is_click]
     return [
-        Marker(n, s.action.kind == "positive", s.source, tuple(float(v) for v in s.ras))  # type: ignore[arg-type]
+        Marker(n, s.action.kind == "positive", s.source, tuple(float(v) for v in s.ras), s.turn)  # type: ignore[arg-type]
         for n, s in enumerate(clicks, start=1)
     ]
