@@ -14,7 +14,15 @@ from .errors import AdapterError
 from .record import MRMLRecord, store_trace
 from .scene import HeadlessScene, load_mrb, new_scene, save_mrb
 from .segments import LogicEditor, MRMLSegment, segment_array
-from .volumes import ViewSlice, align_view, show_slice, volume_case, volume_node_from_image, xy_to_world
+from .volumes import (
+    ViewSlice,
+    align_view,
+    show_slice,
+    view_slice,
+    volume_case,
+    volume_node_from_image,
+    xy_to_world,
+)
 
 __all__ = [
     "AdapterError",
@@ -30,6 +38,7 @@ __all__ = [
     "segment_array",
     "show_slice",
     "store_trace",
+    "view_slice",
     "volume_case",
     "volume_node_from_image",
     "xy_to_world",

@@ -14,7 +14,7 @@ import slicer
 from IBISAgentLib.imaging.geometry import AXES, Axis, SliceGeometry, anatomical_axes
 from IBISAgentLib.imaging.volume_case import VolumeCase
 from IBISAgentLib.imaging.volumes import volume_array
-from IBISAgentLib.imaging.windowing import Window
+from IBISAgentLib.imaging.windowing import CT_PRESETS, Window
 
 from .errors import AdapterError
 from .transforms import ijk_to_world
@@ -73,6 +73,7 @@ class ViewSlice:
     index: int
     voxel_plane: bool
     tilt_degrees: float  # between the view's normal and the agent slice's voxel axis
+    count: int  # voxel planes along that axis: the index runs from 0 to count - 1
 
 
 def view_slice(volume_node: Any, slice_node: Any) -> ViewSlice:
@@ -104,9 +105,10 @@ def view_slice(volume_node: Any, slice_node: Any) -> ViewSlice:
         angle = math.degrees(math.acos(min(1.0, float(cosines[normal_axis]))))
     centre = np.linalg.solve(matrix, np.append(slice_to_ras[:3, 3], 1.0))[:3]
     index = round(float(centre[normal_axis]))
-    if not 0 <= index < volume_node.GetImageData().GetDimensions()[normal_axis]:
+    count = volume_node.GetImageData().GetDimensions()[normal_axis]
+    if not 0 <= index < count:
         raise AdapterError(f"The {name} view does not show '{volume_node.GetName()}': move it onto the volume first.")
-    return ViewSlice(axis, index, voxel_plane, angle)  # type: ignore[arg-type]
+    return ViewSlice(axis, index, voxel_plane, angle, count)  # type: ignore[arg-type]
 
 
 def align_view(slice_node: Any, volume_node: Any) -> bool:
@@ -148,11 +150,14 @@ def xy_to_world(slice_node: Any, x: float, y: float) -> np.ndarray:
 
 
 def display_window(volume_node: Any) -> Window | None:
-    """The window/level the views use, so the agent sees what the clinician sees; None (automatic) when unset."""
+    """The window/level the views use, so the agent sees what the clinician sees (named after the preset it is,
+    so the trace says "lung"); None (automatic) when unset."""
     display = volume_node.GetDisplayNode()
     if display is None or not hasattr(display, "GetWindow") or display.GetWindow() <= 0:
         return None
-    return Window(display.GetLevel(), display.GetWindow(), "as displayed")
+    level, width = display.GetLevel(), display.GetWindow()
+    name = next((n for n, preset in CT_PRESETS.items() if preset == (level, width)), "as displayed")
+    return Window(level, width, name)
 
 
 def volume_case(volume_node: Any, slice_node: Any, window: str | Window | None = None) -> tuple[VolumeCase, ViewSlice]:

@@ -18,11 +18,11 @@ from IBISAgentLib.workflow import BackendChoice
 
 from .bridge import DriverBridge
 from .clicks import CorrectionClicks
-from .panel import DEFAULTS, build_panel
+from .panel import DEFAULTS, build_panel, build_view_controls
 from .saving import save_outputs
 from .scene import WebScene, render_slices_plainly
+from .views import DEFAULT_LAYOUT, LAYOUTS, ViewCaptions, WindowControl, caption_overlay, layouts
 
-LAYOUT = "Axial Primary"  # the Red view large, 3D / Green / Yellow beside it
 # trame-rca renders a changed view at its interactive JPEG quality, then renders it again at its still quality
 # (90) a moment later. Views here change by edits, rarely by dragging: one render at the still quality.
 STILL_QUALITY = 90
@@ -52,9 +52,17 @@ class IBISAgentWebApp(TrameApp):
             interactive_quality=STILL_QUALITY,
         )
         self.layout_manager = LayoutManager(self.scene.scene, self.scene.app.view_manager, self.server)
-        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
-        self.layout_manager.set_layout(LAYOUT)
+        self.layout_manager.register_layout_dict(layouts())
+        self.layout_manager.set_layout(DEFAULT_LAYOUT)
+        self.state.ia_layout = DEFAULT_LAYOUT
+        self.state.change("ia_layout")(self._on_layout)
         self.bridge = DriverBridge(self.server, self.scene, choice, max_turns=max_turns)
+        self.captions = ViewCaptions(self.state, self.scene.app.view_manager.get_slice_views(), None)
+        self.window = WindowControl(self.state)
+        self.scene.before_replace = self.bridge.close  # only once the new volume is known to be good
+        self.scene.after_replace = self._on_volume
+        self.state.change("ia_mode")(self._on_correction_mode)
+        self._on_correction_mode(None)
         self.clicks = CorrectionClicks(
             self.scene.app.view_manager.get_slice_views(), self.bridge.on_click, lambda: bool(self.state.ia_mode)
         )
@@ -67,6 +75,8 @@ class IBISAgentWebApp(TrameApp):
     def _build_ui(self) -> None:
         with SinglePageWithDrawerLayout(self.server, theme="dark") as self.ui:
             self.ui.title.set_text("IBISAgent")
+            with self.ui.toolbar:
+                build_view_controls(self)
             self.ui.drawer.width = 400
             with self.ui.drawer:
                 build_panel(self, self.bridge)
@@ -77,9 +87,28 @@ class IBISAgentWebApp(TrameApp):
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def _on_client_connected(self, *_args, **_kwargs) -> None:
-        self.scene.fit_views()  # views re-fit at their first real size (reported after the client connects)
+        self.scene.on_page_connected()
         self.bridge.refresh_segments()
         self.bridge.render()
+
+    def _on_volume(self, volume: Any) -> None:
+        self.captions.set_volume(volume)
+        self.window.set_volume(volume)
+
+    def _on_layout(self, ia_layout: str, **_: Any) -> None:
+        if ia_layout in LAYOUTS:
+            self.layout_manager.set_layout(ia_layout)
+            self.scene.fit_views()
+
+    def _on_correction_mode(self, ia_mode: str | None, **_: Any) -> None:
+        """A left drag in a slice view sets the window/level (Slicer's own widget, in its AdjustWindowLevel
+        mouse mode; a double click goes back to the automatic window), except while Add/Remove point is on:
+        then a left click is a correction."""
+        interaction = self.scene.app.app_logic.GetInteractionNode()
+        interaction.SetCurrentInteractionMode(interaction.ViewTransform if ia_mode else interaction.AdjustWindowLevel)
+
+    def on_reset_views(self) -> None:
+        self.scene.fit_views()
 
     # -- actions the panel calls -----------------------------------------------------------------------
 
@@ -87,7 +116,6 @@ class IBISAgentWebApp(TrameApp):
         if self.bridge.driver.state.busy:
             self.bridge.notify("Wait for the agent or press Cancel before opening another volume.")
             return
-        self.bridge.close()
         message = self.scene.open_uploads(list(files or []))
         self._after_open(message)
 
@@ -182,6 +210,7 @@ def _view_tag(view: Any) -> None:
 def _slice_view_ui(server: Any, view_id: str, view: Any) -> None:
     render_slices_plainly(view)  # trame-slicer calls this as it makes each slice view
     create_vertical_slice_view_gutter_ui(server, view_id, view)
+    caption_overlay(view)
     _view_tag(view)
 
 

@@ -155,6 +155,7 @@ class DriverBridge:
             instruction = str(self.state.ia_instruction or "").strip()
             if not instruction:
                 raise ValueError("Type what to segment in Instruction, for example 'segment the liver tumor'.")
+            turns = _int(self.state.ia_max_turns, "max turns")
             view_name = self.state.ia_view
             slice_node = self.scene.slice_node(view_name)
             if slice_node is None:
@@ -170,7 +171,6 @@ class DriverBridge:
             node, segment_id = target
             port = MRMLSegment(node, segment_id, volume, editor)
             self.scene.surfaces.show(node)
-            turns = _int(self.state.ia_max_turns, "max turns")
             self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=turns, find=find)
             self._session_opened = self._session_key()
 

@@ -9,6 +9,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v
 
 from .scene import VIEW_NAMES
+from .views import LAYOUTS, window_items
 
 DEFAULTS = {
     "ia_volume_name": "",
@@ -245,3 +246,33 @@ def _slice_strip(bridge: Any) -> None:
 def _number(label: str, key: str, **options: Any) -> None:
     """A compact number field bound to the state ``key``; its label is its accessible name."""
     v.VTextField(label=label, v_model=(key,), type="number", density="compact", hide_details=True, **options)
+
+
+def build_view_controls(app: Any) -> None:
+    """The viewer's own controls in the top bar: the window/level preset (and what it is now), the layout, and
+    a reset of the views to the whole volume."""
+    v.VSpacer()
+    with html.Div(classes="d-flex align-center", style="gap: 8px"):
+        v.VSelect(
+            label="Window",
+            items=("ia_windows", window_items()),
+            v_model=("ia_window",),
+            item_title="title",
+            item_value="value",
+            density="compact",
+            hide_details=True,
+            disabled=("ia_busy || !ia_volume_name",),
+            style="width: 170px",
+        )
+        html.Div("{{ ia_window_text }}", classes="text-caption ia-window-text", style="min-width: 150px")
+        v.VSelect(
+            label="Layout",
+            items=("ia_layouts", [{"title": t, "value": k} for k, t in LAYOUTS.items()]),
+            v_model=("ia_layout",),
+            item_title="title",
+            item_value="value",
+            density="compact",
+            hide_details=True,
+            style="width: 160px",
+        )
+        v.VBtn("Reset views", click=app.on_reset_views, prepend_icon="mdi-fit-to-screen", variant="text")

@@ -43,6 +43,11 @@ class WebScene:
         self.volume: Any = None
         # The opened file's own grid, for saving labelmaps on it (None for a DICOM series: no one file's grid).
         self.source_grid: Grid | None = None
+        # Set by the app: called before a new volume replaces the current one (it is readable and within the
+        # limits by then: a rejected file never reaches this), and with the new volume after.
+        self.before_replace: Callable[[], None] = lambda: None
+        self.after_replace: Callable[[Any], None] = lambda _volume: None
+        self._shown_to_a_page = False
         self._unfitted: set[str] = set()
         self._fit_until = 0.0
         self._observed: set[str] = set()
@@ -104,8 +109,10 @@ class WebScene:
         for extra in nodes:
             if extra is not node:
                 self.scene.RemoveNode(extra)
+        self.before_replace()
         self._replace_volume(node)
         self.source_grid = grid
+        self.after_replace(node)
         return None
 
     def _volume_ids(self) -> list[str]:
@@ -137,6 +144,13 @@ class WebScene:
     def slice_node(self, view_name: str) -> Any:
         view = self.app.view_manager.get_view(view_name)
         return None if view is None else view.get_view_node()
+
+    def on_page_connected(self) -> None:
+        """The first page to connect has the views fitted at their real size; a reload or a second tab finds
+        them as they are (the slices, zoom and camera the session has)."""
+        if not self._shown_to_a_page:
+            self._shown_to_a_page = True
+            self.fit_views()
 
     def fit_views(self) -> None:
         """Fit every view to the volume; views whose size the browser has not reported yet are fitted again at

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from IBISAgentLib.imaging.geometry import AXES, SliceGeometry, lps_to_ras, parse_slice
+from IBISAgentLib.imaging.geometry import AXES, SliceGeometry, lps_to_ras, parse_slice, ras_direction_letter
 
 
 def make_image(size, spacing, direction, origin):
@@ -150,3 +150,26 @@ def test_parse_slice():
         parse_slice("oblique:3")
     with pytest.raises(ValueError, match="whole number"):
         parse_slice("axial:x")
+
+
+_OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
+_FINITE = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+
+
+@given(st.lists(_FINITE, min_size=3, max_size=3), st.floats(min_value=1e-3, max_value=1e3))
+def test_an_edge_letter_names_the_dominant_direction_and_flips_with_the_vector(vector, scale):
+    vector = np.array(vector)
+    magnitudes = np.abs(vector)
+    dominant = int(np.argmax(magnitudes))
+    assume(magnitudes[dominant] > 0 and np.sum(magnitudes == magnitudes[dominant]) == 1)
+    letter = ras_direction_letter(vector)
+    assert letter == (("L", "R"), ("P", "A"), ("I", "S"))[dominant][int(vector[dominant] > 0)]
+    assert ras_direction_letter(-vector) == _OPPOSITE[letter]
+    assert ras_direction_letter(vector * scale) == letter
+
+
+def test_edge_letters_of_slicer_views():
+    # Slicer's axial view looks from the feet: screen right is the patient's left, screen up is anterior.
+    assert ras_direction_letter(np.array([-1.0, 0.0, 0.0])) == "L"
+    assert ras_direction_letter(np.array([0.0, 1.0, 0.0])) == "A"
+    assert ras_direction_letter(np.array([0.3, -0.2, -0.9])) == "I"

@@ -212,8 +212,8 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         page.get_by_label("Instruction").fill("segment the white matter")
         page.get_by_role("button", name="Run", exact=True).click()
         log = page.get_by_role("log", name="Reasoning")
-        expect(log).to_contain_text("1. agent: positive click — white matter here")
-        expect(log).to_contain_text("2. agent: negative click — too much")
+        expect(log).to_contain_text(re.compile(r"1\. agent: positive click 1\+ on .* px — white matter here"))
+        expect(log).to_contain_text(re.compile(r"2\. agent: negative click 2− on .* px — too much"))
         expect(log).to_contain_text("stopped: terminate — Done.")
         expect(page.get_by_role("status")).to_have_text("Stopped: terminate — Done.")
         markers = page.get_by_role("list", name="Markers")
@@ -232,7 +232,8 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         box = red.bounding_box()
         with run_button_stays_run(page):
             page.mouse.click(box["x"] + box["width"] * 0.30, box["y"] + box["height"] * 0.45)
-            expect(log).to_contain_text("4. you: positive click")
+            you_clicked = r"4\. you: positive click 3\+ on axial slice \d+, voxel \(\d+, \d+, \d+\): \d+ -> \d+ px"
+            expect(log).to_contain_text(re.compile(you_clicked))
             expect(markers).to_contain_text("3+ (user)")
         corrected = mask_area(page)
         assert corrected != after_run
@@ -243,7 +244,7 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         page.get_by_role("button", name="Add point").click()  # correction mode off
         with run_button_stays_run(page):
             page.get_by_role("button", name="Undo").click()
-            expect(log).to_contain_text("undone: step 4")
+            expect(log).to_contain_text("undone: step 4 (marker 3+)")
         expect(markers).not_to_contain_text("3+")
         assert mask_area(page) == after_run
         after_undo = frame_after(page, "Red", after_click)
@@ -301,20 +302,20 @@ def test_step_continue_remove_point_and_the_largest_part(data, page, tmp_path):
 
         # Step: one turn, then the agent waits.
         page.get_by_role("button", name="Step", exact=True).click()
-        expect(log).to_contain_text("1. agent: positive click — white matter here")
+        expect(log).to_contain_text(re.compile(r"1\. agent: positive click 1\+ .* — white matter here"))
         expect(page.get_by_role("button", name="Continue")).to_be_enabled()
         assert "2. agent" not in log_text(page)
         # Continue: the remaining turns, on the same session.
         page.get_by_role("button", name="Continue").click()
         expect(log).to_contain_text("stopped: terminate — Done.")
-        assert "2. agent: negative click — too much" in log_text(page)
+        assert re.search(r"2\. agent: negative click 2− .* — too much", log_text(page))
         after_run = mask_area(page)
 
         # Remove point: a negative correction where the mask is, on the agent's slice.
         page.get_by_role("button", name="Remove point").click()
         box = red.bounding_box()
         page.mouse.click(box["x"] + box["width"] * 0.30, box["y"] + box["height"] * 0.45)
-        expect(log).to_contain_text("4. you: negative click")
+        expect(log).to_contain_text("4. you: negative click 3−")
         expect(page.get_by_role("list", name="Markers")).to_contain_text("3− (user)")
         assert mask_area(page) != after_run
         page.get_by_role("button", name="Remove point").click()  # correction mode off
@@ -661,3 +662,91 @@ def test_the_saved_labelmap_is_on_the_opened_files_grid(data, page, tmp_path):
     on_file_grid = sitk.Resample(segmentation, flipped, sitk.Transform(), sitk.sitkNearestNeighbor)
     labels = sitk.GetArrayFromImage(saved)
     assert labels.any() and np.array_equal(labels > 0, sitk.GetArrayFromImage(on_file_grid) > 0)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the select labelled ``label`` (a vuetify menu of options)."""
+    page.locator(".v-select", has=page.get_by_label(label)).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def caption(page, view: str) -> str:
+    return page.locator(f".ia-caption-{view}").inner_text()
+
+
+def test_views_say_their_slice_the_window_is_the_agents_and_refusals_lose_nothing(data, page, tmp_path):
+    """Items the viewer owes a radiologist, at 1280 x 800: each view names its slice in the numbering the
+    Propagate range and the log use, with the patient directions at its edges; a window preset is what the
+    agent is given (the trace says which) and a drag sets the window as in Slicer; a rejected upload, Max turns
+    0 and a bad range leave the session, markers and log as they were; a reload shows the same slice."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    out = tmp_path / "out"
+    with opened_on_the_volume(data, page, out, tmp_path) as red:
+        expect(page.locator(".ia-caption-Red")).to_have_text("Red · axial · slice 12 of 0–23")
+        expect(page.locator(".ia-caption-Green")).to_have_text("Green · coronal · slice 36 of 0–71")
+        expect(page.locator(".ia-caption-Yellow")).to_have_text(re.compile(r"Yellow · sagittal · slice 3[12] of 0–63"))
+        edges = ("left", "right", "top", "bottom")
+        letters = [page.locator(f"div:has(> span.ia-view-Red) > .ia-edge-{e}").inner_text() for e in edges]
+        assert letters == ["R", "L", "A", "P"]  # radiological convention, as Slicer's axial view
+
+        # A drag sets the window/level (Slicer's widget); the Window control says it is custom now.
+        before = page.locator(".ia-window-text").inner_text()
+        box = red.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        for n in range(1, 8):
+            page.mouse.move(x + 12 * n, y + 6 * n)
+            page.wait_for_timeout(40)
+        page.mouse.up()
+        expect(page.locator(".ia-window-text")).not_to_have_text(before)
+        expect(page.get_by_text("Custom (dragged)")).to_be_visible()
+        choose(page, "Window", "Brain")
+        expect(page.locator(".ia-window-text")).to_have_text("level 40, width 80")
+
+        page.get_by_label("Instruction").fill("segment the white matter")
+        page.get_by_role("button", name="Run", exact=True).click()
+        log = page.get_by_role("log", name="Reasoning")
+        expect(log).to_contain_text("stopped: terminate")
+        expect(log).to_contain_text("working on axial slice 12")
+        page.get_by_role("button", name="Add point").click()
+        page.mouse.click(box["x"] + box["width"] * 0.30, box["y"] + box["height"] * 0.45)
+        expect(log).to_contain_text("4. you: positive click 3+ on axial slice 12")
+        page.get_by_role("button", name="Add point").click()
+        kept, area = log_text(page), mask_area(page)
+        markers = page.get_by_role("list", name="Markers")
+
+        def nothing_lost() -> None:
+            assert log_text(page) == kept and mask_area(page) == area
+            expect(markers).to_contain_text("3+ (user)")
+            expect(page.get_by_role("button", name="Undo")).to_be_enabled()
+
+        _upload(page, [("notes.txt", b"not an image")])
+        expect(alert(page)).to_contain_text("notes.txt")
+        nothing_lost()
+        page.get_by_label("Max turns").fill("0")
+        page.get_by_role("button", name="Run", exact=True).click()
+        expect(alert(page)).to_contain_text("at least 1 turn")
+        nothing_lost()
+        page.get_by_label("Max turns").fill("20")
+        page.get_by_label("Last slice").fill("30")
+        page.get_by_role("button", name="Propagate").click()
+        expect(alert(page)).to_contain_text("30")
+        nothing_lost()
+
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_text(re.compile(r"Saved \d files"))).to_be_visible()
+        trace = json.loads((out / "segment_the_white_matter_trace.json").read_text())
+        assert trace["slice"] == {"axis": "axial", "index": 12, "window": "brain (level 40, width 80)"}
+
+        # The slider moves the view: its caption follows; a reload finds the view, log and markers as they were.
+        slider = page.locator("div:has(> span.ia-view-Red) .slice-slider")
+        track = slider.bounding_box()
+        page.mouse.click(track["x"] + track["width"] * 0.9, track["y"] + track["height"] / 2)
+        expect(page.locator(".ia-caption-Red")).not_to_have_text("Red · axial · slice 12 of 0–23")
+        moved = caption(page, "Red")
+        page.reload()
+        expect(page.locator(".ia-caption-Red")).to_have_text(moved)
+        page.wait_for_timeout(1500)
+        expect(page.locator(".ia-caption-Red")).to_have_text(moved)
+        nothing_lost()

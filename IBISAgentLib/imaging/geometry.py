@@ -201,6 +201,17 @@ class SliceGeometry:
         return {"axis": self.axis, "index": self.index, "width": self.width, "height": self.height}
 
 
+_RAS_LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))  # per RAS axis: (towards -, towards +)
+
+
+def ras_direction_letter(vector: np.ndarray) -> str:
+    """The patient direction a world RAS vector points most along, as viewers letter a view's edges: R, L, A,
+    P, S or I (ties go to the first axis)."""
+    vector = np.asarray(vector, dtype=float)
+    axis = int(np.argmax(np.abs(vector)))
+    return _RAS_LETTERS[axis][int(vector[axis] > 0)]
+
+
 def lps_to_ras(point: np.ndarray) -> np.ndarray:
     """LPS <-> RAS (the same operation both ways: negate x and y)."""
     return np.asarray(point, dtype=float) * np.array([-1.0, -1.0, 1.0])
