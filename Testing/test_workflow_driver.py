@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -153,13 +154,20 @@ def test_a_cancelled_run_is_rolled_back_and_the_segment_restored(tiny_models, ca
     assert driver.state.stop_reason == "cancelled" and np.array_equal(target.segment, before)
 
 
-def test_a_failed_start_leaves_no_session_behind(driver, case):
+def test_a_failed_start_leaves_no_session_behind(backend, case):
+    def build(choice):
+        if choice != LOCAL:
+            raise RuntimeError("the models could not be loaded")
+        return backend
+
+    driver = WorkflowDriver(build)
     started(driver, case)
     assert driver.session is not None
     target = ArrayTarget(case.windowed.shape)
-    driver.start(case, "x", target, target, LOCAL, then=None, max_turns=0)  # refused by the session, on the worker
+    driver.start(case, "x", target, target, replace(LOCAL, mllm="elsewhere"), then=None)  # fails on the worker
     events = driver.wait()
-    assert isinstance(events[0], Failed) and driver.session is None
+    assert isinstance(events[0], Failed) and "could not be loaded" in events[0].message
+    assert driver.session is None
     driver.run()  # nothing of the old session acts any more
     events = driver.wait()
     assert isinstance(events[0], Failed) and "no session" in events[0].message
