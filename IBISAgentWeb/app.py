@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from .views import DEFAULT_LAYOUT, LAYOUTS, ViewCaptions, WindowControl, caption
 # trame-rca renders a changed view at its interactive JPEG quality, then renders it again at its still quality
 # (90) a moment later. Views here change by edits, rarely by dragging: one render at the still quality.
 STILL_QUALITY = 90
+SHOW_BUSY_S = 0.05  # long enough for a state change to leave for the page before blocking work starts
 
 
 class IBISAgentWebApp(TrameApp):
@@ -42,7 +44,6 @@ class IBISAgentWebApp(TrameApp):
         self.out_dir = Path(out_dir)
         self.scene = WebScene(limits)
         self.state.update(DEFAULTS)
-        self.state.ia_models = choice.describe()
         self.state.trame__title = "IBISAgent"
         register_rca_factories(
             self.scene.app.view_manager,
@@ -140,7 +141,17 @@ class IBISAgentWebApp(TrameApp):
         self.bridge.notify("")
         self.bridge.refresh_segments()
 
-    def on_save(self) -> None:
+    async def on_save(self) -> None:
+        with self.state:
+            self.state.ia_saving = True
+        await asyncio.sleep(SHOW_BUSY_S)  # the page shows the button busy before the writing holds this thread
+        try:
+            self._save()
+        finally:
+            with self.state:
+                self.state.ia_saving = False
+
+    def _save(self) -> None:
         driver = self.bridge.driver
         if driver.state.busy:
             self.bridge.notify("Wait for the agent or press Cancel before saving.")

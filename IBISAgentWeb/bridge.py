@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from trame.app import asynchronous
 
 from IBISAgentLib.agent.volume_agent import DEFAULT_CHECK_BUDGET
+from IBISAgentLib.models.weights import DownloadProgress
 from IBISAgentLib.remote.client import is_loopback
 from IBISAgentLib.tools import PropagationOptions
 from IBISAgentLib.workflow import BackendChoice, DriverBusy, Event, Failed, WorkflowDriver
@@ -40,7 +41,13 @@ class DriverBridge:
         self.state.ia_max_turns = max_turns
         self._consented: set[str] = set()  # servers the user agreed to send images to, this process
         self._pending_start: str | None = None
-        self.driver = WorkflowDriver(on_event=self._wake_from_worker)
+        self.downloads = DownloadProgress()
+        self.driver = WorkflowDriver(
+            lambda chosen: chosen.build(tqdm_class=self.downloads.tqdm_class()), on_event=self._wake_from_worker
+        )
+        self.missing = choice.missing_weights()  # the cache only: the page says so at once, never after a timeout
+        self.state.ia_weights_missing = _missing_line(self.missing)
+        self.state.ia_models = choice.describe()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._woken = asyncio.Event()
         self.editor: LogicEditor | None = None
@@ -149,6 +156,10 @@ class DriverBridge:
             return
 
         def call() -> None:
+            if self.state.ia_weights_missing:
+                raise ValueError(
+                    "The models are not on this computer: choose Download models or Use demo models above."
+                )
             volume = self.scene.volume
             if volume is None:
                 raise ValueError("Open a volume first.")
@@ -189,6 +200,46 @@ class DriverBridge:
             self.state.ia_consent_host = ""
         self.notify("Nothing was sent to the server.")
 
+    def _recheck_weights(self) -> None:
+        """After a failed run, missing weights (a download that could not happen) are offered again."""
+        if self.missing:
+            self.missing = self.choice.missing_weights()
+            with self.state:
+                self.state.ia_weights_missing = _missing_line(self.missing)
+
+    def on_missing_details(self) -> None:
+        with self.state:
+            self.state.ia_details = "\n\n".join(self.missing)
+
+    def on_download_models(self) -> None:
+        """Run downloads the missing weights first (the status line shows the progress)."""
+        with self.state:
+            self.state.ia_weights_missing = ""
+            self.state.ia_message = ""
+
+    async def on_demo_models(self) -> None:
+        """Tiny random-weight models instead of the missing ones, as ``ibisagent demo`` does: everything runs,
+        nothing the agent does means anything, and the page says so while they are in use."""
+        from IBISAgentLib.models.tiny_models import demo_models
+
+        with self.state:
+            self.state.ia_preparing = "Building the demo models (once, a few seconds)…"
+        try:
+            mllm, medsam2 = await asyncio.to_thread(demo_models)
+        except Exception as exc:  # a cache folder we cannot write: say so, keep the page working
+            self.notify(f"Could not build the demo models: {exc}")
+            return
+        finally:
+            with self.state:
+                self.state.ia_preparing = ""
+        self.choice = BackendChoice(mllm=str(mllm), sam2=str(medsam2), device=self.choice.device)
+        self.missing = []
+        with self.state:
+            self.state.ia_weights_missing = ""
+            self.state.ia_demo = True
+            self.state.ia_models = f"DEMO: tiny random-weight models ({mllm.parent}); their results are meaningless"
+            self.state.ia_message = ""
+
     def _session_key(self) -> tuple[Any, ...]:
         volume = self.scene.volume
         return (volume.GetID() if volume else None, self.state.ia_segment, self.state.ia_view)
@@ -213,10 +264,14 @@ class DriverBridge:
                 failures = [e.message for e in events if isinstance(e, Failed)]
                 if failures:
                     self.notify(failures[-1])
+                    self._recheck_weights()
                 if not self.driver.state.busy:
+                    self.downloads.text = ""
                     if not events:
                         self.render()
                     return
+                if self.downloads.text:
+                    self.render()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._woken.wait(), POLL_S)
                 self._woken.clear()
@@ -249,7 +304,7 @@ class DriverBridge:
         driver, state = self.driver, self.driver.state
         session = driver.session
         with self.state:
-            self.state.ia_status = state.status
+            self.state.ia_status = self.downloads.text if state.busy and self.downloads.text else state.status
             self.state.ia_busy = state.busy
             if len(state.log) != self._rendered_log or not state.log:
                 self.state.ia_log = list(state.log)
@@ -293,6 +348,13 @@ class DriverBridge:
         slice_node = self.scene.slice_node(view) if view else None
         if slice_node is not None:
             show_slice(slice_node, geometry)
+
+
+def _missing_line(missing: list[str]) -> str:
+    if not missing:
+        return ""
+    names = ", ".join(m.split(" ", 1)[0] for m in missing)
+    return f"The models are not on this computer ({names})."
 
 
 def _int(value: Any, what: str) -> int:

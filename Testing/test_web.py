@@ -58,8 +58,8 @@ def data(tmp_path_factory, tiny_models):
     }
 
 
-def start_server(*args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+def start_server(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     log = open(cwd / "server.log", "w")  # noqa: SIM115 (the process writes it until stop_server)
     process = subprocess.Popen(
         [sys.executable, "-m", "IBISAgentLib", "web", *args, "--port", "0"],
@@ -83,9 +83,9 @@ def start_server(*args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
 
 
 @contextlib.contextmanager
-def served(*args: str, cwd: Path) -> Iterator[str]:
+def served(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """A running `ibisagent web` for the length of the block; its URL."""
-    server, url = start_server(*args, cwd=cwd)
+    server, url = start_server(*args, cwd=cwd, env=env)
     try:
         yield url
     finally:
@@ -550,7 +550,7 @@ def test_uploads_cannot_reach_files_outside_the_upload(data, page, tmp_path):
             _upload(page, files)
             expect(alert(page)).to_contain_text(reason)
             expect(page.get_by_text("Volume: brain.nii.gz")).to_be_visible()
-            page.locator(".v-alert .v-btn").first.click()  # close the message before the next upload
+            page.locator(".ia-message").get_by_role("button", name="Close").click()
         # A header with its data file in the same upload is fine, and so is a name reduced to its last part.
         voxels = sitk.GetImageFromArray(ct_phantom((4, 16, 16)).astype(np.uint16))
         sitk.WriteImage(voxels, str(tmp_path / "pair.mhd"))
@@ -750,3 +750,84 @@ def test_views_say_their_slice_the_window_is_the_agents_and_refusals_lose_nothin
         page.wait_for_timeout(1500)
         expect(page.locator(".ia-caption-Red")).to_have_text(moved)
         nothing_lost()
+
+
+def inside_the_viewport(page, *locators) -> None:
+    width, height = page.viewport_size["width"], page.viewport_size["height"]
+    for locator in locators:
+        box = locator.bounding_box()
+        assert box is not None, f"{locator} is not shown"
+        assert box["x"] >= 0 and box["y"] >= 0, f"{locator} at {box}"
+        assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, f"{locator} at {box}"
+
+
+def test_without_weights_the_page_says_so_at_once_and_runs_on_demo_models_within_1280x800(data, page, tmp_path):
+    """No weights on the computer: one line says so from the start, with the fetch commands on demand; Run is
+    refused at once (no download attempt); a download that cannot happen is one line with details and offers
+    the choices again; the demo models run the agent, labelled as meaningless; the controls a run needs and
+    the errors stay inside 1280 x 800; slow work (building the models, loading them, saving) shows busy."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "HF_HOME": str(home / "hf"), "IBISAGENT_MLLM": "", "IBISAGENT_SAM2": ""}
+    with served(str(data["volume"]), "--device", "cpu", "--out", str(tmp_path / "out"), cwd=tmp_path, env=env) as url:
+        page.goto(url)
+        missing = page.get_by_text("The models are not on this computer (manglu3935/IBIS:qwen2_5vl-7b-RL, "
+                                   "wanglab/MedSAM2:MedSAM2_latest.pt).")  # fmt: skip
+        expect(missing).to_be_visible()
+        page.get_by_role("button", name="Details").click()
+        expect(page.locator(".ia-details")).to_contain_text(
+            "hf download manglu3935/IBIS --include 'qwen2_5vl-7b-RL/*' --local-dir DIR"
+        )
+        expect(page.locator(".ia-details")).to_contain_text("hf download wanglab/MedSAM2 MedSAM2_latest.pt")
+        page.get_by_role("dialog").get_by_role("button", name="Close").click()
+
+        page.get_by_label("Instruction").fill("segment the white matter")
+        run = page.get_by_role("button", name="Run", exact=True)
+        run.click()
+        message = page.locator(".ia-message")
+        expect(message).to_contain_text("The models are not on this computer: choose Download models or Use demo")
+        assert log_text(page).strip() == ""  # nothing was tried
+
+        page.get_by_role("button", name="Download models").click()
+        expect(missing).to_be_hidden()
+        run.click()
+        expect(message).to_contain_text("could not be downloaded")
+        assert message.bounding_box()["height"] < 70  # one line (and its Details), whatever the text's length
+        expect(missing).to_be_visible()  # offered again
+        message.get_by_role("button", name="Details").click()
+        expect(page.locator(".ia-details")).to_contain_text("hf download")
+        page.get_by_role("dialog").get_by_role("button", name="Close").click()
+
+        page.get_by_role("button", name="Use demo models").click()
+        expect(page.get_by_text("Building the demo models")).to_be_visible()
+        demo = page.locator(".ia-demo")
+        expect(demo).to_contain_text("DEMO: tiny random-weight models", timeout=120_000)
+        expect(demo).to_contain_text("meaningless")
+        expect(missing).to_be_hidden()
+        expect(message).to_be_hidden()  # the download's error is answered
+        run.click()
+        status = page.get_by_role("status")
+        expect(status).to_have_text("Loading the models…")
+        expect(page.locator(".ia-busy")).to_be_visible()
+        expect(status).to_contain_text("Stopped", timeout=120_000)
+        assert len(page.get_by_role("log", name="Reasoning").locator("div").all()) > 1
+
+        page.get_by_label("Instruction").fill("")
+        run.click()  # a refusal while a session is open: one line, and every control still on screen
+        expect(message).to_contain_text("Type what to segment")
+        names = ("Run", "Find", "Step", "Continue", "Undo", "Add point", "Remove point")
+        buttons = [page.get_by_role("button", name=n, exact=True) for n in names]
+        inside_the_viewport(page, *buttons, status, page.get_by_role("log", name="Reasoning"), message, demo)
+
+        save = page.get_by_role("button", name="Save", exact=True)
+        save.evaluate(
+            """button => {
+              window.__saveBusy = false;
+              new MutationObserver(() => window.__saveBusy ||= button.classList.contains('v-btn--loading'))
+                .observe(button, {attributes: true});
+            }"""
+        )
+        save.click()
+        expect(page.get_by_text(re.compile(r"Saved \d+ files"))).to_be_visible()
+        assert page.evaluate("window.__saveBusy")

@@ -3,6 +3,7 @@ import pytest
 from IBISAgentLib.models.weights import (
     DEFAULT_MLLM,
     DEFAULT_SAM2,
+    DownloadProgress,
     HubRef,
     WeightsUnavailable,
     is_hub_ref,
@@ -11,6 +12,7 @@ from IBISAgentLib.models.weights import (
     resolve_sam2_file,
     sam2_spec,
 )
+from IBISAgentLib.workflow import BackendChoice
 
 
 def test_defaults_come_from_flags_then_environment_then_release(monkeypatch):
@@ -87,3 +89,42 @@ def test_download_progress_goes_to_the_given_tqdm_class(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     assert resolve_sam2_file(DEFAULT_SAM2, tqdm_class=Progress) == tmp_path / "MedSAM2_latest.pt"
     assert seen["tqdm_class"] is Progress
+
+
+def _cache_medsam2(monkeypatch, tmp_path) -> None:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    snapshot = cache / "models--wanglab--MedSAM2" / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snapshot.mkdir(parents=True)
+    (snapshot / "MedSAM2_latest.pt").write_bytes(b"cached weights")
+    (cache / "models--wanglab--MedSAM2" / "refs").mkdir()
+    (cache / "models--wanglab--MedSAM2" / "refs" / "main").write_text(snapshot.name)
+
+
+def test_a_choice_names_the_weights_it_would_download_from_the_cache_alone(monkeypatch, tmp_path):
+    """What a page says at once when the models are missing: only what is not cached, with how to fetch it;
+    nothing for a server, an endpoint or the classical segmenter. The network is never asked (a closed port
+    as the hub endpoint would fail or hang an attempt)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("IBISAGENT_MLLM", raising=False)
+    monkeypatch.delenv("IBISAGENT_SAM2", raising=False)
+    _cache_medsam2(monkeypatch, tmp_path)
+    missing = BackendChoice().missing_weights()
+    assert len(missing) == 1 and missing[0].startswith(f"{DEFAULT_MLLM} (--mllm) is not on this computer.")
+    assert "hf download manglu3935/IBIS --include 'qwen2_5vl-7b-RL/*' --local-dir DIR" in missing[0]
+    missing = BackendChoice(sam2="sam2.1-hiera-l", propagator="medsam2").missing_weights()
+    assert [m.split(" ")[0] for m in missing] == [DEFAULT_MLLM, "facebook/sam2.1-hiera-large:sam2.1_hiera_large.pt"]
+    assert BackendChoice(mllm="http://127.0.0.1:9/v1", sam2="classical").missing_weights() == []
+    assert BackendChoice(server="http://127.0.0.1:9").missing_weights() == []
+
+
+def test_download_progress_is_one_line_for_the_page():
+    progress = DownloadProgress()
+    bar = progress.tqdm_class()(total=3 * 2**20, unit="B", desc="MedSAM2_latest.pt", disable=False)
+    bar.update(2**20)
+    assert progress.text == "Downloading MedSAM2_latest.pt: 1 of 3 MiB"
+    bar.close()

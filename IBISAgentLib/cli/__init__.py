@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..models.devices import DEVICE_CHOICES
+from ..models.tiny_models import DEMO_HOME
 from ..tools import variant_named
 from . import segment, training
 from .options import (
@@ -51,9 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run the agent on the bundled sample (released weights, else tiny random-weight models)"
     )
-    demo.add_argument(
-        "--workdir", default=str(Path.home() / ".cache" / "ibisagent"), help="where outputs and tiny models go"
-    )
+    demo.add_argument("--workdir", default=str(DEMO_HOME), help="where outputs and tiny models go")
     demo.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     demo.set_defaults(handler=_demo)
 

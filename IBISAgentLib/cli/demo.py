@@ -59,10 +59,8 @@ def demo_arguments(workdir: Path, device: str) -> list[str]:
 
 
 def _tiny_models(folder: Path) -> tuple[str, str]:
-    from ..models.tiny_models import build_tiny_models
+    from ..models.tiny_models import demo_models
 
-    mllm, medsam2 = folder / "mllm", folder / "medsam2.pt"
-    if not ((mllm / "config.json").is_file() and medsam2.is_file()):
-        print(f"building tiny random-weight models in {folder} ...", file=sys.stderr, flush=True)
-        build_tiny_models(folder)
+    print(f"tiny random-weight models in {folder} (built once) ...", file=sys.stderr, flush=True)
+    mllm, medsam2 = demo_models(folder)
     return str(mllm), str(medsam2)

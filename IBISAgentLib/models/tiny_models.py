@@ -63,6 +63,18 @@ _CORPUS = (
 )
 
 
+DEMO_HOME = Path.home() / ".cache" / "ibisagent"  # ``ibisagent demo``'s outputs and the demo models
+
+
+def demo_models(folder: Path = DEMO_HOME / "tiny-models") -> tuple[Path, Path]:
+    """The tiny models that stand in for missing weights in ``ibisagent demo`` and the web app's "Use demo
+    models", built once into ``folder``."""
+    mllm, medsam2 = folder / "mllm", folder / "medsam2.pt"
+    if not ((mllm / "config.json").is_file() and medsam2.is_file()):
+        build_tiny_models(folder)
+    return mllm, medsam2
+
+
 def build_tiny_models(directory: str | Path, seed: int = 0) -> tuple[Path, Path]:
     """Write ``DIR/mllm`` and ``DIR/medsam2.pt``; returns their paths."""
     import torch

@@ -95,11 +95,55 @@ def _download(ref: HubRef, folder: bool, flag: str, env: str, tqdm_class: type |
         return Path(hf_hub_download(ref.repo, ref.path, **progress))
     except Exception as exc:  # offline, DNS failure, gated repo, missing file: all end the same way
         reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        include = f" --include '{ref.path}/*'" if folder and ref.path else (f" {ref.path}" if ref.path else "")
-        local = f"DIR/{ref.path}" if ref.path else "DIR"
         raise WeightsUnavailable(
-            f"The weights {ref} are not in the Hugging Face cache and could not be downloaded "
-            f"({reason}). On a machine with internet access run\n"
-            f"    hf download {ref.repo}{include} --local-dir DIR\n"
-            f"copy DIR to this machine, then pass {flag} {local} or set {env}={local}."
+            f"The weights {ref} are not in the Hugging Face cache and could not be downloaded ({reason}). "
+            f"{how_to_fetch(ref, folder, flag, env)}"
         ) from exc
+
+
+def how_to_fetch(ref: HubRef, folder: bool, flag: str, env: str | None) -> str:
+    """The commands that bring ``ref`` to an offline machine, and the option that then names it."""
+    include = f" --include '{ref.path}/*'" if folder and ref.path else (f" {ref.path}" if ref.path else "")
+    local = f"DIR/{ref.path}" if ref.path else "DIR"
+    return (
+        f"On a machine with internet access run\n    hf download {ref.repo}{include} --local-dir DIR\n"
+        f"copy DIR to this machine, then pass {flag} {local}" + (f" or set {env}={local}." if env else ".")
+    )
+
+
+def in_cache(ref: HubRef, folder: bool) -> bool:
+    """Whether ``ref`` is in this computer's Hugging Face cache; never uses the network, so a page can ask
+    at once (a download attempt offline takes tens of seconds to fail)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if folder:
+            root = Path(snapshot_download(ref.repo, local_files_only=True))
+            return (root / (ref.path or "") / "config.json").is_file()
+        return Path(hf_hub_download(ref.repo, ref.path, local_files_only=True)).is_file()
+    except Exception:  # not cached (LocalEntryNotFoundError), or a cache we cannot read: both mean "download"
+        return False
+
+
+class DownloadProgress:
+    """Weight downloads made on a worker thread, as the latest line a UI thread shows (``text``)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def tqdm_class(self) -> type:
+        from tqdm.auto import tqdm
+
+        progress = self
+
+        class Reporting(tqdm):
+            def update(self, n: float | None = 1) -> bool | None:
+                shown = super().update(n)
+                name, total = self.desc or "model weights", self.total or 0
+                if self.unit == "B":
+                    progress.text = f"Downloading {name}: {self.n / 2**20:.0f} of {total / 2**20:.0f} MiB"
+                else:
+                    progress.text = f"Downloading {name}: {self.n} of {total or '?'} {self.unit}"
+                return shown
+
+        return Reporting

@@ -63,13 +63,23 @@ def resolve_segmenter(spec: str, variant: str | None = None, tqdm_class: type | 
     """Raises WeightsUnavailable (not on disk, not downloadable), CheckpointError (tensors that fit no variant
     or several) or ValueError (an unknown variant name), each with a one-line reason."""
     chosen = variant_named(variant) if variant else None
-    if is_hub_ref(spec):
-        ref = HubRef.parse(spec)
-        released = variant_of_repo(ref.repo)
-        if ref.path is None and released is not None:
-            spec = str(HubRef(ref.repo, released.hub_file))  # "facebook/sam2-hiera-large", as sam2 takes it
-        chosen = chosen or released
+    ref = hub_file_of(spec)
+    if ref is not None:
+        spec = str(ref)
+        chosen = chosen or variant_of_repo(ref.repo)
     path = resolve_sam2_file(spec, tqdm_class)
     if chosen is None:
         chosen = detect(read_state(path), path)
     return SegmenterSpec(chosen, path)
+
+
+def hub_file_of(spec: str) -> HubRef | None:
+    """The Hugging Face file a segmenter spec (a variant's name, or an id) downloads; None for the classical
+    segmenter and local files. A released repo without a file name means its checkpoint
+    ("facebook/sam2-hiera-large", as sam2 takes it)."""
+    spec = next((v.hub_spec for v in VARIANTS if v.name == spec), spec)
+    if not is_hub_ref(spec):
+        return None
+    ref = HubRef.parse(spec)
+    released = variant_of_repo(ref.repo)
+    return HubRef(ref.repo, released.hub_file) if ref.path is None and released is not None else ref

@@ -74,6 +74,28 @@ class BackendChoice:
     def describe(self) -> str:
         return f"server {self.server}" if self.remote else f"this computer ({self.mllm or 'default model'})"
 
+    def missing_weights(self) -> list[str]:
+        """For each model this choice would have to download, what it is and how to fetch it (empty: all at
+        hand, or nothing to download: a server, an endpoint, a replay, a local file, the classical segmenter).
+        Looks in the local cache only, so it answers at once."""
+        if self.remote:
+            return []
+        from ..models import weights as w
+        from ..models.loading import LOCAL_MODEL, policy_scheme
+        from ..tools.resolve import hub_file_of
+
+        wanted: list[tuple[w.HubRef, bool, str, str | None]] = []
+        mllm = w.mllm_spec(self.mllm)
+        if policy_scheme(mllm) is LOCAL_MODEL and w.is_hub_ref(mllm):
+            wanted.append((w.HubRef.parse(mllm), True, "--mllm", w.MLLM_ENV))
+        segmenters = ((w.sam2_spec(self.sam2), "--sam2", w.SAM2_ENV), (self.propagator, "--propagator", None))
+        for spec, flag, env in segmenters:
+            ref = hub_file_of(spec) if spec else None
+            if ref is not None:
+                wanted.append((ref, False, flag, env))
+        return [f"{ref} ({flag}) is not on this computer. {w.how_to_fetch(ref, folder, flag, env)}"
+                for ref, folder, flag, env in wanted if not w.in_cache(ref, folder)]  # fmt: skip
+
     def build(self, tqdm_class: Any = None, cached_images: int = 16) -> Backend:
         """Connect to the server, or load the local models (``tqdm_class`` reports weight downloads; the click
         tool keeps ``cached_images`` slice embeddings)."""

@@ -59,6 +59,7 @@ class DriverState:
     markers: list[Marker] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     busy: bool = False
+    activity: str = ""  # what the worker is doing, while busy ("Loading the models", "Propagating")
     stop_reason: str | None = None
     answer: str | None = None
     progress: tuple[int, int] | None = None  # propagation: slices done, total
@@ -67,7 +68,8 @@ class DriverState:
     @property
     def status(self) -> str:
         if self.busy:
-            return "Working…" + (f" {self.progress[0]} of {self.progress[1]} slices" if self.progress else "")
+            done = f" {self.progress[0]} of {self.progress[1]} slices" if self.progress else ""
+            return f"{self.activity or 'Working'}…{done}"
         if self.stop_reason:
             return f"Stopped: {self.stop_reason}" + (f" — {self.answer}" if self.answer else "")
         return "Ready."
@@ -165,20 +167,22 @@ class WorkflowDriver:
             if then is not None:
                 self._agent(session.run if then == "run" else session.step)
 
-        self._launch(job, snapshot=segment)
+        building = self._backend is None or choice != self._choice
+        activity = "Loading the models" if building else "Looking for the slice" if find else "The agent is working"
+        self._launch(job, snapshot=segment, activity=activity)
 
     def run(self) -> None:
         """Let the agent carry on from where the session is (Continue)."""
-        self._launch(lambda: self._agent(self._session().run), snapshot=self._read_target())
+        self._launch(lambda: self._agent(self._session().run), self._read_target(), "The agent is working")
 
     def step(self) -> None:
-        self._launch(lambda: self._agent(self._session().step), snapshot=self._read_target())
+        self._launch(lambda: self._agent(self._session().step), self._read_target(), "The agent is working")
 
     def click(self, ras: tuple[float, float, float], positive: bool) -> None:
         """A correction at a world RAS point, which must lie on the agent's slice (ValueError otherwise). It
         writes once, only when it succeeds, so there is nothing to put back and no snapshot to take."""
         column, row = self.ras_to_pixel(ras)
-        self._launch(lambda: self._correct(column, row, positive))
+        self._launch(lambda: self._correct(column, row, positive), activity="Segmenting your click")
 
     def undo(self) -> None:
         def job() -> None:
@@ -187,7 +191,7 @@ class WorkflowDriver:
             self._emit(SliceChanged("undone", session.mask, step))
             self._emit_trace()
 
-        self._launch(job)
+        self._launch(job, activity="Undoing")
 
     def propagate(self, options: PropagationOptions = DEFAULT_PROPAGATION, check_budget: int | None = None) -> None:
         """Grow the key-slice result through the volume as ``options`` say; with ``check_budget``, then check
@@ -212,7 +216,7 @@ class WorkflowDriver:
             self._emit(Propagated(result.mask, *span, result.slices))
             self._emit_trace()
 
-        self._launch(job, snapshot=self._read_target())
+        self._launch(job, snapshot=self._read_target(), activity="Propagating")
 
     def cancel(self) -> None:
         """Stop what runs at the next token or slice; safe from any thread."""
@@ -303,14 +307,14 @@ class WorkflowDriver:
     def _read_target(self) -> np.ndarray | None:
         return None if self.target is None else self.target.read()
 
-    def _launch(self, job: Callable[[], Any], snapshot: np.ndarray | None = None) -> None:
+    def _launch(self, job: Callable[[], Any], snapshot: np.ndarray | None = None, activity: str = "Working") -> None:
         """Run ``job`` on the worker; ``snapshot`` is the target as it was before, for a failure or cancel to
         restore (None: the job writes only on success, nothing to put back)."""
         self._refuse_if_busy()
         if self._worker is not None:
             self._worker.join()  # it has posted Idle already and is only returning
         self._snapshot = snapshot
-        self.state.busy, self.state.progress = True, None
+        self.state.busy, self.state.progress, self.state.activity = True, None, activity
         self._cancel.clear()
         self._operation += 1
         operation = self._operation
@@ -372,6 +376,7 @@ class WorkflowDriver:
         if isinstance(event, Idle):
             state.busy = False
         elif isinstance(event, Opened):
+            state.activity = "The agent is working"
             state.log.append(f"working on {event.axis} slice {event.index}")
         elif isinstance(event, Searched):
             record = event.record
