@@ -103,8 +103,7 @@ class IBISAgentWebApp(TrameApp):
 
     def _on_correction_mode(self, ia_mode: str | None, **_: Any) -> None:
         """A left drag in a slice view sets the window/level (Slicer's own widget, in its AdjustWindowLevel
-        mouse mode; a double click goes back to the automatic window), except while Add/Remove point is on:
-        then a left click is a correction."""
+        mouse mode), except while Add/Remove point is on: then a left click is a correction."""
         interaction = self.scene.app.app_logic.GetInteractionNode()
         interaction.SetCurrentInteractionMode(interaction.ViewTransform if ia_mode else interaction.AdjustWindowLevel)
 
