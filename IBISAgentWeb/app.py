@@ -19,6 +19,7 @@ from IBISAgentLib.workflow import BackendChoice
 
 from .bridge import DriverBridge
 from .clicks import CorrectionClicks
+from .hand_tools import HandTools
 from .panel import DEFAULTS, build_panel, build_view_controls
 from .saving import save_outputs
 from .scene import WebScene, render_slices_plainly
@@ -60,6 +61,7 @@ class IBISAgentWebApp(TrameApp):
         self.bridge = DriverBridge(self.server, self.scene, choice, max_turns=max_turns)
         self.captions = ViewCaptions(self.state, self.scene.app.view_manager.get_slice_views(), None)
         self.window = WindowControl(self.state)
+        self.tools = HandTools(self.state, self.bridge)
         self.scene.before_replace = self.bridge.close  # only once the new volume is known to be good
         self.scene.after_replace = self._on_volume
         self.state.change("ia_mode")(self._on_correction_mode)
@@ -91,8 +93,10 @@ class IBISAgentWebApp(TrameApp):
         self.scene.on_page_connected()
         self.bridge.refresh_segments()
         self.bridge.render()
+        self.tools.refresh()
 
     def _on_volume(self, volume: Any) -> None:
+        self.bridge.history.forget()
         self.captions.set_volume(volume)
         self.window.set_volume(volume)
 
@@ -139,6 +143,7 @@ class IBISAgentWebApp(TrameApp):
         self.state.ia_new_segment = ""
         self.bridge.notify("")
         self.bridge.refresh_segments()
+        self.tools.refresh()
 
     async def on_save(self) -> None:
         with self.state:

@@ -18,8 +18,9 @@ from IBISAgentLib.models.weights import DownloadProgress
 from IBISAgentLib.remote.client import is_loopback
 from IBISAgentLib.tools import PropagationOptions
 from IBISAgentLib.workflow import BackendChoice, DriverBusy, Event, Failed, WorkflowDriver
-from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, MRMLSegment, align_view, show_slice, volume_case
+from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, align_view, show_slice, volume_case
 
+from .editing import EditHistory
 from .scene import VIEW_NAMES, WebScene
 
 POLL_S = 0.5  # the poll loop wakes at each result from the worker; this is only its longest sleep
@@ -45,6 +46,7 @@ class DriverBridge:
         self.driver = WorkflowDriver(
             lambda chosen: chosen.build(tqdm_class=self.downloads.tqdm_class()), on_event=self._wake_from_worker
         )
+        self.history = EditHistory(scene.app.segmentation_editor, self.driver)
         self.missing = choice.missing_weights()  # the cache only: the page says so at once, never after a timeout
         self.state.ia_weights_missing = _missing_line(self.missing)
         self.state.ia_models = choice.describe()
@@ -110,7 +112,18 @@ class DriverBridge:
         self.command(self.driver.run)
 
     def on_undo(self) -> None:
-        self.command(self.driver.undo, quick=True)
+        """The latest edit, whatever made it: the agent's step, a correction, a stroke, a propagation."""
+        self.command(self.history.undo, quick=True)
+
+    def after_undoable_change(self) -> None:
+        """An edit or an undo changed the segmentation: an undone new segment may have been the session's."""
+        target = self.driver.target
+        if self.driver.has_session and not target.segmentation_node.GetSegmentation().GetSegment(target.segment_id):
+            self.close()
+        self.refresh_segments()
+        if not self.scene.resolve_segment(self.state.ia_segment):
+            with self.state:
+                self.state.ia_segment = ""
 
     def on_cancel(self) -> None:
         self.driver.cancel()
@@ -180,7 +193,7 @@ class DriverBridge:
                 target = self.scene.resolve_segment(self.state.ia_segment)
                 self.refresh_segments()
             node, segment_id = target
-            port = MRMLSegment(node, segment_id, volume, editor)
+            port = self.history.port(node, segment_id, volume, editor)
             self.scene.surfaces.show(node)
             self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=turns, find=find)
             self._session_opened = self._session_key()
@@ -284,11 +297,14 @@ class DriverBridge:
         agent_view = self._session_opened[2] if self._session_opened else None
         if agent_view is None or not self.driver.has_results:
             events = self.driver.poll()
+            self.history.record(events)
             if events:
                 self.render()
             return events
         with self.scene.view_first(agent_view, then=self.render):
-            return self.driver.poll()
+            events = self.driver.poll()
+            self.history.record(events)
+            return events
 
     def notify(self, message: str) -> None:
         with self.state:

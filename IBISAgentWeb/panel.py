@@ -9,6 +9,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v
 
 from .scene import VIEW_NAMES
+from .segments_panel import build_segments
 from .views import LAYOUTS, window_items
 
 DEFAULTS = {
@@ -103,6 +104,7 @@ def build_panel(actions: Any, bridge: Any) -> None:
         ):
             html.Div("{{ line }}", v_for="(line, i) in ia_log", key="i", classes="mb-1")
         _set_up(actions)
+        build_segments(actions.tools)
         _propagation(bridge)
         _saving(actions)
         _dialogs(bridge)
@@ -185,7 +187,7 @@ def _commands(bridge: Any) -> None:
         )
         v.VBtn("Step", click=bridge.on_step, disabled=("ia_busy",))
         v.VBtn("Continue", click=bridge.on_continue, disabled=("ia_busy || !ia_has_session",))
-        v.VBtn("Undo", click=bridge.on_undo, disabled=("ia_busy || !ia_has_session",))
+        v.VBtn("Undo", click=bridge.on_undo, disabled=("ia_busy || !ia_can_undo",))
     with html.Div(classes="d-flex align-center flex-wrap", style="gap: 6px"):
         with v.VBtnToggle(v_model=("ia_mode",), density="compact", divided=True, variant="outlined"):
             v.VBtn("Add point", value="add", disabled=("!ia_has_session",))

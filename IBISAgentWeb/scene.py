@@ -230,17 +230,21 @@ class WebScene:
         return node, segment_id
 
     def add_segment(self, name: str) -> str:
-        """A new empty segment in the app's segmentation (made on first use); its picker value."""
+        """A new empty segment in the app's segmentation (made on first use), through the Segment Editor so
+        that it is an edit Undo takes back; its picker value."""
         node = self._segmentation()
-        segment_id = node.GetSegmentation().AddEmptySegment("", name)
+        segment_id = self.app.segmentation_editor.add_empty_segment(segment_name=name)
         return f"{node.GetID()}|{segment_id}"
 
     def _segmentation(self) -> Any:
-        for node in self.scene.GetNodesByClass("vtkMRMLSegmentationNode"):
+        """The segmentation the Segment Editor (hand tools, undo history) works on: made on first use."""
+        editor = self.app.segmentation_editor
+        node = editor.active_segmentation_node
+        if node is not None and node.GetScene() is self.scene:
             return node
-        node = self.app.segmentation_editor.create_empty_segmentation_node()
+        node = editor.create_empty_segmentation_node()
         node.SetName("IBISAgent segmentation")
-        node.SetReferenceImageGeometryParameterFromVolumeNode(self.volume)
+        editor.set_active_segmentation(node, self.volume)
         return node
 
 

@@ -831,3 +831,79 @@ def test_without_weights_the_page_says_so_at_once_and_runs_on_demo_models_within
         save.click()
         expect(page.get_by_text(re.compile(r"Saved \d+ files"))).to_be_visible()
         assert page.evaluate("window.__saveBusy")
+
+
+def voxels_in_target(page) -> int:
+    text = page.locator(".ia-voxels").inner_text()
+    return int(re.search(r"([\d,]+) voxels", text).group(1).replace(",", ""))
+
+
+def stroke(page, view, *points: tuple[float, float]) -> None:
+    """A left drag through ``points`` (fractions of the view's width and height)."""
+    box = view.bounding_box()
+    at = [(box["x"] + box["width"] * x, box["y"] + box["height"] * y) for x, y in points]
+    page.mouse.move(*at[0])
+    page.mouse.down()
+    for point in at[1:]:
+        page.mouse.move(*point, steps=5)
+    page.mouse.up()
+
+
+def test_hand_edits_the_segment_list_and_the_agent_share_one_undo(data, page, tmp_path):
+    """Paint, Islands and the segment list edit the target by hand; Undo takes back the latest edit, whoever
+    made it (a stroke, then the agent's step with its marker and log), and brings a deleted segment back."""
+    with opened_on_the_volume(data, page, tmp_path / "out", tmp_path) as red:
+        page.get_by_label("Instruction").fill("segment the white matter")
+        page.get_by_role("button", name="Run", exact=True).click()
+        log = page.get_by_role("log", name="Reasoning")
+        expect(log).to_contain_text("stopped: terminate — Done.")
+        after_run = voxels_in_target(page)
+        assert after_run > 0
+
+        page.get_by_role("button", name="Paint").click()
+        page.get_by_label("Brush (mm)").fill("8")
+        stroke(page, red, (0.62, 0.25), (0.68, 0.25), (0.68, 0.32))
+        until(lambda: voxels_in_target(page) > after_run, timeout=20)
+        painted = voxels_in_target(page)
+        stroke(page, red, (0.30, 0.80), (0.33, 0.80))  # a second, smaller part elsewhere
+        until(lambda: voxels_in_target(page) > painted, timeout=20)
+        two_parts = voxels_in_target(page)
+
+        page.get_by_role("button", name="Keep largest part").click()
+        until(lambda: voxels_in_target(page) < two_parts, timeout=20)
+
+        undo = page.get_by_role("button", name="Undo")
+        undo.click()  # the Islands apply
+        until(lambda: voxels_in_target(page) == two_parts, timeout=20)
+        undo.click()  # the second stroke
+        until(lambda: voxels_in_target(page) == painted, timeout=20)
+        undo.click()  # the first stroke
+        until(lambda: voxels_in_target(page) == after_run, timeout=20)
+        assert "undone" not in log_text(page)  # strokes are not the agent's steps
+        undo.click()  # now the agent's steps, with their markers and log lines: its Terminate, then its click
+        expect(log).to_contain_text("undone: step 3")
+        undo.click()
+        expect(log).to_contain_text("undone: step 2 (marker 2−)")
+        expect(page.get_by_role("list", name="Markers")).not_to_contain_text("2−")
+        until(lambda: voxels_in_target(page) != after_run, timeout=20)
+
+        segments = page.get_by_role("list", name="Segments")
+        name = segments.get_by_label("Name of segment the white matter")
+        name.fill("white matter")
+        name.press("Enter")
+        expect(page.get_by_text("white matter (IBISAgent segmentation)")).to_be_visible()
+        segments.get_by_label("Colour of white matter").fill("#ff0000")
+        expect(segments.get_by_label("Colour of white matter")).to_have_value("#ff0000")
+        shown = red.screenshot()
+        segments.get_by_role("button", name="Hide white matter").click()
+        hidden = frame_after(page, "Red", shown)
+        assert np.abs(pixels(hidden) - pixels(shown)).max() > 40
+        segments.get_by_role("button", name="Show white matter").click()
+        segments.get_by_label("Opacity of white matter").fill("0.3")
+        expect(segments.get_by_label("Opacity of white matter")).to_have_value("0.3")
+
+        segments.get_by_role("button", name="Delete white matter").click()
+        expect(segments).to_contain_text("none yet")
+        expect(page.get_by_role("button", name="Continue")).to_be_disabled()  # the session went with its segment
+        undo.click()
+        expect(segments.get_by_label("Name of white matter")).to_be_visible()

@@ -1,0 +1,182 @@
+"""The page's segment list and hand tools: what the panel shows of the segmentation's segments, and its events
+forwarded to trame-slicer's Segment Editor (through ``EditHistory`` where the change is an edit to undo).
+
+Visibility and opacity are display settings, as in Slicer: not edits, not in the undo history. A new, renamed,
+recoloured or deleted segment is an edit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from trame_slicer.utils import hex_to_rgb_float, rgb_float_to_hex
+
+from .bridge import DriverBridge
+from .editing import DEFAULT_BRUSH_MM, TOOLS
+
+DEFAULTS = {
+    "ia_tool": None,  # "paint", "erase", "scissors" or None
+    "ia_brush_mm": DEFAULT_BRUSH_MM,
+    "ia_scissors": "erase_inside",
+    "ia_island_min": 100,
+    "ia_segment_rows": [],  # {value, name, color, visible, opacity} for each segment of the app's segmentation
+    "ia_segment_voxels": "",  # the target segment's size, after every edit
+    "ia_can_undo": False,
+}
+
+
+class HandTools:
+    def __init__(self, state: Any, bridge: DriverBridge) -> None:
+        self.state, self.bridge = state, bridge
+        self.editor = bridge.history.editor
+        state.update(DEFAULTS)
+        for name in ("ia_tool", "ia_brush_mm", "ia_scissors"):
+            state.change(name)(self._on_tool_settings)
+        state.change("ia_segment")(lambda **_: self.refresh())
+        state.change("ia_mode")(self._on_correction_mode)
+        state.change("ia_busy")(self._on_busy)
+        bridge.history.stack.index_changed.connect(self._on_history)
+        bridge.history.on_written = self.refresh
+
+    # -- tools ---------------------------------------------------------------------------------------
+
+    def _on_tool_settings(self, **_: Any) -> None:
+        tool = self.state.ia_tool
+        if tool and self.state.ia_mode:
+            self.state.ia_mode = None  # a left click is a stroke now, not a correction
+        resolved = self.bridge.scene.resolve_segment(self.state.ia_segment)
+        try:
+            brush = float(self.state.ia_brush_mm)
+            if tool in TOOLS and not brush > 0:
+                raise ValueError(f"The brush must be wider than 0 mm, not {self.state.ia_brush_mm}.")
+            self.bridge.history.set_tool(
+                tool if tool in TOOLS else None, resolved[1] if resolved else "", brush, self.state.ia_scissors
+            )
+        except (TypeError, ValueError) as exc:
+            self.state.ia_tool = None
+            self.bridge.history.set_tool(None, "", DEFAULT_BRUSH_MM, "erase_inside")
+            self.bridge.notify(str(exc))
+
+    def _on_correction_mode(self, ia_mode: str | None, **_: Any) -> None:
+        if ia_mode and self.state.ia_tool:
+            self.state.ia_tool = None
+
+    def _on_busy(self, ia_busy: bool, **_: Any) -> None:
+        """No hand edits while the agent writes: a run that is cancelled puts the segment back as it was."""
+        if ia_busy and self.state.ia_tool:
+            self.state.ia_tool = None
+
+    def on_keep_largest(self) -> None:
+        self.bridge.command(lambda: self.bridge.history.islands(True, 0))
+
+    def on_remove_small(self) -> None:
+        self.bridge.command(lambda: self.bridge.history.islands(False, _count(self.state.ia_island_min)))
+
+    # -- the segment list ----------------------------------------------------------------------------
+
+    def on_visible(self, value: str) -> None:
+        self.bridge.command(lambda: self._toggle_visible(value))
+
+    def on_opacity(self, value: str, opacity: float) -> None:
+        self.bridge.command(lambda: self._set_opacity(value, opacity))
+
+    def on_color(self, value: str, color: str) -> None:
+        self.bridge.command(lambda: self._set_properties(value, color=hex_to_rgb_float(color)))
+
+    def on_rename(self, value: str, name: str) -> None:
+        self.bridge.command(lambda: self._rename(value, name))
+
+    def on_delete(self, value: str) -> None:
+        self.bridge.command(lambda: self._delete(value))
+
+    def _toggle_visible(self, value: str) -> None:
+        node, segment_id = self._segment(value)
+        display = node.GetDisplayNode()
+        display.SetSegmentVisibility(segment_id, not display.GetSegmentVisibility(segment_id))
+        self.refresh()
+
+    def _set_opacity(self, value: str, opacity: float) -> None:
+        node, segment_id = self._segment(value)
+        node.GetDisplayNode().SetSegmentOpacity(segment_id, min(max(float(opacity), 0.0), 1.0))
+        self.refresh()
+
+    def _rename(self, value: str, name: str) -> None:
+        name = str(name).strip()
+        if not name:
+            self.refresh()  # the field shows the name it had
+            raise ValueError("A segment needs a name.")
+        self._set_properties(value, name=name)
+
+    def _delete(self, value: str) -> None:
+        """Deleting the session's segment ends the session (its steps had nowhere left to go); Undo brings the
+        segment back."""
+        node, segment_id = self._segment(value)
+        driver = self.bridge.driver
+        if driver.state.busy:
+            raise ValueError("Wait for the agent or press Cancel before deleting a segment.")
+        if driver.target is not None and (driver.target.segmentation_node, driver.target.segment_id) == (
+            node,
+            segment_id,
+        ):
+            self.bridge.close()
+        self.editor.remove_segment(segment_id)
+        if self.state.ia_segment == value:
+            self.state.ia_segment = ""
+        self.bridge.refresh_segments()
+        self.refresh()
+
+    def _set_properties(self, value: str, **changes: Any) -> None:
+        _, segment_id = self._segment(value)
+        properties = self.editor.get_segment_properties(segment_id)
+        for key, changed in changes.items():
+            setattr(properties, key, changed)
+        self.editor.set_segment_properties(segment_id, properties)
+        self.bridge.refresh_segments()
+        self.refresh()
+
+    def _segment(self, value: str) -> tuple[Any, str]:
+        resolved = self.bridge.scene.resolve_segment(value)
+        if resolved is None or resolved[0] is not self.editor.active_segmentation_node:
+            raise ValueError(f"There is no segment '{value}' any more.")
+        return resolved
+
+    def _on_history(self, _index: int) -> None:
+        self.bridge.after_undoable_change()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """The rows of the segment list and the target's size, as the segmentation is now."""
+        node = self.editor.active_segmentation_node
+        rows = []
+        if node is not None and node.GetScene() is not None:
+            display = node.GetDisplayNode()
+            for segment_id in self.editor.get_segment_ids():
+                segment = node.GetSegmentation().GetSegment(segment_id)
+                rows.append(
+                    {
+                        "value": f"{node.GetID()}|{segment_id}",
+                        "name": segment.GetName(),
+                        "color": rgb_float_to_hex(list(segment.GetColor())),
+                        "visible": bool(display.GetSegmentVisibility(segment_id)),
+                        "opacity": round(display.GetSegmentOpacity2DFill(segment_id), 2),
+                    }
+                )
+        resolved = self.bridge.scene.resolve_segment(self.state.ia_segment)
+        voxels = ""
+        if resolved is not None and resolved[0] is node:
+            count = int(np.count_nonzero(self.editor.get_segment_labelmap(resolved[1], as_numpy_array=True)))
+            voxels = f"{count:,} voxels"
+        with self.state:
+            self.state.ia_segment_rows = rows
+            self.state.ia_segment_voxels = voxels
+            self.state.ia_can_undo = self.bridge.history.stack.can_undo()
+
+
+def _count(value: Any) -> int:
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{value}' is not a whole number (the smallest part to keep, in voxels).") from None
+    if count < 1:
+        raise ValueError(f"The smallest part to keep is {count} voxels: give 1 or more.")
+    return count
