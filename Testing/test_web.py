@@ -850,7 +850,7 @@ def stroke(page, view, *points: tuple[float, float]) -> None:
 
 
 def test_hand_edits_the_segment_list_and_the_agent_share_one_undo(data, page, tmp_path):
-    """Paint, Islands and the segment list edit the target by hand; Undo takes back the latest edit, whoever
+    """Paint, Islands, Erase, Scissors and the segment list edit the target by hand; Undo takes back the latest edit, whoever
     made it (a stroke, then the agent's step with its marker and log), and brings a deleted segment back."""
     with opened_on_the_volume(data, page, tmp_path / "out", tmp_path) as red:
         page.get_by_label("Instruction").fill("segment the white matter")
@@ -871,8 +871,22 @@ def test_hand_edits_the_segment_list_and_the_agent_share_one_undo(data, page, tm
 
         page.get_by_role("button", name="Keep largest part").click()
         until(lambda: voxels_in_target(page) < two_parts, timeout=20)
+        largest = voxels_in_target(page)
+
+        page.get_by_role("button", name="Erase").click()
+        stroke(page, red, (0.62, 0.25), (0.68, 0.25))
+        until(lambda: voxels_in_target(page) < largest, timeout=20)
+        erased = voxels_in_target(page)
+        page.get_by_role("button", name="Scissors").click()  # erase inside a drawn shape, through the volume
+        stroke(page, red, (0.2, 0.2), (0.8, 0.2), (0.8, 0.8), (0.2, 0.8))
+        until(lambda: voxels_in_target(page) < erased, timeout=20)
+        page.get_by_role("button", name="Scissors").click()  # no tool
 
         undo = page.get_by_role("button", name="Undo")
+        undo.click()  # the scissors
+        until(lambda: voxels_in_target(page) == erased, timeout=20)
+        undo.click()  # the eraser
+        until(lambda: voxels_in_target(page) == largest, timeout=20)
         undo.click()  # the Islands apply
         until(lambda: voxels_in_target(page) == two_parts, timeout=20)
         undo.click()  # the second stroke
