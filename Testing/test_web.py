@@ -850,8 +850,9 @@ def stroke(page, view, *points: tuple[float, float]) -> None:
 
 
 def test_hand_edits_the_segment_list_and_the_agent_share_one_undo(data, page, tmp_path):
-    """Paint, Islands, Erase, Scissors and the segment list edit the target by hand; Undo takes back the latest edit, whoever
-    made it (a stroke, then the agent's step with its marker and log), and brings a deleted segment back."""
+    """Paint, Islands, Erase, Scissors and the segment list edit the target by hand; Undo takes back the latest
+    edit, whoever made it (a stroke, then the agent's step with its marker and log), and brings a deleted
+    segment back."""
     with opened_on_the_volume(data, page, tmp_path / "out", tmp_path) as red:
         page.get_by_label("Instruction").fill("segment the white matter")
         page.get_by_role("button", name="Run", exact=True).click()
