@@ -279,7 +279,7 @@ class DriverBridge:
                     self.notify(failures[-1])
                     self._recheck_weights()
                 if not self.driver.state.busy:
-                    self.downloads.text = ""
+                    self.downloads.clear()
                     if not events:
                         self.render()
                     return

@@ -10,7 +10,7 @@ from IBISAgentLib.workflow import DriverBusy, Failed, Idle, Opened, WorkflowDriv
 from IBISAgentMRML import AdapterError, MRMLRecord, MRMLSegment, align_view, show_slice, volume_case
 
 from . import dependencies, settings
-from .downloads import DownloadProgress
+from .downloads import DownloadDialog
 from .editor import EffectEditor
 from .placement import CorrectionPlacement
 
@@ -23,7 +23,7 @@ WORKER_TIME_S = 0.04
 
 class DesktopHub:
     def __init__(self):
-        self.downloads = DownloadProgress()
+        self.downloads = DownloadDialog()
         self.driver = WorkflowDriver(lambda choice: choice.build(tqdm_class=self.downloads.tqdm_class()))
         self.placement = CorrectionPlacement()
         self.views = []  # objects with render(driver)

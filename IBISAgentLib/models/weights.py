@@ -126,10 +126,23 @@ def in_cache(ref: HubRef, folder: bool) -> bool:
 
 
 class DownloadProgress:
-    """Weight downloads made on a worker thread, as the latest line a UI thread shows (``text``)."""
+    """Weight downloads made on a worker thread, as the latest report a UI thread shows: ``latest`` (name, done,
+    total, unit) for a progress bar, ``text`` for a status line. One attribute written whole: no lock needed."""
 
     def __init__(self) -> None:
-        self.text = ""
+        self.latest: tuple[str, float, float, str] | None = None
+
+    @property
+    def text(self) -> str:
+        if self.latest is None:
+            return ""
+        name, done, total, unit = self.latest
+        if unit == "B":
+            return f"Downloading {name}: {done / 2**20:.0f} of {total / 2**20:.0f} MiB"
+        return f"Downloading {name}: {done} of {total or '?'} {unit}"
+
+    def clear(self) -> None:
+        self.latest = None
 
     def tqdm_class(self) -> type:
         from tqdm.auto import tqdm
@@ -139,11 +152,7 @@ class DownloadProgress:
         class Reporting(tqdm):
             def update(self, n: float | None = 1) -> bool | None:
                 shown = super().update(n)
-                name, total = self.desc or "model weights", self.total or 0
-                if self.unit == "B":
-                    progress.text = f"Downloading {name}: {self.n / 2**20:.0f} of {total / 2**20:.0f} MiB"
-                else:
-                    progress.text = f"Downloading {name}: {self.n} of {total or '?'} {self.unit}"
+                progress.latest = (self.desc or "model weights", self.n, self.total or 0, self.unit)
                 return shown
 
         return Reporting
