@@ -92,7 +92,7 @@ def plane_extent(shape: tuple[int, int, int], normal_axis: int, index: int) -> l
     return extent
 
 
-def _kji(extent: list[int], within: list[int] | tuple[int, ...]) -> tuple[slice, slice, slice]:
+def extent_index(extent: list[int], within: list[int] | tuple[int, ...]) -> tuple[slice, slice, slice]:
     """The (k, j, i) index of ``extent`` in an array that covers the extent ``within``."""
     return tuple(slice(extent[2 * a] - within[2 * a], extent[2 * a + 1] - within[2 * a] + 1) for a in (2, 1, 0))  # type: ignore[return-value]
 
@@ -105,7 +105,7 @@ def _intersection(a: list[int], b: list[int]) -> list[int]:
     return [max(x, y) if n % 2 == 0 else min(x, y) for n, (x, y) in enumerate(zip(a, b, strict=True))]
 
 
-def _is_empty(extent: list[int] | tuple[int, ...]) -> bool:
+def is_empty(extent: list[int] | tuple[int, ...]) -> bool:
     return extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]
 
 
@@ -120,14 +120,14 @@ def plane_array(segmentation_node: Any, segment_id: str, volume_node: Any, norma
     if segment is None or layer is None:
         raise AdapterError(f"The segment '{segment_id}' has no binary labelmap.")
     stored = list(layer.GetExtent())
-    if _is_empty(stored) or layer.GetPointData().GetScalars() is None:
+    if is_empty(stored) or layer.GetPointData().GetScalars() is None:
         return out
     label = segment.GetLabelValue()
     reference = _oriented(_volume_grid_in(segmentation_node, volume_node), extent)
     if slicer.vtkOrientedImageDataResample.DoGeometriesMatch(layer, reference):
         common = _intersection(extent, stored)
-        if not _is_empty(common):
-            out[_kji(common, extent)] = _array(layer)[_kji(common, stored)] == label
+        if not is_empty(common):
+            out[extent_index(common, extent)] = _array(layer)[extent_index(common, stored)] == label
         return out
     resampled = slicer.vtkOrientedImageData()  # nearest neighbour onto the plane only: labels stay labels
     if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
@@ -143,7 +143,7 @@ def whole_with_plane(
     """The whole segment with one voxel plane replaced by ``plane`` ((k, j, i), one voxel thick): for writers
     that can only write a whole segment."""
     whole = segment_array(segmentation_node, segment_id, volume_node)
-    whole[_kji(plane_extent(whole.shape, normal_axis, index), _whole_extent(whole.shape))] = plane
+    whole[extent_index(plane_extent(whole.shape, normal_axis, index), _whole_extent(whole.shape))] = plane
     return whole
 
 
@@ -265,8 +265,8 @@ class LogicEditor:
                 label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
                 stored = list(layer.GetExtent())
                 common = _intersection(extent, stored)
-                voxels = _array(layer)[_kji(common, stored)]  # a view of the labelmap's own memory
-                voxels[remove[_kji(common, extent)] & (voxels == label)] = 0
+                voxels = _array(layer)[extent_index(common, stored)]  # a view of the labelmap's own memory
+                voxels[remove[extent_index(common, extent)] & (voxels == label)] = 0
             if add.any():
                 modifier = _cropped(grid, add, extent)
                 logic.ModifySegmentByLabelmap(
@@ -309,19 +309,71 @@ class LogicEditor:
             threshold.SetOutputScalarTypeToUnsignedChar()
             threshold.UpdateExtent(reference.GetExtent())  # the plane only
             inside = threshold.GetOutput()
-            editable &= _array(inside)[_kji(list(reference.GetExtent()), inside.GetExtent())] != 0
+            editable &= _array(inside)[extent_index(list(reference.GetExtent()), inside.GetExtent())] != 0
         return editable
 
 
 def _cropped(grid: np.ndarray, values: np.ndarray, extent: list[int]) -> Any:
     """A modifier holding ``values`` ((k, j, i) over ``extent``) cropped to their bounding box: a smaller
     modifier keeps Slicer from padding the segment's labelmap to it and shrinking it back on every edit."""
+    box = bounding_extent(values, extent)
+    return _oriented(grid, box, values[extent_index(box, extent)])
+
+
+def bounding_extent(values: np.ndarray, extent: list[int]) -> list[int]:
+    """The VTK extent of the bounding box of the True voxels of ``values`` ((k, j, i) over ``extent``; some)."""
     box = []
     for axis in (2, 1, 0):  # i, j, k are numpy axes 2, 1, 0
         present = np.flatnonzero(values.any(axis=tuple(a for a in range(3) if a != axis)))
         start = extent[2 * (2 - axis)]
         box += [start + int(present[0]), start + int(present[-1])]
-    return _oriented(grid, box, values[_kji(box, extent)])
+    return box
+
+
+def layer_mask(labelmap: Any, label: int, extent: list[int]) -> np.ndarray:
+    """The voxels of ``label`` in a (shared) labelmap layer over a VTK ``extent`` of its own IJK, (k, j, i)
+    bool; False where the layer does not reach."""
+    out = np.zeros(_extent_shape(extent), dtype=bool)
+    stored = list(labelmap.GetExtent())
+    common = _intersection(extent, stored)
+    if not is_empty(common) and labelmap.GetPointData().GetScalars() is not None:
+        out[extent_index(common, extent)] = _array(labelmap)[extent_index(common, stored)] == label
+    return out
+
+
+def write_region(
+    segmentation_node: Any, segment_id: str, grid: np.ndarray, extent: list[int], values: np.ndarray
+) -> None:
+    """The segment becomes ``values`` ((k, j, i) bool) over a VTK ``extent`` of ``grid`` (its labelmaps' IJK to
+    the segmentation's frame), exactly: no masking, no other segment cleared (one it overlaps moves to a layer
+    of its own, as Slicer does). For putting back what an edit changed. Removed voxels are cleared in the
+    stored labelmap itself; added ones go in through Slicer's merge, with a modifier no larger than they are."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    layer = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    if segment is None or layer is None:
+        raise AdapterError(f"The segment '{segment_id}' has no binary labelmap.")
+    label = segment.GetLabelValue()
+    values = np.asarray(values, dtype=bool)
+    current = np.zeros(values.shape, dtype=bool)
+    if not is_empty(layer.GetExtent()):
+        if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(layer, _oriented(grid, extent)):
+            raise AdapterError(f"The segment '{segment_id}' is no longer on the grid it was edited on.")
+        current = layer_mask(layer, label, extent)
+    remove, add = current & ~values, values & ~current
+    if remove.any():
+        stored = list(layer.GetExtent())
+        common = _intersection(extent, stored)
+        voxels = _array(layer)[extent_index(common, stored)]  # a view of the labelmap's own memory
+        voxels[remove[extent_index(common, extent)] & (voxels == label)] = 0
+        layer.Modified()
+    if add.any():
+        modifier = _cropped(grid, add, extent)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.SetBinaryLabelmapToSegment(modifier, segmentation_node, segment_id, logic.MODE_MERGE_MAX,
+                                                modifier.GetExtent()):  # fmt: skip
+            raise AdapterError(f"Could not write the segment '{segment_id}'.")
+    elif remove.any():
+        segmentation_node.GetSegmentation().InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified)
 
 
 class MRMLSegment:

@@ -97,6 +97,7 @@ class IBISAgentWebApp(TrameApp):
 
     def _on_volume(self, volume: Any) -> None:
         self.bridge.history.forget()
+        self.tools.tools_off()
         self.captions.set_volume(volume)
         self.window.set_volume(volume)
 

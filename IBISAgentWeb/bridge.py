@@ -47,6 +47,7 @@ class DriverBridge:
             lambda chosen: chosen.build(tqdm_class=self.downloads.tqdm_class()), on_event=self._wake_from_worker
         )
         self.history = EditHistory(scene.app.segmentation_editor, self.driver)
+        self.history.close_session = self.close
         self.missing = choice.missing_weights()  # the cache only: the page says so at once, never after a timeout
         self.state.ia_weights_missing = _missing_line(self.missing)
         self.state.ia_models = choice.describe()
@@ -64,6 +65,7 @@ class DriverBridge:
     def close(self) -> None:
         """The volume (and with it the target and markers) is about to go: end the session first."""
         self.driver.close(timeout=5.0)
+        self.history.session_closed()
         self.record = None
         self._session_opened = None
         self.render()
@@ -145,9 +147,14 @@ class DriverBridge:
         case = self.driver.case
         if case is None:
             return
-        self._show_agent_slice(case.at(int(index)).geometry)
-        with self.state:
-            self.state.ia_shown = f"(showing {case.geometry.axis} slice {int(index)})"
+
+        def call() -> None:
+            shown = case.at(_int(index, "slice")).geometry
+            self._show_agent_slice(shown)
+            with self.state:
+                self.state.ia_shown = f"(showing {shown.axis} slice {shown.index})"
+
+        self.command(call)
 
     def on_click(self, view_name: str, ras: tuple[float, float, float]) -> None:
         """A click on a slice view while Add/Remove point is on."""
@@ -196,6 +203,7 @@ class DriverBridge:
             port = self.history.port(node, segment_id, volume, editor)
             self.scene.surfaces.show(node)
             self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=turns, find=find)
+            self.history.session_started()
             self._session_opened = self._session_key()
 
         self.command(call)
@@ -376,5 +384,5 @@ def _missing_line(missing: list[str]) -> str:
 def _int(value: Any, what: str) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"'{value}' is not a whole number ({what}).") from None

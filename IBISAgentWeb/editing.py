@@ -3,12 +3,14 @@
 The segment list (visibility, opacity, colour, name, delete) and the Paint, Erase, Scissors and Islands tools
 are trame-slicer's Segment Editor on the app's segmentation. Its undo stack is the page's one history, in the
 order things happened: the editor records each stroke, Islands apply, new, renamed, recoloured or deleted
-segment itself; each of the session's steps (the agent's or a correction click) and each propagation is recorded
-here, from the writes the driver makes through ``RecordedSegment``. Undo takes back the latest, whatever made it;
-an undone step of the open session goes through the driver, so its markers, log and trace follow.
+segment itself (strokes and Islands kept small, ``labelmap_undo``); each of the session's steps (the agent's or a
+correction click) and each propagation is recorded here, from the writes the driver makes through
+``RecordedSegment``. Undo takes back the latest, whatever made it; an undone step of the open session goes
+through the driver, so its markers, log and trace follow.
 
-The editor's commands put back a copy of the whole segmentation; that is right only because every later change
-was undone first, which is why every write the page makes to the segmentation is in this history.
+Each command puts back what its edit replaced; that is right only because every later change was undone first,
+which is why every write the page makes to the segmentation is in this history, and why taking back an edit
+older than the open session closes the session first (its start holds what the undo takes back).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from trame_slicer.segmentation import (
     SegmentationEffectScissors,
     SegmentationIslandsMode,
 )
+from trame_slicer.segmentation.segmentation_undo_command import SegmentationLabelMapUndoCommand
 from undo_stack import UndoCommand, UndoStack
 
 from IBISAgentLib.imaging.geometry import SliceGeometry
-from IBISAgentLib.workflow import Event, Idle, Propagated, Reverted, SliceChanged, WorkflowDriver
+from IBISAgentLib.workflow import Event, Failed, Idle, Propagated, Reverted, SliceChanged, WorkflowDriver
 from IBISAgentMRML import MRMLSegment
+
+from .labelmap_undo import PackedMask, compact
 
 TOOLS = {
     "paint": SegmentationEffectPaint,
@@ -43,7 +48,7 @@ SCISSORS_MODES = {
     "fill_inside": ScissorsEffectFillMode.FILL_INSIDE,
     "fill_outside": ScissorsEffectFillMode.FILL_OUTSIDE,
 }
-# Each of the editor's commands holds two copies of the segmentation: the limit bounds the memory it takes.
+# A command holds what its edit replaced, in the box it changed, at one bit per voxel.
 UNDO_LIMIT = 30
 DEFAULT_BRUSH_MM = 5.0
 
@@ -81,16 +86,33 @@ class _Command(UndoCommand):
         raise NotImplementedError("the page offers no Redo")
 
 
+class PageUndoStack(UndoStack):
+    """The editor's undo stack, with its labelmap commands kept small and the latest command at hand."""
+
+    def push(self, command: UndoCommand) -> None:
+        if isinstance(command, SegmentationLabelMapUndoCommand):
+            command = compact(command) or command
+        super().push(command)
+
+    def latest(self) -> UndoCommand | None:
+        """The command Undo would take back."""
+        return self._command_list[self.index() - 1] if self.can_undo() else None
+
+
 class EditHistory:
     """The page's undo history and the Segment Editor it shares with the hand tools."""
 
     def __init__(self, editor: Any, driver: WorkflowDriver) -> None:
         self.editor, self.driver = editor, driver
-        self.stack = UndoStack(undo_limit=UNDO_LIMIT)
+        self.stack = PageUndoStack(undo_limit=UNDO_LIMIT)
         editor.set_undo_stack(self.stack)
         self._written: list[tuple[str, np.ndarray, np.ndarray]] = []  # the driver's writes: (kind, before, after)
         self._pending: list[_Command] = []  # the running operation's edits: recorded once it has ended
+        self._undoing: tuple[_Command, Callable[[], None]] | None = None  # a step undone through the driver
+        self._session_base: UndoCommand | None = None  # the latest command when the open session started
         self.on_written: Callable[[], None] = lambda: None  # after the driver wrote into the segment
+        self.close_session: Callable[[], None] = driver.close  # the host's, which also clears its own state
+        self.on_tools_off: Callable[[], None] = lambda: None  # the hand tools were turned off (a driver undo)
 
     # -- the driver's writes ---------------------------------------------------------------------------
 
@@ -98,6 +120,15 @@ class EditHistory:
         return RecordedSegment(
             segmentation_node, segment_id, volume_node, writer, on_write=lambda *w: self._written.append(w)
         )
+
+    def session_started(self) -> None:
+        """A session opened on what the segment holds now: edits older than this are not its to take back."""
+        self._session_base = self.stack.latest()
+
+    def session_closed(self) -> None:
+        self._pending.clear()
+        self._undoing = None
+        self._written.clear()
 
     def record(self, events: list[Event]) -> None:
         """After the driver's results were applied: a command for each step and each propagation, with what its
@@ -120,10 +151,16 @@ class EditHistory:
                 if event.cause == "step" and event.step is not None:
                     before = event.plane.copy() if before is None else before
                     self._pending.append(self._step(target, case.geometry, before, event.step.turn))
+                elif event.cause == "undone" and self._undoing is not None:
+                    self._undoing[1]()  # the slice as the step found it, hand edits included
+                    self._undoing = None
             elif isinstance(event, Propagated):
                 if written and written[0][0] == "whole":
                     before = written.pop(0)[1]
                     self._pending.append(self._propagation(target, case.geometry, before, event.first, event.last))
+            elif isinstance(event, Failed) and self._undoing is not None:
+                self.stack.push(self._undoing[0])  # the driver could not take the step back: it stays
+                self._undoing = None
             elif isinstance(event, Reverted):
                 self._pending.clear()
             elif isinstance(event, Idle):
@@ -134,25 +171,35 @@ class EditHistory:
     def _step(self, target: RecordedSegment, geometry: SliceGeometry, before: np.ndarray, turn: int) -> _Command:
         session = self.driver.session
 
+        def put_back() -> None:
+            if not np.array_equal(target.read_plane(geometry), before):
+                MRMLSegment.write_plane(target, geometry, before)
+
         def undo() -> None:
             current = self.driver.session
             if current is session and current.steps and current.steps[-1].turn == turn:
-                self.driver.undo()  # the session, its markers and its log follow; it writes ``before`` back
-            else:  # a step of an earlier session: its slice as it was
-                MRMLSegment.write_plane(target, geometry, before)
+                self.driver.undo()  # the session, its markers and its log follow; then the slice as it was
+                self._undoing = (command, put_back)
+                self.editor.deactivate_effect()  # no stroke lands before the driver's write
+                self.on_tools_off()
+            else:  # a step of a session that has ended
+                put_back()
 
-        return _Command(f"step {turn}", undo)
+        command = _Command(f"step {turn}", undo)
+        return command
 
     def _propagation(
         self, target: RecordedSegment, geometry: SliceGeometry, before: np.ndarray, first: int, last: int
     ) -> _Command:
-        slab = geometry.slab(before, first, last).copy()  # only the propagated slices changed
+        slab = PackedMask.of(geometry.slab(before, first, last))  # only the propagated slices changed
+        session = self.driver.session
 
         def undo() -> None:
-            self._refuse_if_busy()
             segment = target.read()
-            geometry.slab(segment, first, last)[...] = slab
+            geometry.slab(segment, first, last)[...] = slab.unpack()
             MRMLSegment.write(target, segment)
+            if self.driver.session is session:
+                self.driver.propagation_undone(first, last)
 
         return _Command(f"propagation through slices {first}–{last}", undo)
 
@@ -163,6 +210,8 @@ class EditHistory:
         self._refuse_if_busy()
         if not self.stack.can_undo():
             raise ValueError("There is nothing to undo.")
+        if self.driver.has_session and self.stack.latest() is self._session_base:
+            self.close_session()  # the edit is older than the session, which started from it
         self.stack.undo()
 
     def _refuse_if_busy(self) -> None:
@@ -173,8 +222,8 @@ class EditHistory:
         """A new volume: nothing of the old one can be undone onto it."""
         self.editor.deactivate_effect()
         self.stack.clear()
-        self._written.clear()
-        self._pending.clear()
+        self.session_closed()
+        self._session_base = None
 
     def set_tool(self, name: str | None, segment_id: str, brush_mm: float, scissors: str) -> None:
         """Paint, Erase, Scissors or Islands on ``segment_id`` (None: no tool)."""
@@ -183,24 +232,30 @@ class EditHistory:
             return
         if name not in TOOLS:
             raise ValueError(f"There is no tool '{name}'.")
-        if self.editor.active_segmentation is None or segment_id not in self.editor.get_segment_ids():
-            raise ValueError("Pick or add a target segment before editing by hand.")
-        self.editor.set_active_segment_id(segment_id)
+        if self.driver.state.busy:
+            raise ValueError("Wait for the agent or press Cancel before editing by hand.")
+        self._select(segment_id)
         effect = self.editor.set_active_effect_type(TOOLS[name])
         if name in ("paint", "erase"):
             effect.set_brush_diameter(float(brush_mm), BrushDiameterMode.Absolute)
         elif name == "scissors":
             effect.set_fill_mode(SCISSORS_MODES[scissors])
 
-    def islands(self, keep_largest: bool, minimum_size: int) -> None:
-        """Islands on the active segment: keep the largest part, or remove parts under ``minimum_size`` voxels;
-        one command. The tool in use stays."""
+    def islands(self, segment_id: str, keep_largest: bool, minimum_size: int) -> None:
+        """Islands on ``segment_id``: keep the largest part, or remove parts under ``minimum_size`` voxels; one
+        command. The tool in use stays."""
         self._refuse_if_busy()
-        if self.editor.active_segmentation is None or not self.editor.active_segment_id:
-            raise ValueError("Pick or add a target segment before editing by hand.")
+        self._select(segment_id)
         in_use = self.editor.active_effect
-        effect = self.editor.set_active_effect_type(SegmentationEffectIslands)  # it acts only while active
-        effect.set_minimum_island_size(int(minimum_size))
-        modes = SegmentationIslandsMode
-        effect.apply(modes.KEEP_LARGEST_ISLAND if keep_largest else modes.REMOVE_SMALL_ISLANDS)
-        self.editor.set_active_effect(in_use)
+        try:
+            effect = self.editor.set_active_effect_type(SegmentationEffectIslands)  # it acts only while active
+            effect.set_minimum_island_size(int(minimum_size))
+            modes = SegmentationIslandsMode
+            effect.apply(modes.KEEP_LARGEST_ISLAND if keep_largest else modes.REMOVE_SMALL_ISLANDS)
+        finally:
+            self.editor.set_active_effect(in_use)
+
+    def _select(self, segment_id: str) -> None:
+        if self.editor.active_segmentation is None or segment_id not in self.editor.get_segment_ids():
+            raise ValueError("Pick or add a target segment before editing by hand.")
+        self.editor.set_active_segment_id(segment_id)

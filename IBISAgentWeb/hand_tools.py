@@ -7,6 +7,7 @@ recoloured or deleted segment is an edit."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,10 @@ from trame_slicer.utils import hex_to_rgb_float, rgb_float_to_hex
 from .bridge import DriverBridge
 from .editing import DEFAULT_BRUSH_MM, TOOLS
 
+MAX_BRUSH_MM = 200.0  # wider than any organ a stroke would paint in one go
+MAX_NAME = 120
+MAX_ISLAND = 100_000_000  # voxels; more than any volume the page opens holds
+COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 REFRESH_AFTER_S = 0.2  # after the agent's view (at once) and the other views (0.15 s, scene.OTHER_VIEWS_AFTER_S)
 DEFAULTS = {
     "ia_tool": None,  # "paint", "erase", "scissors" or None
@@ -35,11 +40,12 @@ class HandTools:
         state.update(DEFAULTS)
         for name in ("ia_tool", "ia_brush_mm", "ia_scissors"):
             state.change(name)(self._on_tool_settings)
-        state.change("ia_segment")(lambda **_: self.refresh())
+        state.change("ia_segment")(self._on_segment)
         state.change("ia_mode")(self._on_correction_mode)
         state.change("ia_busy")(self._on_busy)
         bridge.history.stack.index_changed.connect(self._on_history)
         bridge.history.on_written = self.refresh_soon
+        bridge.history.on_tools_off = self.tools_off
 
     # -- tools ---------------------------------------------------------------------------------------
 
@@ -47,18 +53,23 @@ class HandTools:
         tool = self.state.ia_tool
         if tool and self.state.ia_mode:
             self.state.ia_mode = None  # a left click is a stroke now, not a correction
-        resolved = self.bridge.scene.resolve_segment(self.state.ia_segment)
         try:
-            brush = float(self.state.ia_brush_mm)
-            if tool in TOOLS and not brush > 0:
-                raise ValueError(f"The brush must be wider than 0 mm, not {self.state.ia_brush_mm}.")
-            self.bridge.history.set_tool(
-                tool if tool in TOOLS else None, resolved[1] if resolved else "", brush, self.state.ia_scissors
-            )
+            brush = _brush_mm(self.state.ia_brush_mm) if tool in ("paint", "erase") else DEFAULT_BRUSH_MM
+            self.bridge.history.set_tool(tool if tool in TOOLS else None, self._target(), brush, self.state.ia_scissors)
         except (TypeError, ValueError) as exc:
             self.state.ia_tool = None
             self.bridge.history.set_tool(None, "", DEFAULT_BRUSH_MM, "erase_inside")
             self.bridge.notify(str(exc))
+
+    def _on_segment(self, **_: Any) -> None:
+        """A new target: the tool in use moves to it (or goes, with no target)."""
+        if self.state.ia_tool:
+            self._on_tool_settings()
+        self.refresh()
+
+    def tools_off(self) -> None:
+        with self.state:
+            self.state.ia_tool = None
 
     def _on_correction_mode(self, ia_mode: str | None, **_: Any) -> None:
         if ia_mode and self.state.ia_tool:
@@ -70,21 +81,28 @@ class HandTools:
             self.state.ia_tool = None
 
     def on_keep_largest(self) -> None:
-        self.bridge.command(lambda: self.bridge.history.islands(True, 0))
+        self.bridge.command(lambda: self.bridge.history.islands(self._target(), True, 0))
 
     def on_remove_small(self) -> None:
-        self.bridge.command(lambda: self.bridge.history.islands(False, _count(self.state.ia_island_min)))
+        self.bridge.command(
+            lambda: self.bridge.history.islands(self._target(), False, _count(self.state.ia_island_min))
+        )
+
+    def _target(self) -> str:
+        """The Target segment's id (the tools edit it, whichever segment the editor had)."""
+        resolved = self.bridge.scene.resolve_segment(self.state.ia_segment)
+        return resolved[1] if resolved else ""
 
     # -- the segment list ----------------------------------------------------------------------------
 
     def on_visible(self, value: str) -> None:
         self.bridge.command(lambda: self._toggle_visible(value))
 
-    def on_opacity(self, value: str, opacity: float) -> None:
-        self.bridge.command(lambda: self._set_opacity(value, opacity))
+    def on_opacity(self, value: str, opacity: Any) -> None:
+        self.bridge.command(lambda: self._set_opacity(value, _opacity(opacity)))
 
-    def on_color(self, value: str, color: str) -> None:
-        self.bridge.command(lambda: self._set_properties(value, color=hex_to_rgb_float(color)))
+    def on_color(self, value: str, color: Any) -> None:
+        self.bridge.command(lambda: self._set_properties(value, color=hex_to_rgb_float(_colour(color))))
 
     def on_rename(self, value: str, name: str) -> None:
         self.bridge.command(lambda: self._rename(value, name))
@@ -100,14 +118,15 @@ class HandTools:
 
     def _set_opacity(self, value: str, opacity: float) -> None:
         node, segment_id = self._segment(value)
-        node.GetDisplayNode().SetSegmentOpacity(segment_id, min(max(float(opacity), 0.0), 1.0))
+        node.GetDisplayNode().SetSegmentOpacity(segment_id, opacity)
         self.refresh()
 
-    def _rename(self, value: str, name: str) -> None:
-        name = str(name).strip()
-        if not name:
+    def _rename(self, value: str, name: Any) -> None:
+        try:
+            name = _name(name)
+        except ValueError:
             self.refresh()  # the field shows the name it had
-            raise ValueError("A segment needs a name.")
+            raise
         self._set_properties(value, name=name)
 
     def _delete(self, value: str) -> None:
@@ -125,6 +144,7 @@ class HandTools:
         self.editor.remove_segment(segment_id)
         if self.state.ia_segment == value:
             self.state.ia_segment = ""
+            self.tools_off()
         self.bridge.refresh_segments()
         self.refresh()
 
@@ -191,10 +211,48 @@ class HandTools:
 
 
 def _count(value: Any) -> int:
+    """The smallest part Remove small parts keeps: a whole number of voxels, 1 to MAX_ISLAND."""
     try:
         count = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"'{value}' is not a whole number (the smallest part to keep, in voxels).") from None
-    if count < 1:
-        raise ValueError(f"The smallest part to keep is {count} voxels: give 1 or more.")
+    if not 1 <= count <= MAX_ISLAND:
+        raise ValueError(f"The smallest part to keep is {value} voxels: give 1 to {MAX_ISLAND:,}.")
     return count
+
+
+def _brush_mm(value: Any) -> float:
+    """The brush's width: a number of millimetres, over 0 and at most MAX_BRUSH_MM."""
+    try:
+        brush = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{value}' is not a brush width in millimetres.") from None
+    if not 0 < brush <= MAX_BRUSH_MM:
+        raise ValueError(f"The brush is {value} mm wide: give a width over 0 and up to {MAX_BRUSH_MM:g} mm.")
+    return brush
+
+
+def _opacity(value: Any) -> float:
+    try:
+        opacity = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{value}' is not an opacity (0 to 1).") from None
+    if not 0.0 <= opacity <= 1.0:  # NaN fails too
+        raise ValueError(f"The opacity is {value}: give a number from 0 to 1.")
+    return opacity
+
+
+def _colour(value: Any) -> str:
+    if not isinstance(value, str) or not COLOUR.fullmatch(value):
+        raise ValueError(f"'{value}' is not a colour (#rrggbb).")
+    return value
+
+
+def _name(value: Any) -> str:
+    """A segment's name: some text, one line, at most MAX_NAME characters."""
+    name = str(value).strip()
+    if not name:
+        raise ValueError("A segment needs a name.")
+    if len(name) > MAX_NAME or any(not c.isprintable() for c in name):
+        raise ValueError(f"A segment's name is one line of at most {MAX_NAME} characters.")
+    return name

@@ -218,6 +218,18 @@ class WorkflowDriver:
 
         self._launch(job, snapshot=self._read_target(), activity="Propagating")
 
+    def propagation_undone(self, first: int, last: int) -> None:
+        """The host's undo history wrote back the slices a propagation of this session changed: the slice
+        strip, the trace's propagation and checks go with it, and the log says so."""
+        self._refuse_if_busy()
+        self.state.slices = []
+        self._volume_records.pop("propagation", None)
+        self._volume_records.pop("checks", None)
+        self.state.log.append(f"undone: propagation through slices {first}–{last}")
+        if self.record is not None and self.session is not None:
+            with contextlib.suppress(Exception):  # a server gone: the trace keeps its last stored version
+                self.record.store_trace(self._trace().to_json())
+
     def cancel(self) -> None:
         """Stop what runs at the next token or slice; safe from any thread."""
         self._cancel.set()
