@@ -347,7 +347,8 @@ def write_region(
     """The segment becomes ``values`` ((k, j, i) bool) over a VTK ``extent`` of ``grid`` (its labelmaps' IJK to
     the segmentation's frame), exactly: no masking, no other segment cleared (one it overlaps moves to a layer
     of its own, as Slicer does). For putting back what an edit changed. Removed voxels are cleared in the
-    stored labelmap itself; added ones go in through Slicer's merge, with a modifier no larger than they are."""
+    stored labelmap itself; added ones go in through Slicer's merge, with a modifier no larger than they are.
+    The caller announces the change (the node's Modified) once it has written every segment."""
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     layer = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
     if segment is None or layer is None:
@@ -372,8 +373,6 @@ def write_region(
         if not logic.SetBinaryLabelmapToSegment(modifier, segmentation_node, segment_id, logic.MODE_MERGE_MAX,
                                                 modifier.GetExtent()):  # fmt: skip
             raise AdapterError(f"Could not write the segment '{segment_id}'.")
-    elif remove.any():
-        segmentation_node.GetSegmentation().InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified)
 
 
 class MRMLSegment:
