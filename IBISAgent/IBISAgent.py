@@ -53,10 +53,10 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.hub = hub()
         self.hub.views.append(self)
         self.placing = None  # True / False while a positive / negative correction is being placed
-        self.shownCase = None
+        self.shownSlice = ""
 
         self.ui.runButton.connect("clicked(bool)", self.onRun)
-        self.ui.findButton.connect("clicked(bool)", lambda: self.start("run", find=True))
+        self.ui.findButton.connect("clicked(bool)", lambda: self.hub.start(self.request("run", find=True)))
         self.ui.stepButton.connect("clicked(bool)", self.onStep)
         self.ui.continueButton.connect("clicked(bool)", lambda: self.hub.command(self.hub.driver.run))
         self.ui.undoButton.connect("clicked(bool)", lambda: self.hub.command(self.hub.driver.undo))
@@ -89,7 +89,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.ui.sam2Edit.text, self.ui.propagatorEdit.text = fields["sam2"], fields["propagator"]
         self.ui.sam2VariantSelector.currentIndex = max(0, self.ui.sam2VariantSelector.findData(fields["sam2_variant"]))
         self.onBackendChanged(self.ui.backendSelector.currentIndex)
-        self.render(self.hub.driver)
+        self.hub.render()
 
     def cleanup(self):
         self.hub.views.remove(self)
@@ -135,19 +135,20 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
     # -- commands ----------------------------------------------------------------------------------
 
     def onRun(self):
-        self.hub.run_or_cancel(self.start)
+        self.hub.run_or_cancel(self.request("run"))
 
     def onStep(self):
-        self.hub.step(self.start)
+        self.hub.step(self.request("step"))
 
-    def start(self, then, find=False):
+    def request(self, then, find=False):
+        """The session the selectors ask for (the settings are saved first: the driver builds from them)."""
         self.saveSettings()
-        self.hub.start(
+        return self.hub.request(
             self.ui.inputVolumeSelector.currentNode(),
             self.ui.segmentSelector.currentNode(),
             self.ui.segmentSelector.currentSegmentID(),
             VIEW_NAMES[self.ui.viewSelector.currentIndex],
-            self.ui.instructionEdit.text.strip(),
+            self.ui.instructionEdit.text,
             self.ui.maxTurnsSpinBox.value,
             then,
             find,
@@ -201,21 +202,22 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
 
     # -- rendering the driver's state --------------------------------------------------------------
 
-    def render(self, driver):
-        state = driver.state
-        self.ui.reasoningText.plainText = "\n".join(state.log)
-        self.ui.statusLabel.text = state.status
-        self.ui.runButton.text = "Cancel" if state.busy else "Run"
+    def render(self, driver, view):
+        """The session's view model (IBISAgentMRML.SessionView) in the module's widgets."""
+        self.ui.reasoningText.plainText = "\n".join(view.log)
+        self.ui.statusLabel.text = view.status
+        self.ui.runButton.text = "Cancel" if view.busy else "Run"
         for button in (self.ui.findButton, self.ui.stepButton, self.ui.continueButton, self.ui.undoButton,
                        self.ui.propagateButton):  # fmt: skip
-            button.enabled = not state.busy
-        if state.progress is not None:
-            done, total = state.progress
+            button.enabled = not view.busy
+        if view.progress is not None:
+            done, total = view.progress
             self.ui.propagationProgressBar.maximum, self.ui.propagationProgressBar.value = total, done
-        if driver.case is not None and driver.case is not self.shownCase:
-            self.shownCase = driver.case
-            self.ui.rangeFirstSpinBox.value, self.ui.rangeLastSpinBox.value = 0, driver.case.geometry.count - 1
-        if not driver.has_session:
+        if view.slice_where != self.shownSlice:  # a new session: the whole volume by default
+            self.shownSlice = view.slice_where
+            if view.slice_count:
+                self.ui.rangeFirstSpinBox.value, self.ui.rangeLastSpinBox.value = 0, view.slice_count - 1
+        if not view.has_session:
             self.ui.positiveClickButton.checked = self.ui.negativeClickButton.checked = False
 
 

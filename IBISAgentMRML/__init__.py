@@ -10,6 +10,7 @@ VolumeCase built here carries the volume's IJK-to-world geometry, so every RAS p
 consumes is a world point.
 """
 
+from .controller import SessionController, SessionView, StartRequest, whole_number
 from .errors import AdapterError
 from .record import MRMLRecord, store_trace
 from .scene import HeadlessScene, load_mrb, new_scene, save_mrb
@@ -30,6 +31,9 @@ __all__ = [
     "LogicEditor",
     "MRMLRecord",
     "MRMLSegment",
+    "SessionController",
+    "SessionView",
+    "StartRequest",
     "ViewSlice",
     "align_view",
     "load_mrb",
@@ -41,5 +45,6 @@ __all__ = [
     "view_slice",
     "volume_case",
     "volume_node_from_image",
+    "whole_number",
     "xy_to_world",
 ]

@@ -18,7 +18,7 @@ from IBISAgentLib.models.weights import DownloadProgress
 from IBISAgentLib.remote.client import is_loopback
 from IBISAgentLib.tools import PropagationOptions
 from IBISAgentLib.workflow import BackendChoice, DriverBusy, Event, Failed, WorkflowDriver
-from IBISAgentMRML import AdapterError, LogicEditor, MRMLRecord, align_view, show_slice, volume_case
+from IBISAgentMRML import AdapterError, LogicEditor, SessionController, StartRequest, whole_number
 
 from .editing import EditHistory
 from .scene import VIEW_NAMES, WebScene
@@ -48,35 +48,38 @@ class DriverBridge:
         )
         self.history = EditHistory(scene.app.segmentation_editor, self.driver)
         self.history.close_session = self.close
+        self.session = SessionController(scene.scene, self.driver, self._target_port, self._new_segment)
         self.missing = choice.missing_weights()  # the cache only: the page says so at once, never after a timeout
         self.state.ia_weights_missing = _missing_line(self.missing)
         self.state.ia_models = choice.describe()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._woken = asyncio.Event()
         self.editor: LogicEditor | None = None
-        self.record: MRMLRecord | None = None
         self._polling = False
         self._rendered_log = -1
-        self._session_opened = None
         scene.scene.AddObserver(scene.scene.StartCloseEvent, lambda *_: self.close())
 
     # -- volume changes ------------------------------------------------------------------------------
 
     def close(self) -> None:
         """The volume (and with it the target and markers) is about to go: end the session first."""
-        self.driver.close(timeout=5.0)
+        self.session.close()
         self.history.session_closed()
-        self.record = None
-        self._session_opened = None
         self.render()
 
-    def ports(self) -> tuple[LogicEditor, MRMLRecord]:
+    def _target_port(self, node: Any, segment_id: str, volume: Any) -> Any:
+        """The driver writes through a Segment Editor logic of the page's own, recorded in the page's history."""
         scene = self.scene.scene
         if self.editor is None or self.editor.editor_node.GetScene() is not scene:
             self.editor = LogicEditor(scene, self.scene.app.app_logic)
-        if self.record is None:
-            self.record = MRMLRecord(scene)
-        return self.editor, self.record
+        self.scene.surfaces.show(node)
+        return self.history.port(node, segment_id, volume, self.editor)
+
+    def _new_segment(self, instruction: str) -> tuple[Any, str]:
+        """No target chosen yet: a segment named after the instruction, chosen as the target."""
+        self.state.ia_segment = self.scene.add_segment(instruction)
+        self.refresh_segments()
+        return self.scene.resolve_segment(self.state.ia_segment)
 
     # -- commands ------------------------------------------------------------------------------------
 
@@ -98,17 +101,10 @@ class DriverBridge:
         return True
 
     def on_run(self) -> None:
-        if self.driver.state.busy:
-            self.driver.cancel()
-            self.render()
-            return
-        self.start("run")
+        self.command(lambda: self.session.run_or_cancel(lambda: self._start("run")))
 
     def on_step(self) -> None:
-        if self.driver.has_session and self._session_key() == self._session_opened:
-            self.command(self.driver.step)
-        else:
-            self.start("step")
+        self.command(lambda: self.session.step_or_start(self._request("step"), lambda: self._start("step")))
 
     def on_continue(self) -> None:
         self.command(self.driver.run)
@@ -132,8 +128,9 @@ class DriverBridge:
 
     def on_propagate(self) -> None:
         def call() -> None:
-            first, last = _int(self.state.ia_first, "first slice"), _int(self.state.ia_last, "last slice")
-            empty = _int(self.state.ia_stop_after_empty, "stop after empty slices")
+            first = whole_number(self.state.ia_first, "first slice")
+            last = whole_number(self.state.ia_last, "last slice")
+            empty = whole_number(self.state.ia_stop_after_empty, "stop after empty slices")
             budget = DEFAULT_CHECK_BUDGET if self.state.ia_check else None
             self.driver.propagate(PropagationOptions(first, last, empty, bool(self.state.ia_largest)), budget)
 
@@ -144,15 +141,11 @@ class DriverBridge:
 
     def on_goto_slice(self, index: int) -> None:
         """A bar of the propagated-slice strip: the agent's view moves to that slice."""
-        case = self.driver.case
-        if case is None:
-            return
 
         def call() -> None:
-            shown = case.at(_int(index, "slice")).geometry
-            self._show_agent_slice(shown)
+            shown = self.session.show_agent_slice(index)
             with self.state:
-                self.state.ia_shown = f"(showing {shown.axis} slice {shown.index})"
+                self.state.ia_shown = f"(showing {shown})"
 
         self.command(call)
 
@@ -161,7 +154,7 @@ class DriverBridge:
         mode = self.state.ia_mode
         if mode not in ("add", "remove"):
             return
-        agent_view = self._session_opened[2] if self._session_opened else None
+        agent_view = self.session.agent_view_name if self.driver.has_session else None
         if agent_view is not None and view_name != agent_view:
             self.notify(f"Corrections go on the {VIEW_NAMES[agent_view]} view, where the agent works.")
             self.render()
@@ -169,44 +162,34 @@ class DriverBridge:
         self.command(lambda: self.driver.click(tuple(float(v) for v in ras), mode == "add"), quick=True)
 
     def start(self, then: str, find: bool = False) -> None:
+        self.command(lambda: self._start(then, find))
+
+    def _start(self, then: str, find: bool = False) -> None:
+        """A new session as the panel says; the page asks once per server before an image leaves this
+        computer, and refuses at once when the models are missing."""
         host = urlsplit(self.choice.server).hostname if self.choice.remote else None
         if host and not is_loopback(host) and host not in self._consented:
-            with self.state:  # the page asks once per server before an image leaves this computer
+            with self.state:
                 self.state.ia_consent_host, self._pending_start = host, then
             return
+        if self.state.ia_weights_missing:
+            raise ValueError("The models are not on this computer: choose Download models or Use demo models above.")
+        self.session.start(self._request(then, find), self.choice)
+        self.history.session_started()
 
-        def call() -> None:
-            if self.state.ia_weights_missing:
-                raise ValueError(
-                    "The models are not on this computer: choose Download models or Use demo models above."
-                )
-            volume = self.scene.volume
-            if volume is None:
-                raise ValueError("Open a volume first.")
-            instruction = str(self.state.ia_instruction or "").strip()
-            if not instruction:
-                raise ValueError("Type what to segment in Instruction, for example 'segment the liver tumor'.")
-            turns = _int(self.state.ia_max_turns, "max turns")
-            view_name = self.state.ia_view
-            slice_node = self.scene.slice_node(view_name)
-            if slice_node is None:
-                raise ValueError(f"The {view_name} view is not shown: choose another view.")
-            align_view(slice_node, volume)  # a tilted volume: the view turns onto the voxel plane the agent sees
-            case, _ = volume_case(volume, slice_node)
-            editor, record = self.ports()
-            target = self.scene.resolve_segment(self.state.ia_segment)
-            if target is None:  # none chosen yet: a segment named after the instruction
-                self.state.ia_segment = self.scene.add_segment(instruction)
-                target = self.scene.resolve_segment(self.state.ia_segment)
-                self.refresh_segments()
-            node, segment_id = target
-            port = self.history.port(node, segment_id, volume, editor)
-            self.scene.surfaces.show(node)
-            self.driver.start(case, instruction, port, record, self.choice, then=then, max_turns=turns, find=find)
-            self.history.session_started()
-            self._session_opened = self._session_key()
-
-        self.command(call)
+    def _request(self, then: str, find: bool = False) -> StartRequest:
+        """What the panel says now: the volume, the agent's view, the Target segment, the instruction."""
+        view_name = self.state.ia_view
+        return StartRequest(
+            volume=self.scene.volume,
+            slice_node=self.scene.slice_node(view_name),
+            view_name=str(view_name),
+            segment=self.scene.resolve_segment(self.state.ia_segment),
+            instruction=str(self.state.ia_instruction or ""),
+            max_turns=self.state.ia_max_turns,
+            then=then,
+            find=find,
+        )
 
     def on_consent_given(self) -> None:
         self._consented.add(self.state.ia_consent_host)
@@ -261,10 +244,6 @@ class DriverBridge:
             self.state.ia_models = f"DEMO: tiny random-weight models ({mllm.parent}); their results are meaningless"
             self.state.ia_message = ""
 
-    def _session_key(self) -> tuple[Any, ...]:
-        volume = self.scene.volume
-        return (volume.GetID() if volume else None, self.state.ia_segment, self.state.ia_view)
-
     # -- polling and rendering -------------------------------------------------------------------------
 
     def ensure_polling(self) -> None:
@@ -302,15 +281,15 @@ class DriverBridge:
     def _poll_agent_view_first(self) -> list[Event]:
         """Apply the driver's results; the agent's view shows them first, the other views and the panel follow
         (the page lays out and paints the panel on the same CPU, before the view's frame can be shown)."""
-        agent_view = self._session_opened[2] if self._session_opened else None
+        agent_view = self.session.agent_view_name
         if agent_view is None or not self.driver.has_results:
-            events = self.driver.poll()
+            events = self.session.poll()
             self.history.record(events)
             if events:
                 self.render()
             return events
         with self.scene.view_first(agent_view, then=self.render):
-            events = self.driver.poll()
+            events = self.session.poll()
             self.history.record(events)
             return events
 
@@ -325,37 +304,23 @@ class DriverBridge:
             self.state.ia_volume_name = volume.GetName() if volume is not None else ""
 
     def render(self) -> None:
-        driver, state = self.driver, self.driver.state
-        session = driver.session
+        """The session's view model into the page's state."""
+        view = self.session.view(self.downloads.text)
         with self.state:
-            self.state.ia_status = self.downloads.text if state.busy and self.downloads.text else state.status
-            self.state.ia_busy = state.busy
-            if len(state.log) != self._rendered_log or not state.log:
-                self.state.ia_log = list(state.log)
-                self._rendered_log = len(state.log)
-            self.state.ia_markers = [
-                {"label": m.label, "source": m.source, "ras": ", ".join(f"{v:.1f}" for v in m.ras)}
-                for m in state.markers
-            ]
-            if state.progress:
-                done, total = state.progress
-                self.state.ia_progress = round(100 * done / max(total, 1))
-                self.state.ia_progress_text = f"{done} of {total} slices"
-            else:
-                self.state.ia_progress, self.state.ia_progress_text = 0, ""
-            self.state.ia_has_session = driver.has_session
-            self.state.ia_mask_area = int(session.mask.sum()) if session is not None else 0
-            case = driver.case
-            if case is not None:
-                geometry = case.geometry
-                where = f"{geometry.axis} slice {geometry.index}"
-                if self.state.ia_slice_where != where:  # a new session: the whole volume by default
-                    self.state.ia_slice_where = where
-                    self.state.ia_first, self.state.ia_last = 0, geometry.count - 1
-                    self._show_agent_slice(geometry)
-            else:
-                self.state.ia_slice_where = ""
-            largest = max((s["area"] for s in state.slices), default=0) or 1
+            self.state.ia_status, self.state.ia_busy = view.status, view.busy
+            if len(view.log) != self._rendered_log or not view.log:
+                self.state.ia_log = list(view.log)
+                self._rendered_log = len(view.log)
+            self.state.ia_markers = list(view.markers)
+            done, total = view.progress or (0, 0)
+            self.state.ia_progress = round(100 * done / max(total, 1))
+            self.state.ia_progress_text = f"{done} of {total} slices" if view.progress else ""
+            self.state.ia_has_session, self.state.ia_mask_area = view.has_session, view.mask_area
+            if self.state.ia_slice_where != view.slice_where:  # a new session: the whole volume by default
+                self.state.ia_slice_where = view.slice_where
+                if view.slice_count:
+                    self.state.ia_first, self.state.ia_last = 0, view.slice_count - 1
+            largest = max((s["area"] for s in view.slices), default=0) or 1
             self.state.ia_slices = [
                 {
                     "index": s["index"],
@@ -363,15 +328,8 @@ class DriverBridge:
                     "flags": s["flags"],
                     "height": round(100 * s["area"] / largest),
                 }
-                for s in state.slices
+                for s in view.slices
             ]
-
-    def _show_agent_slice(self, geometry: Any) -> None:
-        """The agent's view shows the session's slice (found by Find, it is not the one the view was on)."""
-        view = self._session_opened[2] if self._session_opened else None
-        slice_node = self.scene.slice_node(view) if view else None
-        if slice_node is not None:
-            show_slice(slice_node, geometry)
 
 
 def _missing_line(missing: list[str]) -> str:
@@ -379,10 +337,3 @@ def _missing_line(missing: list[str]) -> str:
         return ""
     names = ", ".join(m.split(" ", 1)[0] for m in missing)
     return f"The models are not on this computer ({names})."
-
-
-def _int(value: Any, what: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"'{value}' is not a whole number ({what}).") from None

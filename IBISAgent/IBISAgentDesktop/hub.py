@@ -1,5 +1,6 @@
-"""The one workflow driver of this Slicer session, shared by the module and its Segment Editor effect (both
-render the same state), and the timer that polls it on the main thread."""
+"""The one agent session of this Slicer session (IBISAgentMRML's SessionController over the workflow driver),
+shared by the module and its Segment Editor effect (both render the same view model), and the Qt timer that
+polls it on the main thread."""
 
 import logging
 
@@ -7,7 +8,7 @@ import qt
 import slicer
 
 from IBISAgentLib.workflow import DriverBusy, Failed, Idle, Opened, WorkflowDriver
-from IBISAgentMRML import AdapterError, MRMLRecord, MRMLSegment, align_view, show_slice, volume_case
+from IBISAgentMRML import AdapterError, MRMLSegment, SessionController, StartRequest
 
 from . import dependencies, settings
 from .downloads import DownloadDialog
@@ -25,53 +26,49 @@ class DesktopHub:
     def __init__(self):
         self.downloads = DownloadDialog()
         self.driver = WorkflowDriver(lambda choice: choice.build(tqdm_class=self.downloads.tqdm_class()))
+        self.session = SessionController(slicer.mrmlScene, self.driver, self.target)
         self.placement = CorrectionPlacement()
-        self.views = []  # objects with render(driver)
-        self.viewName = None  # the slice view the session works on
+        self.views = []  # objects with render(driver, view)
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.poll)
         self.sceneObserver = slicer.mrmlScene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self.onSceneClose)
 
-    def start(self, volumeNode, segmentationNode, segmentId, viewName, instruction, maxTurns, then, find=False):
-        """Start a session on the slice ``viewName`` shows (the view is turned onto the volume's voxel plane
-        when it shows a resampled one, so it shows exactly what the agent works on); with ``find``, on the slice
-        of that axis the agent finds, which the view then moves to."""
-        if volumeNode is None or segmentationNode is None or not segmentId:
-            slicer.util.errorDisplay("Select the volume and the segment that receives the result.")
-            return
+    @staticmethod
+    def target(segmentationNode, segmentId, volumeNode):
+        """The driver writes through the IBISAgent effect: the Segment Editor's masking and undo history apply."""
+        return MRMLSegment(segmentationNode, segmentId, volumeNode, EffectEditor())
+
+    def request(self, volumeNode, segmentationNode, segmentId, viewName, instruction, maxTurns, then, find=False):
+        """What the module's selectors say, as a start request (the view the agent works on, its slice node)."""
         sliceWidget = slicer.app.layoutManager().sliceWidget(viewName)
-        if sliceWidget is None:
-            slicer.util.errorDisplay(f"The {viewName} view is not in the current layout: choose a view that is shown.")
-            return
+        return StartRequest(
+            volume=volumeNode,
+            slice_node=sliceWidget.mrmlSliceNode() if sliceWidget is not None else None,
+            view_name=viewName,
+            segment=(segmentationNode, segmentId) if segmentationNode is not None and segmentId else None,
+            instruction=instruction,
+            max_turns=maxTurns,
+            then=then,
+            find=find,
+        )
+
+    def start(self, request):
+        """A new session as ``request`` says (Find always opens one)."""
+        self.command(lambda: self._start(request))
+
+    def run_or_cancel(self, request):
+        """Run, which turns into Cancel while the agent works."""
+        self.command(lambda: self.session.run_or_cancel(lambda: self._start(request)))
+
+    def step(self, request):
+        """One more turn of the open session when it is the one asked for; else a new session's first."""
+        self.command(lambda: self.session.step_or_start(request, lambda: self._start(request)))
+
+    def _start(self, request):
         choice = settings.load()
-        if not dependencies.ready_for(choice):
-            return
-
-        def begin():
-            sliceNode = sliceWidget.mrmlSliceNode()
-            align_view(sliceNode, volumeNode)
-            case, _ = volume_case(volumeNode, sliceNode)
-            target = MRMLSegment(segmentationNode, segmentId, volumeNode, EffectEditor())
-            record = MRMLRecord(slicer.mrmlScene)
-            self.driver.start(case, instruction, target, record, choice, then=then, max_turns=maxTurns, find=find)
-            self.viewName = viewName
-
-        self.command(begin)
-
-    def run_or_cancel(self, start):
-        """Run, which turns into Cancel while the agent works; ``start("run")`` opens a new session and runs."""
-        if self.driver.state.busy:
-            self.driver.cancel()
-        else:
-            start("run")
-
-    def step(self, start):
-        """One more turn of the open session, or ``start("step")`` for a new session's first."""
-        if self.driver.has_session:
-            self.command(self.driver.step)
-        else:
-            start("step")
+        if dependencies.ready_for(choice):  # the local dependencies, installed on consent
+            self.session.start(request, choice)
 
     def command(self, call):
         """Forward a command to the driver; a refusal is a dialog. Returns whether it was taken."""
@@ -84,20 +81,12 @@ class DesktopHub:
         self.render()
         return True
 
-    def showAgentSlice(self):
-        """The agent's view shows the session's slice (after Find it is not the one the view was on)."""
-        widget = slicer.app.layoutManager().sliceWidget(self.viewName) if self.viewName else None
-        if widget is not None and self.driver.case is not None:
-            show_slice(widget.mrmlSliceNode(), self.driver.case.geometry)
-
     def poll(self):
         self.downloads.show()
-        events = self.driver.poll(wait=WORKER_TIME_S)
+        events = self.session.poll(wait=WORKER_TIME_S)
         for event in events:
             if isinstance(event, (Opened, Idle)):
                 self.downloads.close()
-            if isinstance(event, Opened):
-                self.showAgentSlice()
             if isinstance(event, Failed):
                 logging.warning("IBISAgent: %s", event.message)
                 slicer.util.errorDisplay(f"IBISAgent: {event.message}")
@@ -107,13 +96,14 @@ class DesktopHub:
         self.render()
 
     def render(self):
+        shown = self.session.view()
         for view in list(self.views):
-            view.render(self.driver)
+            view.render(self.driver, shown)
 
     def onSceneClose(self, caller, event):
         """The scene's nodes are going: end the session (nothing more is written) and forget placement."""
         self.timer.stop()
-        self.driver.close(timeout=5.0)  # cancelled at the next token; its late events are dropped
+        self.session.close()  # cancelled at the next token; its late events are dropped
         self.placement.forget()
         self.render()
 

@@ -125,9 +125,7 @@ class WorkflowDriver:
         with ``Finished("terminate", answer)`` and no session."""
         if not instruction.strip():
             raise ValueError("Type what to segment, for example 'segment the liver tumor'.")
-        if max_turns < 1:
-            raise ValueError(f"Max turns is {max_turns}: the agent needs at least 1 turn.")
-        self._refuse_if_busy()
+        self.check_start(max_turns)
         segment = target.read()
         if segment.shape != case.windowed.shape:
             raise ValueError(f"the segment is {segment.shape}, the volume {case.windowed.shape}")
@@ -170,6 +168,12 @@ class WorkflowDriver:
         building = self._backend is None or choice != self._choice
         activity = "Loading the models" if building else "Looking for the slice" if find else "The agent is working"
         self._launch(job, snapshot=segment, activity=activity)
+
+    def check_start(self, max_turns: int) -> None:
+        """What ``start`` refuses before it changes anything: a host checks it before its own preparations."""
+        if max_turns < 1:
+            raise ValueError(f"Max turns is {max_turns}: the agent needs at least 1 turn.")
+        self._refuse_if_busy()
 
     def run(self) -> None:
         """Let the agent carry on from where the session is (Continue)."""

@@ -1,5 +1,5 @@
 """The IBISAgent flow inside the Segment Editor: type, run, correct by clicking on the slice, undo,
-propagate. It renders the same workflow driver as the IBISAgent module (IBISAgentDesktop.hub), and every
+propagate. It renders the same session as the IBISAgent module (IBISAgentDesktop.hub), and every
 write of the agent goes through this effect's applyMask, so the Segment Editor's editable area, intensity
 range and undo history apply. Other segments are never modified."""
 
@@ -76,28 +76,28 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- commands ----------------------------------------------------------------------------------
 
     def onRun(self):
-        self.hub.run_or_cancel(self.start)
+        self.hub.run_or_cancel(self.request("run"))
 
     def onStep(self):
-        self.hub.step(self.start)
+        self.hub.step(self.request("step"))
 
-    def start(self, then):
+    def request(self, then):
+        """The session this editor's selection asks for: its source volume, its selected segment."""
         parameters = self.scriptedEffect.parameterSetNode()
-        self.hub.start(
+        return self.hub.request(
             parameters.GetSourceVolumeNode(),
             parameters.GetSegmentationNode(),
             parameters.GetSelectedSegmentID(),
             self.viewSelector.currentText,
-            self.instructionEdit.text.strip(),
+            self.instructionEdit.text,
             20,
             then,
         )
 
-    def render(self, driver):
-        state = driver.state
-        self.reasoningText.plainText = "\n".join(state.log)
-        self.statusLabel.text = state.status
-        self.runButton.text = "Cancel" if state.busy else "Run"
+    def render(self, driver, view):
+        self.reasoningText.plainText = "\n".join(view.log)
+        self.statusLabel.text = view.status
+        self.runButton.text = "Cancel" if view.busy else "Run"
 
     # -- corrections by clicking in the slice views ------------------------------------------------
 
