@@ -341,6 +341,15 @@ def layer_mask(labelmap: Any, label: int, extent: list[int]) -> np.ndarray:
     return out
 
 
+def segment_voxels(segmentation_node: Any, segment_id: str) -> int:
+    """How many voxels the segment holds, counted in its stored labelmap (no copy, no resampling)."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    layer = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    if segment is None or layer is None or is_empty(layer.GetExtent()) or layer.GetPointData().GetScalars() is None:
+        return 0
+    return int(np.count_nonzero(_array(layer) == segment.GetLabelValue()))
+
+
 def write_region(
     segmentation_node: Any, segment_id: str, grid: np.ndarray, extent: list[int], values: np.ndarray
 ) -> None:

@@ -1,7 +1,8 @@
-"""Between the page and the workflow driver: commands forwarded (a refusal becomes a message in the page),
-the driver polled on the event-loop thread while it works, woken by each of its results (model work runs on
-the driver's own worker thread; ``poll()`` applies its results to the scene here, on the thread that owns
-VTK), and the driver's state rendered into trame's state."""
+"""The page's wrapper around IBISAgentMRML's session controller: commands forwarded (a refusal becomes a
+message in the page), the session polled on the event-loop thread while it works, woken by each of its results
+(model work runs on the driver's own worker thread; ``poll()`` applies its results to the scene here, on the
+thread that owns VTK), its view model rendered into trame's state; and what only the page has: consent before
+an image leaves for another machine, the missing-weights banner and the demo models."""
 
 from __future__ import annotations
 

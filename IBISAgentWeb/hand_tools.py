@@ -10,8 +10,9 @@ import asyncio
 import re
 from typing import Any
 
-import numpy as np
 from trame_slicer.utils import hex_to_rgb_float, rgb_float_to_hex
+
+from IBISAgentMRML.segments import segment_voxels
 
 from .bridge import DriverBridge
 from .editing import DEFAULT_BRUSH_MM, TOOLS
@@ -20,7 +21,9 @@ MAX_BRUSH_MM = 200.0  # wider than any organ a stroke would paint in one go
 MAX_NAME = 120
 MAX_ISLAND = 100_000_000  # voxels; more than any volume the page opens holds
 COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
-REFRESH_AFTER_S = 0.2  # after the agent's view (at once) and the other views (0.15 s, scene.OTHER_VIEWS_AFTER_S)
+# After the agent's view (at once), the other views (0.15 s, scene.OTHER_VIEWS_AFTER_S) and the panel, and once
+# for a burst of edits: counting a segment's voxels reads its whole labelmap (tens of ms at 512 x 512 x 300).
+REFRESH_AFTER_S = 0.6
 DEFAULTS = {
     "ia_tool": None,  # "paint", "erase", "scissors" or None
     "ia_brush_mm": DEFAULT_BRUSH_MM,
@@ -168,8 +171,8 @@ class HandTools:
         self.refresh_soon()
 
     def refresh_soon(self) -> None:
-        """Refresh once, after the views: counting the target's voxels reads its whole labelmap (about 90 ms at
-        512 x 512 x 300), which must not hold up the frame of an edit, nor run once per command at a run's end."""
+        """Refresh once, after the views and the panel: counting the target's voxels must not hold up the frames
+        of an edit, nor run once per command at a run's end."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not from the event loop (start-up): now
@@ -202,8 +205,7 @@ class HandTools:
         resolved = self.bridge.scene.resolve_segment(self.state.ia_segment)
         voxels = ""
         if resolved is not None and resolved[0] is node:
-            count = int(np.count_nonzero(self.editor.get_segment_labelmap(resolved[1], as_numpy_array=True)))
-            voxels = f"{count:,} voxels"
+            voxels = f"{segment_voxels(node, resolved[1]):,} voxels"
         with self.state:
             self.state.ia_segment_rows = rows
             self.state.ia_segment_voxels = voxels
