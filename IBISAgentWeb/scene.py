@@ -169,7 +169,7 @@ class WebScene:
     @contextmanager
     def view_first(self, view_name: str, then: Callable[[], None] | None = None) -> Iterator[None]:
         """Scene changes made in the block reach the other views a moment after this one, and ``then`` is
-        called with them. One core renders every view in turn (15-30 ms for the agent's view, up to a few
+        called just before them. One core renders every view in turn (15-30 ms for the agent's view, up to a few
         hundred for the 3D view with a large surface) and a frame goes out only after the renders queued with
         it, so the view the clinician is clicking in would otherwise wait for all of them."""
         others = [
@@ -184,10 +184,10 @@ class WebScene:
         finally:
 
             def follow() -> None:
+                if then is not None:  # the panel's state goes out before the other views take the CPU
+                    then()
                 for view in others:
                     view.set_render_blocked(False)  # which renders them
-                if then is not None:
-                    then()
 
             asyncio.get_running_loop().call_later(OTHER_VIEWS_AFTER_S, follow)
 
