@@ -27,6 +27,7 @@ VIEW_NAMES = {"Red": "Red (axial)", "Yellow": "Yellow (sagittal)", "Green": "Gre
 REFIT_S = 5.0
 # The other views render this long after the agent's: its frame (rendered, encoded, sent) goes first.
 OTHER_VIEWS_AFTER_S = 0.15
+PANEL_AFTER_S = 0.1  # the panel's state, after the agent's frame has gone out and before the other views
 READABLE = "The web app opens NIfTI (.nii, .nii.gz), NRRD, MHA/MHD and DICOM series."
 
 
@@ -169,7 +170,7 @@ class WebScene:
     @contextmanager
     def view_first(self, view_name: str, then: Callable[[], None] | None = None) -> Iterator[None]:
         """Scene changes made in the block reach the other views a moment after this one, and ``then`` is
-        called just before them. One core renders every view in turn (15-30 ms for the agent's view, up to a few
+        called between the two. One core renders every view in turn (15-30 ms for the agent's view, up to a few
         hundred for the 3D view with a large surface) and a frame goes out only after the renders queued with
         it, so the view the clinician is clicking in would otherwise wait for all of them."""
         others = [
@@ -184,12 +185,13 @@ class WebScene:
         finally:
 
             def follow() -> None:
-                if then is not None:  # the panel's state goes out before the other views take the CPU
-                    then()
                 for view in others:
                     view.set_render_blocked(False)  # which renders them
 
-            asyncio.get_running_loop().call_later(OTHER_VIEWS_AFTER_S, follow)
+            loop = asyncio.get_running_loop()
+            if then is not None:  # the panel's state goes out before the other views take the CPU
+                loop.call_later(PANEL_AFTER_S, then)
+            loop.call_later(OTHER_VIEWS_AFTER_S, follow)
 
     def fit_3d_views(self) -> None:
         for view in self.app.view_manager.get_threed_views():
