@@ -61,7 +61,7 @@ class ServerProcess:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def read_log(self) -> str:
-        return self.log_path.read_text() if self.log_path else ""
+        return self.log_path.read_text(encoding="utf-8") if self.log_path else ""
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from IBISAgentLib.agent.trace import SCHEMA_PATH
 
-SCHEMA = json.loads(SCHEMA_PATH.read_text())
+SCHEMA = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 def ibisagent(*args, cwd=None, env=None):
@@ -62,7 +62,7 @@ def test_segment_with_replay_and_tiny_medsam2(tmp_path, tiny_models):
     assert "Traceback" not in result.stderr
     mask = np.asarray(Image.open(tmp_path / "mask.png"))
     assert mask.shape == (128, 128) and set(np.unique(mask)) <= {0, 255}
-    trace = json.loads((tmp_path / "trace.json").read_text())
+    trace = json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))
     jsonschema.validate(trace, SCHEMA)
     assert trace["stop_reason"] == "terminate" and trace["answer"] == "Vertebral body outlined."
     assert [s["pixel"] for s in trace["steps"]] == [[58, 29], [102, 26], None]
@@ -88,7 +88,7 @@ def test_segment_with_the_tiny_qwen_runs_the_real_generation_path(tmp_path, tiny
     assert result.returncode == 0, result.stderr
     steps = [json.loads(line) for line in result.stdout.splitlines()]
     assert steps and all(step["source"] == "agent" and step["raw"] is not None for step in steps)
-    trace = json.loads((tmp_path / "ct_thoracic_vertebra_trace.json").read_text())
+    trace = json.loads((tmp_path / "ct_thoracic_vertebra_trace.json").read_text(encoding="utf-8"))
     jsonschema.validate(trace, SCHEMA)
     assert trace["steps"] == steps
     assert trace["models"]["policy"].startswith("Qwen2.5-VL")
@@ -141,7 +141,7 @@ def test_demo_falls_back_loudly_to_tiny_models(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "RELEASED WEIGHTS NOT AVAILABLE" in result.stderr and "MEANINGLESS" in result.stderr
     assert "hf download manglu3935/IBIS" in result.stderr
-    trace = json.loads((tmp_path / "demo" / "trace.json").read_text())
+    trace = json.loads((tmp_path / "demo" / "trace.json").read_text(encoding="utf-8"))
     jsonschema.validate(trace, SCHEMA)
     assert trace["instruction"] == "segment the vertebral body"
     assert (tmp_path / "demo" / "mask.png").is_file()
@@ -158,7 +158,7 @@ def test_scripted_corrections_after_the_agent(tmp_path, tiny_models):
     base = ["segment", SAMPLE, "--prompt", "x", "--mllm", replay_file(tmp_path, outputs), "--sam2", tiny_models[1]]
     result = ibisagent(*base, "--click", "100,20,-", "--click", "10,10", "--trace", tmp_path / "t.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    steps = json.loads((tmp_path / "t.json").read_text())["steps"]
+    steps = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))["steps"]
     assert [(s["source"], s["pixel"], s["action"]["kind"]) for s in steps[2:]] == [
         ("user", [100, 20], "negative"),
         ("user", [10, 10], "positive"),

@@ -37,7 +37,7 @@ def test_segment_a_coronal_slice_of_a_real_mr(tmp_path, tiny_models, mri):
     labels = sitk.GetArrayFromImage(mask)
     assert labels[:, 30, :].any() and labels.sum() == labels[:, 30, :].sum()  # only on the coronal plane j = 30
 
-    trace = json.loads((tmp_path / "trace.json").read_text())
+    trace = json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))
     assert trace["slice"]["axis"] == "coronal" and trace["slice"]["index"] == 30
     assert trace["slice"]["window"].startswith("percentile")
     geometry = SliceGeometry.of(volume, "coronal", 30)
@@ -64,7 +64,7 @@ def test_propagate_through_a_range_of_a_ct(tmp_path, tiny_models):
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "bone.nii.gz")))
     assert labels.shape == (7, 40, 48)
     assert [bool(labels[k].any()) for k in range(7)] == [False, False, True, True, True, True, False]
-    trace = json.loads((tmp_path / "trace.json").read_text())
+    trace = json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))
     assert trace["slice"]["window"].startswith("abdomen")
     import jsonschema
 

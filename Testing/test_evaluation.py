@@ -24,7 +24,7 @@ from IBISAgentLib.training.evaluation import volume_overlap
 def manifest(tmp_path_factory):
     """The real MNI manifest, its three slices each asked twice more on other slices (nine samples)."""
     path = mni_tissue_dataset(tmp_path_factory.mktemp("mni"))
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     more = [
         row
         | {"id": f"{row['id']}-{offset}", "slice": f"{row['slice'].split(':')[0]}:{int(row['slice'][-3:]) + offset}"}
@@ -60,7 +60,7 @@ class DeterministicModel:
 
 
 def _rows(report_dir):
-    rows = [json.loads(line) for line in (report_dir / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (report_dir / "results.jsonl").read_text(encoding="utf-8").splitlines()]
     return {row["id"]: {k: v for k, v in row.items() if k != "seconds"} for row in rows}
 
 
@@ -79,14 +79,14 @@ def test_workers_give_the_results_of_one_worker_and_resume(manifest, tmp_path):
         assert _rows(tmp_path / "four") == expected
 
         results = tmp_path / "four" / "results.jsonl"
-        kept = results.read_text().splitlines()[:5]
+        kept = results.read_text(encoding="utf-8").splitlines()[:5]
         results.write_text("".join(line + "\n" for line in kept))
         again = ibisagent("eval", *common, "--mllm", server.url, "--workers", "4", "--report", tmp_path / "four")
         assert again.returncode == 0, again.stderr
-        lines = results.read_text().splitlines()
+        lines = results.read_text(encoding="utf-8").splitlines()
         assert lines[:5] == kept and len(lines) == 9  # resumed: finished rows kept, only the missing ones run
         assert _rows(tmp_path / "four") == expected
-    report = json.loads((tmp_path / "four" / "report.json").read_text())
+    report = json.loads((tmp_path / "four" / "report.json").read_text(encoding="utf-8"))
     assert [row["id"] for row in report["samples"]] == [json.loads(line)["id"] for line in manifest.open()]
 
 
@@ -114,7 +114,7 @@ def test_volume_evaluation_reports_the_propagated_mask(manifest, tiny_models, tm
     result = ibisagent(*common, "--propagate", "--propagator", tiny_models[1], "--max-turns", "3")
     assert result.returncode == 0, result.stderr
     assert "volumes: 3D Dice" in result.stdout
-    row = json.loads((tmp_path / "r" / "results.jsonl").read_text())
+    row = json.loads((tmp_path / "r" / "results.jsonl").read_text(encoding="utf-8"))
 
     sample = load_sample(read_manifest(single)[0], keep_volume=True)
     session = AgentSession(sample.image, f"Segment the {sample.target}.", OraclePolicy(sample.ground_truth),
@@ -126,7 +126,7 @@ def test_volume_evaluation_reports_the_propagated_mask(manifest, tiny_models, tm
     expected = volume_overlap(sample.volume_truth, volume.mask, sample.case.image)
     assert row["volume_dice"] == pytest.approx(expected["volume_dice"])
     assert row["hd95_mm"] == pytest.approx(expected["hd95_mm"])
-    markdown = (tmp_path / "r" / "report.md").read_text()
+    markdown = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
     assert "| 3D Dice | HD95 (mm) |" in markdown and f"{row['volume_dice']:.4f}" in markdown
 
 
@@ -143,10 +143,10 @@ def test_volume_evaluation_with_the_check_and_the_search(manifest, tmp_path):
                        "--check", "--search", "--report", tmp_path / "r")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "after the check 3D Dice" in result.stdout and "key-slice hit rate 1.00" in result.stdout
-    row = json.loads((tmp_path / "r" / "results.jsonl").read_text())
+    row = json.loads((tmp_path / "r" / "results.jsonl").read_text(encoding="utf-8"))
     assert row["key_slice_hit"] is True and 0 <= row["key_slice"] < 20
     assert 0 < row["volume_dice"] <= 1 and 0 < row["volume_dice_checked"] <= 1 and row["checks"] >= 0
-    markdown = (tmp_path / "r" / "report.md").read_text()
+    markdown = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
     assert "3D Dice, checked" in markdown and "key-slice hits" in markdown
 
 

@@ -111,7 +111,7 @@ def test_episodes_have_several_turns_and_the_model_samples_the_later_ones(run):
 def test_each_turn_is_trained_with_its_own_episodes_advantage(run):
     scripted, out = run
     weights = EpisodeWeights(1.0, 0.5)
-    logged = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (out / "episodes.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(logged) == 2 * GROUP
     for step, (episodes, scored) in enumerate(scripted.batches):
         terms = [[turn.terms for turn in episode] for episode in episodes]
@@ -132,7 +132,7 @@ def test_each_turn_is_trained_with_its_own_episodes_advantage(run):
 
 def test_each_turn_saw_the_overlay_of_its_own_episodes_earlier_clicks(run, samples):
     scripted, out = run
-    logged = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (out / "episodes.jsonl").read_text(encoding="utf-8").splitlines()]
     shown = {(step, episode, turn): image for step, episode, turn, image in scripted.seen}
     tool, changed = RandomWalkerTool(), 0
     for step in range(2):
@@ -177,7 +177,7 @@ def test_train_grpo_from_the_command_line(starts, tiny_models, tmp_path):
     result = ibisagent(*common, "--model", tiny_models[0], "--out", tmp_path, "--max-steps", "1", "--group", "2")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "adapter_model.safetensors").is_file()
-    logged = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(logged) == 2 and {record["trace"]["stop_reason"] for record in logged} <= {"unparseable", "max_turns"}
 
     merged = ibisagent("train", "merge", tmp_path, "--out", tmp_path / "merged")

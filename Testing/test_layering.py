@@ -48,7 +48,7 @@ def test_importing_the_library_loads_no_heavy_or_ui_module():
 
 def test_the_library_never_imports_slicer_qt_or_the_server():
     pattern = re.compile(r"^\s*(import|from)\s+(slicer|qt|ctk|vtk|backend_server|IBISAgentMRML)\b", re.MULTILINE)
-    offenders = [str(p) for p in (REPO / "IBISAgentLib").rglob("*.py") if pattern.search(p.read_text())]
+    offenders = [str(p) for p in (REPO / "IBISAgentLib").rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
 
 
@@ -70,7 +70,7 @@ def test_the_mrml_adapter_uses_only_what_desktop_slicer_and_slicer_core_share():
         re.MULTILINE,
     )
     files = list((REPO / "IBISAgentMRML").rglob("*.py"))
-    assert files and [str(p) for p in files if forbidden.search(p.read_text())] == []
+    assert files and [str(p) for p in files if forbidden.search(p.read_text(encoding="utf-8"))] == []
 
 
 def test_the_desktop_skin_holds_no_workflow_of_its_own():
@@ -78,4 +78,4 @@ def test_the_desktop_skin_holds_no_workflow_of_its_own():
     skin = [REPO / "IBISAgent" / "IBISAgent.py", *(REPO / "IBISAgent" / "IBISAgentDesktop").glob("*.py"),
             *(REPO / "SegmentEditorIBISAgent").rglob("*.py")]  # fmt: skip
     workflow = re.compile(r"threading\.Thread|\.open_session\(|\.add_click\(|snapshot|InteractionController")
-    assert [str(p) for p in skin if workflow.search(p.read_text())] == []
+    assert [str(p) for p in skin if workflow.search(p.read_text(encoding="utf-8"))] == []

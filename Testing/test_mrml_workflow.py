@@ -228,7 +228,7 @@ def test_the_scene_bundle_holds_volume_segment_clicks_and_trace(tmp_path, tiny_m
         np.testing.assert_allclose(where, step.ras, atol=1e-5)
         assert color == pytest.approx(COLORS[(step.source, step.action.kind == "positive")])
     assert json.loads(scene.GetFirstNodeByName(TRACE_NODE_NAME).GetText()) == json.loads(
-        (tmp_path / "trace.json").read_text()
+        (tmp_path / "trace.json").read_text(encoding="utf-8")
     )
     headless.scene.Clear(True)
 

@@ -392,7 +392,7 @@ def test_server_killed_after_three_steps_leaves_mask_trace_and_exit_1(tmp_path, 
     steps = [json.loads(line) for line in lines]
     assert cli.returncode == 1, err
     assert "Traceback" not in err and "the run failed" in err
-    trace = json.loads((tmp_path / "trace.json").read_text())
+    trace = json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))
     jsonschema.validate(trace, SCHEMA)
     assert trace["stop_reason"] == "error" and "what the client received" in trace["error"]
     assert trace["steps"][:3] == steps and len(trace["steps"]) >= 3
@@ -415,7 +415,7 @@ def test_a_full_queue_is_waited_out_as_retry_after_says(tmp_path, tiny_models, s
             runner.join(timeout=60)
     assert cli.returncode == 0, err
     assert "the server is busy; trying again in 2 s" in err
-    assert len(json.loads((tmp_path / "trace.json").read_text())["steps"]) == 2
+    assert len(json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))["steps"]) == 2
 
 
 def test_a_run_that_cannot_start_still_writes_what_the_user_had(tmp_path, tiny_models):
@@ -429,7 +429,7 @@ def test_a_run_that_cannot_start_still_writes_what_the_user_had(tmp_path, tiny_m
         _, err = cli.communicate(timeout=120)
         held.close()
     assert cli.returncode == 1 and "limit of 1 sessions" in err and "Traceback" not in err
-    trace = json.loads((tmp_path / "trace.json").read_text())
+    trace = json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))
     jsonschema.validate(trace, SCHEMA)
     assert trace["stop_reason"] == "error" and trace["steps"] == [] and "limit of 1 sessions" in trace["error"]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")) > 0, initial > 0)

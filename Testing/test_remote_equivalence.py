@@ -35,7 +35,7 @@ def server(tiny_models, replay):
 
 
 def comparable(trace_path):
-    trace = json.loads(trace_path.read_text())
+    trace = json.loads(trace_path.read_text(encoding="utf-8"))
     for step in trace["steps"] + trace["undone"]:
         step.pop("timings_ms")
     trace.pop("models")

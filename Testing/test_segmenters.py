@@ -155,7 +155,7 @@ def test_the_command_line_runs_sam2_hiera_large_at_1024_px(tmp_path):
         "--sam2", checkpoint, "--sam2-variant", "sam2-hiera-l", "--trace", tmp_path / "trace.json", cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    models = json.loads((tmp_path / "trace.json").read_text())["models"]
+    models = json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))["models"]
     assert models["tool"].startswith("SAM 2 hiera-l") and models["tool_image_size"] == "1024"
 
 
@@ -169,7 +169,7 @@ def test_the_command_line_propagates_with_a_medsam2_propagator(tmp_path, checkpo
         "--trace", tmp_path / "trace.json",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    models = json.loads((tmp_path / "trace.json").read_text())["models"]
+    models = json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))["models"]
     assert models["tool_variant"] == "sam2-hiera-t" and models["propagator_variant"] == "medsam2"
 
 

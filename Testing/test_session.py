@@ -227,7 +227,7 @@ def test_trace_schema_and_round_trip(sample_image, medsam2_tool):
     session.add_click(5, 6, positive=True)
     session.undo()
     data = json.loads(session.trace().to_json())
-    jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text()))
+    jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
     assert Trace.from_dict(data).to_dict() == data
     for step in data["steps"]:
         assert set(step["timings_ms"]) == {"policy", "tool", "loop"}

@@ -28,11 +28,13 @@ def synthesized(manifest, tmp_path_factory):
 def test_sft_records_load_in_llamafactory_and_trl_layouts(synthesized):
     from datasets import load_dataset
 
-    traces = [json.loads(line) for line in (synthesized / "trajectories.jsonl").read_text().splitlines()]
+    traces = [
+        json.loads(line) for line in (synthesized / "trajectories.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     agent_turns = sum(1 for t in traces for s in t["steps"] if s["source"] == "agent")
-    llama = json.loads((synthesized / "sft_llamafactory.json").read_text())
+    llama = json.loads((synthesized / "sft_llamafactory.json").read_text(encoding="utf-8"))
     assert len(llama) == agent_turns
-    info = json.loads((synthesized / "dataset_info.json").read_text())["ibisagent_sft"]
+    info = json.loads((synthesized / "dataset_info.json").read_text(encoding="utf-8"))["ibisagent_sft"]
     assert info["formatting"] == "sharegpt" and (synthesized / info["file_name"]).is_file()
     for record in llama:
         system, user, assistant = record["messages"]
@@ -67,7 +69,7 @@ def test_teacher_writes_the_reasoning(manifest, tmp_path):
             "synth", "--dataset", manifest, "--out", tmp_path, "--tool", "classical", "--teacher", teacher.url
         )
         assert result.returncode == 0, result.stderr
-    first = json.loads((tmp_path / "sft_llamafactory.json").read_text())[0]["messages"][2]["content"]
+    first = json.loads((tmp_path / "sft_llamafactory.json").read_text(encoding="utf-8"))[0]["messages"][2]["content"]
     assert first.startswith("<think>Reasoning from the teacher.</think><action>")
     parts = teacher.requests[0]["messages"][1]["content"]
     assert [p["type"] for p in parts] == ["image_url", "image_url", "text"]
@@ -76,15 +78,19 @@ def test_teacher_writes_the_reasoning(manifest, tmp_path):
 def test_evaluation_of_oracle_and_classical_tool_on_real_mr(manifest, tmp_path):
     result = ibisagent("eval", "--dataset", manifest, "--policy", "oracle", "--tool", "classical", "--report", tmp_path)
     assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     summary = report["summary"]
     # Measured: Dice 0.85 / 0.80 / 0.74 on the three slices (random walker with up to 20 oracle clicks).
     assert summary["samples"] == 3 and summary["dice"] >= 0.75
-    assert set(report["per_modality"]) == {"MR"} and "| **overall** | 3 |" in (tmp_path / "report.md").read_text()
+    assert set(report["per_modality"]) == {"MR"} and "| **overall** | 3 |" in (tmp_path / "report.md").read_text(
+        encoding="utf-8"
+    )
     assert all(1 <= row["noc85"] <= 20 and row["noc85"] <= row["noc90"] for row in report["samples"])
-    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    lines = (tmp_path / "results.jsonl").read_text(encoding="utf-8").splitlines()
     again = ibisagent("eval", "--dataset", manifest, "--policy", "oracle", "--tool", "classical", "--report", tmp_path)
-    assert again.returncode == 0 and (tmp_path / "results.jsonl").read_text().splitlines() == lines  # resumed
+    assert (
+        again.returncode == 0 and (tmp_path / "results.jsonl").read_text(encoding="utf-8").splitlines() == lines
+    )  # resumed
 
 
 def test_bad_manifests_exit_2(tmp_path):
@@ -103,4 +109,4 @@ def test_sft_recipe_trains_lora_on_the_language_model_only(synthesized, tiny_mod
     out = train(synthesized, tiny_models[0], tmp_path / "run", max_steps=2)
     weights = load_file(str(out / "adapter_model.safetensors"))
     assert weights and all("language_model" in name and "lora_" in name for name in weights)
-    assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
+    assert json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))["r"] == 8

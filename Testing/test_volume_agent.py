@@ -70,7 +70,7 @@ def test_an_absent_target_ends_with_an_empty_mask_and_says_where_it_looked(tmp_p
     result = ibisagent("segment", volume, "--prompt", "segment the spleen", "--slice", "auto", "--propagate",
                        "--mllm", oracle, "--segmenter", "classical", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    trace = json.loads((tmp_path / "phantom_trace.json").read_text())
+    trace = json.loads((tmp_path / "phantom_trace.json").read_text(encoding="utf-8"))
     jsonschema.validate(trace, SCHEMA)
     looked = [r["index"] for r in trace["search"]]
     assert trace["search"] and all(r["verdict"] == "absent" for r in trace["search"])
@@ -84,7 +84,7 @@ def test_slice_auto_propagate_check_end_to_end(tmp_path):
                        "--mllm", f"oracle:{reference}", "--segmenter", "classical", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "search: key slice axial" in result.stdout and "check:" in result.stdout
-    trace = json.loads((tmp_path / "phantom_trace.json").read_text())
+    trace = json.loads((tmp_path / "phantom_trace.json").read_text(encoding="utf-8"))
     jsonschema.validate(trace, SCHEMA)
     assert trace["version"] == 2
     areas = lesion.sum(axis=(1, 2))
@@ -242,7 +242,7 @@ def test_search_and_check_run_on_the_server_too(tmp_path):
                       *arguments, "--trace", tmp_path / "local.json", "--out", tmp_path / "local.nii.gz",
                       cwd=tmp_path)  # fmt: skip
     assert local.returncode == 0, local.stderr
-    traces = [json.loads((tmp_path / f"{name}.json").read_text()) for name in ("remote", "local")]
+    traces = [json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8")) for name in ("remote", "local")]
     for trace in traces:
         jsonschema.validate(trace, SCHEMA)
     assert traces[0]["search"] == traces[1]["search"]
@@ -264,7 +264,7 @@ def test_the_review_scene_marks_the_checked_slices(tmp_path):
                        "--mllm", f"oracle:{reference}", "--segmenter", "classical", "--scene", tmp_path / "review.mrb",
                        cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    trace = json.loads((tmp_path / "phantom_trace.json").read_text())
+    trace = json.loads((tmp_path / "phantom_trace.json").read_text(encoding="utf-8"))
     headless = new_scene(tmp_path / "cache")
     load_mrb(headless.scene, tmp_path / "review.mrb")
     node = headless.scene.GetFirstNodeByName(CHECKED_NODE_NAME)

@@ -74,7 +74,7 @@ def start_server(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tu
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line and process.poll() is not None:
-            raise RuntimeError(f"the server stopped: {(cwd / 'server.log').read_text()[-2000:]}")
+            raise RuntimeError(f"the server stopped: {(cwd / 'server.log').read_text(encoding='utf-8')[-2000:]}")
         match = re.search(r"IBISAgent web app: open (http://127\.0\.0\.1:\d+/)", line)
         if match:
             return process, match.group(1)
@@ -292,7 +292,7 @@ def test_run_correct_undo_propagate_save(data, page, tmp_path):
         assert int(mask.sum()) == voxels > 0
         assert all(mask[k].any() for k in range(index - 2, index + 3))
         assert not mask[: index - 2].any() and not mask[index + 3 :].any()
-        trace = json.loads((out / f"{stem}_trace.json").read_text())
+        trace = json.loads((out / f"{stem}_trace.json").read_text(encoding="utf-8"))
         assert [s["source"] for s in trace["steps"]] == ["agent", "agent", "agent"]
         assert trace["steps"][-1]["mask_area"] == after_run
         assert int(mask[index].sum()) == after_run  # propagation keeps the agent's slice as the session left it
@@ -746,7 +746,7 @@ def test_views_say_their_slice_the_window_is_the_agents_and_refusals_lose_nothin
 
         page.get_by_role("button", name="Save").click()
         expect(page.get_by_text(re.compile(r"Saved \d files"))).to_be_visible()
-        trace = json.loads((out / "segment_the_white_matter_trace.json").read_text())
+        trace = json.loads((out / "segment_the_white_matter_trace.json").read_text(encoding="utf-8"))
         assert trace["slice"] == {"axis": "axial", "index": 12, "window": "brain (level 40, width 80)"}
 
         # The slider moves the view: its caption follows; a reload finds the view, log and markers as they were.

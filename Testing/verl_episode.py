@@ -110,7 +110,7 @@ async def launch(overrides_file: str) -> dict:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    overrides = Path(overrides_file).read_text().splitlines()
+    overrides = Path(overrides_file).read_text(encoding="utf-8").splitlines()
     with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer/config"), version_base=None):
         settings = compose(config_name="ppo_trainer", overrides=overrides)
     reference, critic = need_reference_policy(settings), need_critic(settings)
@@ -141,5 +141,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "--launch":
         print(json.dumps(asyncio.run(launch(sys.argv[2]))))
     else:
-        model, parquet, texts = sys.argv[1], sys.argv[2], json.loads(Path(sys.argv[3]).read_text())
+        model, parquet, texts = sys.argv[1], sys.argv[2], json.loads(Path(sys.argv[3]).read_text(encoding="utf-8"))
         print(json.dumps(asyncio.run(episode(model, parquet, texts))))

@@ -25,7 +25,7 @@ def canonical(name: str) -> str:
 def pins(locks: list[Path]) -> set[tuple[str, str]]:
     found = set()
     for lock in locks:
-        for line in lock.read_text().splitlines():
+        for line in lock.read_text(encoding="utf-8").splitlines():
             match = PIN.match(line)
             if match:
                 found.add((canonical(match.group(1)), match.group(2)))
