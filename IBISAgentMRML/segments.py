@@ -354,34 +354,43 @@ def write_region(
     segmentation_node: Any, segment_id: str, grid: np.ndarray, extent: list[int], values: np.ndarray
 ) -> None:
     """The segment becomes ``values`` ((k, j, i) bool) over a VTK ``extent`` of ``grid`` (its labelmaps' IJK to
-    the segmentation's frame), exactly: no masking, no other segment cleared (one it overlaps moves to a layer
-    of its own, as Slicer does). For putting back what an edit changed. Removed voxels are cleared in the
-    stored labelmap itself; added ones go in through Slicer's merge, with a modifier no larger than they are.
-    The caller announces the change (the node's Modified) once it has written every segment."""
+    the segmentation's frame), exactly and in its stored labelmap itself (grown to the extent where needed):
+    no masking, no resampling. For putting back what an edit changed: a voxel it takes from another segment of
+    the same layer is one that segment took from it in the edit, and is put back too. The caller announces the
+    change (the node's Modified) once it has written every segment."""
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     layer = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
     if segment is None or layer is None:
         raise AdapterError(f"The segment '{segment_id}' has no binary labelmap.")
     label = segment.GetLabelValue()
     values = np.asarray(values, dtype=bool)
-    current = np.zeros(values.shape, dtype=bool)
-    if not is_empty(layer.GetExtent()):
-        if not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(layer, _oriented(grid, extent)):
-            raise AdapterError(f"The segment '{segment_id}' is no longer on the grid it was edited on.")
-        current = layer_mask(layer, label, extent)
-    remove, add = current & ~values, values & ~current
-    if remove.any():
-        stored = list(layer.GetExtent())
-        common = _intersection(extent, stored)
-        voxels = _array(layer)[extent_index(common, stored)]  # a view of the labelmap's own memory
-        voxels[remove[extent_index(common, extent)] & (voxels == label)] = 0
-        layer.Modified()
-    if add.any():
-        modifier = _cropped(grid, add, extent)
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        if not logic.SetBinaryLabelmapToSegment(modifier, segmentation_node, segment_id, logic.MODE_MERGE_MAX,
-                                                modifier.GetExtent()):  # fmt: skip
-            raise AdapterError(f"Could not write the segment '{segment_id}'.")
+    stored = list(layer.GetExtent())
+    has_voxels = not is_empty(stored) and layer.GetPointData().GetScalars() is not None
+    if has_voxels and not slicer.vtkOrientedImageDataResample.DoGeometriesMatch(layer, _oriented(grid, extent)):
+        raise AdapterError(f"The segment '{segment_id}' is no longer on the grid it was edited on.")
+    if not has_voxels or _intersection(extent, stored) != extent:
+        stored = _grow(layer, grid, stored if has_voxels else None, extent)
+    voxels = _array(layer)[extent_index(extent, stored)]  # a view of the labelmap's own memory
+    voxels[~values & (voxels == label)] = 0
+    voxels[values] = label
+    layer.Modified()
+
+
+def _grow(layer: Any, grid: np.ndarray, stored: list[int] | None, extent: list[int]) -> list[int]:
+    """The layer's labelmap over its extent and ``extent`` together, what it held kept; its new extent."""
+    union = (
+        extent
+        if stored is None
+        else [min(a, b) if n % 2 == 0 else max(a, b) for n, (a, b) in enumerate(zip(stored, extent, strict=True))]
+    )
+    dtype = _array(layer).dtype if stored is not None else np.uint8
+    grown = np.zeros(_extent_shape(union), dtype=dtype)
+    if stored is not None:
+        grown[extent_index(stored, union)] = _array(layer)
+    layer.SetExtent(*union)
+    layer.SetGeometryFromImageToWorldMatrix(slicer.util.vtkMatrixFromArray(grid))
+    layer.GetPointData().SetScalars(numpy_support.numpy_to_vtk(grown.ravel(), deep=True))
+    return union
 
 
 class MRMLSegment:

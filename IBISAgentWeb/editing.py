@@ -124,6 +124,7 @@ class EditHistory:
     def session_started(self) -> None:
         """A session opened on what the segment holds now: edits older than this are not its to take back."""
         self._session_base = self.stack.latest()
+        self.stack.set_clean()  # the stack merges no later edit into that command (a rename into a rename)
 
     def session_closed(self) -> None:
         self._pending.clear()
@@ -232,6 +233,8 @@ class EditHistory:
             return
         if name not in TOOLS:
             raise ValueError(f"There is no tool '{name}'.")
+        if scissors not in SCISSORS_MODES:
+            raise ValueError(f"Scissors cannot '{scissors}': erase or fill, inside or outside.")
         if self.driver.state.busy:
             raise ValueError("Wait for the agent or press Cancel before editing by hand.")
         self._select(segment_id)

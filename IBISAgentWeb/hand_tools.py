@@ -227,7 +227,7 @@ def _brush_mm(value: Any) -> float:
     """The brush's width: a number of millimetres, over 0 and at most MAX_BRUSH_MM."""
     try:
         brush = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"'{value}' is not a brush width in millimetres.") from None
     if not 0 < brush <= MAX_BRUSH_MM:
         raise ValueError(f"The brush is {value} mm wide: give a width over 0 and up to {MAX_BRUSH_MM:g} mm.")
@@ -237,7 +237,7 @@ def _brush_mm(value: Any) -> float:
 def _opacity(value: Any) -> float:
     try:
         opacity = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"'{value}' is not an opacity (0 to 1).") from None
     if not 0.0 <= opacity <= 1.0:  # NaN fails too
         raise ValueError(f"The opacity is {value}: give a number from 0 to 1.")

@@ -145,6 +145,35 @@ def test_a_stroke_is_kept_as_the_voxels_it_changed_and_undone_exactly(page):
     assert not page.history.stack.can_undo()
 
 
+def test_undo_puts_back_each_segment_of_a_shared_layer_exactly(page):
+    """Strokes on the second segment (its label in the shared layer is not 1), a stroke of the target over it
+    (the editor overwrites other segments), undone one by one: every segment as it was, voxel for voxel."""
+    states = [(voxels(page), voxels(page, page.other))]
+    stroke(page, "paint", (20, 20, 6), segment_id=page.other, mm=8.0)
+    states.append((voxels(page), voxels(page, page.other)))
+    stroke(page, "erase", (20, 20, 6), segment_id=page.other, mm=3.0)
+    states.append((voxels(page), voxels(page, page.other)))
+    stroke(page, "paint", (23, 20, 6), mm=4.0)  # the target over part of the other
+    assert voxels(page, page.other).sum() < states[-1][1].sum(), "the stroke took nothing from the other segment"
+    for target, other in reversed(states):
+        page.history.undo()
+        np.testing.assert_array_equal(voxels(page), target)
+        np.testing.assert_array_equal(voxels(page, page.other), other)
+
+
+def test_an_edit_after_the_session_started_is_not_merged_into_an_older_one(page):
+    """The editor merges a rename into the rename before it; not across the start of a session."""
+    properties = page.editor.get_segment_properties(page.target)
+    properties.name = "first name"
+    page.editor.set_segment_properties(page.target, properties)
+    page.start(None)
+    properties.name = "second name"
+    page.editor.set_segment_properties(page.target, properties)
+    page.history.undo()  # the second rename: newer than the session, which stays
+    assert page.driver.has_session
+    assert page.editor.get_segment_properties(page.target).name == "first name"
+
+
 def test_islands_acts_on_the_target_whichever_segment_the_editor_had(page):
     stroke(page, "paint", (10, 10, 6), mm=6.0)
     stroke(page, "paint", (35, 40, 6), mm=3.0)
