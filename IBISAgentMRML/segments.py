@@ -109,6 +109,13 @@ def is_empty(extent: list[int] | tuple[int, ...]) -> bool:
     return extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5]
 
 
+def extent_union(a: list[int], b: list[int]) -> list[int] | None:
+    """The smallest extent holding both (an empty one holds nothing); None when both are empty."""
+    if is_empty(a) or is_empty(b):
+        return None if is_empty(a) and is_empty(b) else (b if is_empty(a) else a)
+    return [min(x, y) if n % 2 == 0 else max(x, y) for n, (x, y) in enumerate(zip(a, b, strict=True))]
+
+
 def plane_array(segmentation_node: Any, segment_id: str, volume_node: Any, normal_axis: int, index: int) -> np.ndarray:
     """One voxel plane of a segment on the volume's grid, (k, j, i) bool one voxel thick along the normal.
     Where the segment's labelmap lies on the volume's grid (the usual case) this reads the stored labelmap
@@ -378,11 +385,7 @@ def write_region(
 
 def _grow(layer: Any, grid: np.ndarray, stored: list[int] | None, extent: list[int]) -> list[int]:
     """The layer's labelmap over its extent and ``extent`` together, what it held kept; its new extent."""
-    union = (
-        extent
-        if stored is None
-        else [min(a, b) if n % 2 == 0 else max(a, b) for n, (a, b) in enumerate(zip(stored, extent, strict=True))]
-    )
+    union = extent if stored is None else extent_union(stored, extent)
     dtype = _array(layer).dtype if stored is not None else np.uint8
     grown = np.zeros(_extent_shape(union), dtype=dtype)
     if stored is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from trame_slicer.utils import hex_to_rgb_float, rgb_float_to_hex
 
+from IBISAgentMRML import whole_number
 from IBISAgentMRML.segments import segment_voxels
 
 from .bridge import DriverBridge
@@ -214,10 +215,7 @@ class HandTools:
 
 def _count(value: Any) -> int:
     """The smallest part Remove small parts keeps: a whole number of voxels, 1 to MAX_ISLAND."""
-    try:
-        count = int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"'{value}' is not a whole number (the smallest part to keep, in voxels).") from None
+    count = whole_number(value, "the smallest part to keep, in voxels")
     if not 1 <= count <= MAX_ISLAND:
         raise ValueError(f"The smallest part to keep is {value} voxels: give 1 to {MAX_ISLAND:,}.")
     return count
@@ -225,23 +223,24 @@ def _count(value: Any) -> int:
 
 def _brush_mm(value: Any) -> float:
     """The brush's width: a number of millimetres, over 0 and at most MAX_BRUSH_MM."""
-    try:
-        brush = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"'{value}' is not a brush width in millimetres.") from None
+    brush = _number(value, "a brush width in millimetres")
     if not 0 < brush <= MAX_BRUSH_MM:
         raise ValueError(f"The brush is {value} mm wide: give a width over 0 and up to {MAX_BRUSH_MM:g} mm.")
     return brush
 
 
 def _opacity(value: Any) -> float:
-    try:
-        opacity = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"'{value}' is not an opacity (0 to 1).") from None
+    opacity = _number(value, "an opacity (0 to 1)")
     if not 0.0 <= opacity <= 1.0:  # NaN fails too
         raise ValueError(f"The opacity is {value}: give a number from 0 to 1.")
     return opacity
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"'{value}' is not {what}.") from None
 
 
 def _colour(value: Any) -> str:

@@ -18,7 +18,7 @@ import vtk
 from trame_slicer.segmentation.segmentation_undo_command import SegmentationLabelMapUndoCommand
 from undo_stack import UndoCommand
 
-from IBISAgentMRML.segments import bounding_extent, extent_index, is_empty, layer_mask, write_region
+from IBISAgentMRML.segments import bounding_extent, extent_index, extent_union, is_empty, layer_mask, write_region
 
 LABELMAP = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
 
@@ -84,7 +84,7 @@ def compact(command: SegmentationLabelMapUndoCommand) -> LabelmapEdit | None:
     for segment_id in ids:
         old, new = before.GetSegment(segment_id), after.GetSegment(segment_id)
         old_map, new_map = old.GetRepresentation(LABELMAP), new.GetRepresentation(LABELMAP)
-        extent = _union(list(old_map.GetExtent()), list(new_map.GetExtent()))
+        extent = extent_union(list(old_map.GetExtent()), list(new_map.GetExtent()))
         if extent is None:
             continue  # empty before and after
         was = layer_mask(old_map, old.GetLabelValue(), extent)
@@ -108,12 +108,3 @@ def _grid(*segmentations: Any) -> np.ndarray | None:
     matrix = vtk.vtkMatrix4x4()
     layers[0].GetImageToWorldMatrix(matrix)
     return slicer.util.arrayFromVTKMatrix(matrix)
-
-
-def _union(a: list[int], b: list[int]) -> list[int] | None:
-    empty = [is_empty(e) for e in (a, b)]
-    if all(empty):
-        return None
-    if any(empty):
-        return a if empty[1] else b
-    return [min(x, y) if n % 2 == 0 else max(x, y) for n, (x, y) in enumerate(zip(a, b, strict=True))]
