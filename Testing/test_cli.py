@@ -22,6 +22,7 @@ def ibisagent(*args, cwd=None, env=None):
         [sys.executable, "-m", "IBISAgentLib", *map(str, args)],
         capture_output=True,
         text=True,
+        encoding="utf-8",  # what the child writes (once slicer-core is imported here, the locale says ASCII)
         cwd=cwd,
         env=environment,
         timeout=600,

@@ -35,18 +35,20 @@ def mni_crop(size: tuple[int, int, int] = (48, 56, 10), start: tuple[int, int, i
     return sitk.RegionOfInterest(sitk.ReadImage(str(mni_path("t1"))), size, start)
 
 
-def write_dicom_series(image: sitk.Image, folder: Path) -> None:
-    """Write a 3D image as a CT DICOM series, one file per k slice, with its true geometry."""
+def write_dicom_series(image: sitk.Image, folder: Path, tags: dict[str, str] | None = None) -> list[Path]:
+    """Write a 3D image as a CT DICOM series, one file per k slice, with its true geometry (and ``tags``, DICOM
+    "gggg|eeee" keys, on every file); the files in k order."""
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(image, sitk.sitkInt16)
     direction = image.GetDirection()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     series_uid = "1.2.826.0.1.3680043.2.1125.1." + str(abs(hash(folder)) % 10**12)
+    files = []
     for k in range(image.GetDepth()):
         plane = image[:, :, k]
         position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
+        slice_tags = {
             "0008|0060": "CT",
             "0020|000e": series_uid,
             "0020|000d": series_uid + ".0",
@@ -56,11 +58,13 @@ def write_dicom_series(image: sitk.Image, folder: Path) -> None:
             "0028|0030": f"{image.GetSpacing()[1]:.6f}\\{image.GetSpacing()[0]:.6f}",
             "0018|0050": f"{image.GetSpacing()[2]:.6f}",
             "0008|0018": f"{series_uid}.{k + 1}",
-        }
-        for tag, value in tags.items():
+        } | (tags or {})
+        for tag, value in slice_tags.items():
             plane.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        files.append(folder / f"slice_{k:03d}.dcm")
+        writer.SetFileName(str(files[-1]))
         writer.Execute(plane)
+    return files
 
 
 def ct_phantom(shape: tuple[int, int, int] = (6, 40, 48)) -> np.ndarray:

@@ -12,10 +12,12 @@ from pathlib import Path
 from .. import __version__
 from ..models.devices import DEVICE_CHOICES
 from ..models.tiny_models import DEMO_HOME
+from ..pacs import PacsUnavailable
 from ..tools import variant_named
-from . import segment, training
+from . import pacs, segment, training
 from .options import (
     EXIT_BAD_INPUT,
+    EXIT_FAILED,
     EXIT_OK,
     VARIANT_NAMES,
     UserError,
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ibisagent: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except PacsUnavailable as exc:
+        print(f"ibisagent: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     training.add_commands(commands)
+    pacs.add_command(commands)
 
     for plugin in entry_points(group="ibisagent.commands"):
         plugin.load()(commands)

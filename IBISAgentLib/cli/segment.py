@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -46,15 +47,22 @@ from .options import (
     positive_int,
     user_click,
 )
+from .pacs import add_pacs_options, pacs_settings, retrieve, series_ref
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
     segment = commands.add_parser("segment", help="segment a 2D image or a slice of a volume from a text instruction")
     segment.add_argument(
-        "image", help="PNG/JPEG/BMP/TIFF image, or a volume: .nii, .nii.gz, .nrrd, .mha, .mhd or a DICOM folder"
+        "image",
+        help="PNG/JPEG/BMP/TIFF image, or a volume: .nii, .nii.gz, .nrrd, .mha, .mhd, a DICOM folder, or "
+        "pacs:SERIES_UID (pacs:STUDY_UID/SERIES_UID) with --pacs",
     )
     _add_run_options(segment)
     _add_volume_options(segment)
+    add_pacs_options(segment, ca_bundle=False)  # --ca-bundle verifies the server's and the PACS's TLS alike
+    segment.add_argument(
+        "--store", action="store_true", help="send the result to the PACS as a DICOM SEG, into the source's study"
+    )
     segment.set_defaults(handler=_segment)
 
 
@@ -72,8 +80,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add_segmenter_options(parser)
     parser.add_argument(
         "--out",
-        help="mask to write: PNG for images, .nii.gz/.nrrd/.mha for volumes "
-        "(default: IMAGE-STEM_mask.png or IMAGE-STEM_mask.nii.gz in the current folder)",
+        help="mask to write: PNG for images, .nii.gz/.nrrd/.mha for volumes, .dcm (a DICOM SEG) for DICOM input "
+        "(default: IMAGE-STEM_mask.png, IMAGE-STEM_mask.nii.gz, or IMAGE-STEM_seg.dcm with --store)",
     )
     parser.add_argument("--trace", help="trace JSON to write (default: IMAGE-STEM_trace.json in the current folder)")
     parser.add_argument(
@@ -100,7 +108,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--token", help="the server's bearer token (visible to other users in ps: prefer --token-file or the variable)"
     )
     parser.add_argument("--token-file", help="a file holding the server's bearer token (default: $IBISAGENT_TOKEN)")
-    parser.add_argument("--ca-bundle", help="CA certificate file to verify the server's TLS certificate with")
+    parser.add_argument(
+        "--ca-bundle", help="CA certificate file to verify the TLS certificates of the server and the PACS with"
+    )
     parser.add_argument(
         "--jsonl", action="store_true", help="print each step as a trace-schema JSON line instead of text"
     )
@@ -165,7 +175,19 @@ class SegmentRun:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    """The handler: the arguments become typed values here, once; nothing below reads the namespace."""
+    """The handler: the arguments become typed values here, once; nothing below reads the namespace. A series
+    retrieved from a PACS lives in a temporary folder for the run (the SEG references its headers)."""
+    with contextlib.ExitStack() as cleanup:
+        return _segment_with(args, cleanup)
+
+
+def _segment_with(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
+    pacs = pacs_settings(args)
+    ref = series_ref(args.image)
+    if ref is not None and pacs is None:
+        raise UserError(f"{args.image}: a PACS series needs --pacs URL (the PACS's DICOMweb root)")
+    if args.store and pacs is None:
+        raise UserError("--store sends the result to a PACS: give --pacs URL")
     if not args.prompt.strip():
         raise UserError("--prompt is empty: say what to segment")
     search = bool(args.slice) and args.slice.strip().lower().rpartition(":")[2] == "auto"
@@ -181,15 +203,24 @@ def _segment(args: argparse.Namespace) -> int:
         )
     if search and args.initial_mask:
         raise UserError("--initial-mask refines a slice you name: give --slice AXIS:INDEX with it, not auto")
-    case, image, initial_mask = _read_inputs(args.image, slice_spec, args.window, args.initial_mask, image_limits(args))
+    source = Path(args.image)
+    stem, dicom = _stem(source), source if source.is_dir() else None
+    if ref is not None:
+        _output_paths(stem := f"pacs_{ref.series_uid}", args.out, args.trace, True, True, args.store)
+        source = dicom = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ibisagent-pacs-")))
+        archive = retrieve(pacs, ref, source, image_limits(args))
+    elif args.store:
+        archive = _archive(pacs)
+    case, image, initial_mask = _read_inputs(str(source), slice_spec, args.window, args.initial_mask,
+                                             image_limits(args))  # fmt: skip
     if case is None:
         _refuse_volume_options(args.image, slice=args.slice, window=args.window, range=args.range,
                                propagate=args.propagate)  # fmt: skip
-    out, trace_path = _output_paths(Path(args.image), args.out, args.trace, case is not None)
+    out, trace_path = _output_paths(stem, args.out, args.trace, case is not None, dicom is not None, args.store)
     overlays = _overlays_folder(args.overlays)
     _refuse_overwriting_inputs(
         {"--out": out, "--trace": trace_path, "--scene": args.scene and Path(args.scene)},
-        [Path(p) for p in (args.image, args.initial_mask, _replay_file(args.mllm)) if p],
+        [Path(p) for p in (source, args.initial_mask, _replay_file(args.mllm)) if p],
     )
     _check_clicks(args.click, image.shape[:2])
     write_scene = _scene_writer(args.scene, case) if args.scene else None
@@ -204,12 +235,17 @@ def _segment(args: argparse.Namespace) -> int:
     backend = build_backend(BackendChoice.from_arguments(args, token))
     report = sys.stderr if args.jsonl else sys.stdout
     outcome = _run(run, backend, case, image, initial_mask, report)
-    if case is None:
-        write_mask(out, outcome.mask)
-    else:
-        write_labelmap(out, outcome.mask, case.image)
     trace = outcome.trace
     trace.save(trace_path)
+    seg = None
+    if case is None:
+        write_mask(out, outcome.mask)
+    elif out.suffix.lower() == ".dcm":
+        seg = _write_seg(out, dicom, outcome.mask, trace)
+        if seg is None:
+            return EXIT_FAILED
+    else:
+        write_labelmap(out, outcome.mask, case.image)
     if write_scene is not None:
         try:
             write_scene(args.scene, outcome.case, outcome.mask, trace, Path(args.image).name)
@@ -221,6 +257,8 @@ def _segment(args: argparse.Namespace) -> int:
     if trace.answer:
         summary += f"\nanswer: {trace.answer}"
     print(summary, file=report, flush=True)
+    if args.store and not _stored(archive, seg):
+        return EXIT_FAILED
     if trace.stop_reason == "error":
         reason = trace.error or next((s.error for s in reversed(trace.steps) if s.error), "unknown error")
         print(f"ibisagent: the run failed: {reason}", file=sys.stderr)
@@ -411,22 +449,91 @@ def _propagation_options(
     return options
 
 
-def _output_paths(source: Path, out: str | None, trace: str | None, volume: bool) -> tuple[Path, Path]:
-    """The mask and trace files (defaults beside the current folder, named for the input), checked writable."""
+def _stem(source: Path) -> str:
+    """The input's name without its file type: what default output names start with."""
     from ..imaging.volumes import VOLUME_SUFFIXES
 
     stem = source.name
     for suffix in (*VOLUME_SUFFIXES, *source.suffixes[-1:]):
         stem = stem.removesuffix(suffix)
-    mask_path = Path(out or f"{stem}_mask{'.nii.gz' if volume else '.png'}")
-    if volume and not mask_path.name.lower().endswith(VOLUME_SUFFIXES):
-        raise UserError(f"--out {mask_path}: a volume's mask is written as .nii.gz, .nii, .nrrd, .mha or .mhd")
+    return stem
+
+
+def _output_paths(
+    stem: str, out: str | None, trace: str | None, volume: bool, dicom: bool = False, store: bool = False
+) -> tuple[Path, Path]:
+    """The mask and trace files (defaults beside the current folder, named for the input), checked writable.
+    DICOM input may be written as a DICOM SEG (.dcm), which --store needs."""
+    from ..imaging.volumes import VOLUME_SUFFIXES
+
+    if store and not dicom:
+        raise UserError("--store sends a DICOM SEG, which needs DICOM input: a DICOM folder or pacs:SERIES_UID")
+    default = "_seg.dcm" if store else "_mask.nii.gz" if volume else "_mask.png"
+    mask_path = Path(out or f"{stem}{default}")
+    seg = mask_path.suffix.lower() == ".dcm"
+    if seg and not dicom:
+        raise UserError(f"--out {mask_path}: a DICOM SEG references DICOM images; this input is not DICOM")
+    if seg:
+        _check_pacs_installed()
+    if store and not seg:
+        raise UserError(f"--out {mask_path}: --store sends a DICOM SEG: name the output NAME.dcm (or leave --out out)")
+    if volume and not seg and not mask_path.name.lower().endswith(VOLUME_SUFFIXES):
+        raise UserError(
+            f"--out {mask_path}: a volume's mask is written as .nii.gz, .nii, .nrrd, .mha or .mhd"
+            + (", or .dcm (a DICOM SEG)" if dicom else "")
+        )
     if not volume and mask_path.name.lower().endswith(VOLUME_SUFFIXES):
         raise UserError(f"--out {mask_path}: a 2D image's mask is written as PNG")
     trace_path = Path(trace or f"{stem}_trace.json")
     for flag, path in (("--out", mask_path), ("--trace", trace_path)):
         check_writable(flag, path)
     return mask_path, trace_path
+
+
+def _write_seg(out: Path, folder: Path, mask: np.ndarray, trace: Trace):  # -> pydicom Dataset | None
+    """The result as a DICOM SEG over the series in ``folder``, written to ``out``; None (said) when it cannot be
+    made, the trace being written already."""
+    from ..imaging.volumes import dicom_series_files
+    from ..pacs.segmentation import dicom_seg, source_headers, write_seg
+
+    try:
+        seg = dicom_seg(source_headers([Path(f) for f in dicom_series_files(folder)]), mask, trace)
+        write_seg(out, seg)
+    except Exception as exc:  # highdicom reports what it cannot build in several types; all end the same way
+        print(f"ibisagent: could not write the DICOM SEG {out}: {exc}", file=sys.stderr)
+        return None
+    return seg
+
+
+def _check_pacs_installed() -> None:
+    from ..pacs.settings import check_installed
+
+    try:
+        check_installed()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _archive(settings):  # PacsSettings -> Pacs
+    from ..pacs.archive import Pacs
+
+    return Pacs(settings)
+
+
+def _stored(archive, seg) -> bool:  # (Pacs, Dataset | None) -> bool
+    """Send the SEG to the PACS; a failure is said, the local files being written already."""
+    from ..pacs import PacsError
+
+    if seg is None:
+        print("ibisagent: nothing stored on the PACS: the run wrote no SEG", file=sys.stderr)
+        return False
+    try:
+        where = archive.store(seg)
+    except PacsError as exc:
+        print(f"ibisagent: the SEG was not stored ({exc}); the local files are written", file=sys.stderr)
+        return False
+    print(f"stored the SEG in {where}", file=sys.stderr)
+    return True
 
 
 def _overlays_folder(folder: str | None) -> Path | None:
