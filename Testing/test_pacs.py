@@ -10,16 +10,21 @@ import json
 import numpy as np
 import pydicom
 import pytest
+import requests
 import SimpleITK as sitk
 from hypothesis import given
 from hypothesis import strategies as st
 from orthanc import ORTHANC, PASSWORD, USER, free_port, running_orthanc
+from server_process import ServerProcess
 from test_cli import ibisagent, replay_file
 from volume_data import ct_phantom, write_dicom_series
 
+from IBISAgentLib.imaging.volume_case import VolumeCase
 from IBISAgentLib.pacs import pacs_source
 from IBISAgentLib.pacs.segmentation import attached_trace
 from IBISAgentLib.pacs.terms import segment_label, term_for
+from IBISAgentLib.remote.client import RemoteBackend, RequestRejected, ServerFailed, SessionExpired
+from IBISAgentLib.remote.protocol import UploadedImage, content_hash, encode_image
 
 OUTPUTS = [
     "<think>the organ</think><action>Positive Point (0.5000, 0.5000)</action>",
@@ -36,16 +41,20 @@ def ct_tags(study: str, series: str, **more: str) -> dict[str, str]:
     } | more  # fmt: skip
 
 
+def ct_volume() -> sitk.Image:
+    image = sitk.GetImageFromArray(ct_phantom((7, 40, 48)))
+    image.SetSpacing((0.8, 0.8, 2.5))
+    image.SetOrigin((-20.0, -16.0, 100.0))
+    return image
+
+
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     if ORTHANC is None:
         pytest.skip("Debian's orthanc is not installed (.ci/run installs it)")
     folder = tmp_path_factory.mktemp("pacs")
-    image = sitk.GetImageFromArray(ct_phantom((7, 40, 48)))
-    image.SetSpacing((0.8, 0.8, 2.5))
-    image.SetOrigin((-20.0, -16.0, 100.0))
     with running_orthanc(folder / "orthanc") as server:
-        server.upload(write_dicom_series(image, folder / "ct", ct_tags(STUDY, SERIES)))
+        server.upload(write_dicom_series(ct_volume(), folder / "ct", ct_tags(STUDY, SERIES)))
         yield server
 
 
@@ -235,3 +244,34 @@ def test_common_targets_are_coded_and_others_are_tissue():
     assert term_for("segment the lung nodule").category.meaning == "Morphologically Abnormal Structure"
     assert term_for("segment the thing").type.meaning == "Tissue"
     assert term_for("segment the liverish blob").type.meaning == "Tissue"  # whole words only
+
+
+def test_the_server_retrieves_a_series_from_its_pacs(pacs, tmp_path, tiny_models):
+    """A workstation sends a UID, not the volume: the server retrieves the series itself, and the image it holds is
+    the one an upload of the same volume would give (same digest), so sessions open on it as on an upload."""
+    secret = tmp_path / "pacs-password"
+    secret.write_text(PASSWORD)
+    options = ["--pacs", pacs.dicomweb, "--pacs-user", USER, "--pacs-password-file", str(secret)]
+    models = ["--mllm", replay_file(tmp_path, OUTPUTS), "--sam2", str(tiny_models[1])]
+    with ServerProcess(*models, *options, log=tmp_path / "server.log") as server:
+        backend = RemoteBackend(server.url, token=server.token)
+        fetched = backend.fetch_from_pacs(SERIES)
+        assert fetched["shape"] == [7, 40, 48] and fetched["study"] == STUDY
+        assert fetched["spacing"] == pytest.approx([0.8, 0.8, 2.5])
+        assert fetched["origin"] == pytest.approx([-20.0, -16.0, 100.0])
+        write_dicom_series(ct_volume(), tmp_path / "local", ct_tags(STUDY, SERIES))
+        local = VolumeCase.load(tmp_path / "local", "axial:3")
+        assert content_hash(encode_image(UploadedImage.of(local))) == fetched["image"]
+        body = {"image": fetched["image"], "instruction": "segment the spleen", "slice": "axial:3"}
+        opened = requests.post(server.url + "/v1/sessions", json=body, headers=server.headers, timeout=30)
+        assert opened.status_code == 201 and opened.json()["width"] == 48
+
+        with pytest.raises(SessionExpired, match="no such series on the PACS"):
+            backend.fetch_from_pacs("1.2.3.4.5")
+        with pytest.raises(RequestRejected, match="HTTP 422"):
+            backend.fetch_from_pacs("1.2.x")
+        assert PASSWORD not in server.read_log()
+    (tmp_path / "wrong").write_text("nope")
+    options[-1] = str(tmp_path / "wrong")
+    with ServerProcess(*models, *options) as server, pytest.raises(ServerFailed, match="refused the credentials"):
+        RemoteBackend(server.url, token=server.token).fetch_from_pacs(SERIES)

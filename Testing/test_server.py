@@ -165,6 +165,13 @@ def test_bad_session_requests_are_4xx_with_a_message(server):
     assert response.status_code == 422
 
 
+def test_a_server_without_a_pacs_says_so(server):
+    response = requests.post(server.url + "/v1/images/pacs", json={"series": "1.2.3"}, headers=server.headers)
+    assert response.status_code == 404 and "ibisagent serve --pacs URL" in response.json()["detail"]
+    unauthenticated = requests.post(server.url + "/v1/images/pacs", json={"series": "1.2.3"}, timeout=10)
+    assert unauthenticated.status_code == 401
+
+
 def test_idle_sessions_expire_and_memory_is_released(server):
     backend = RemoteBackend(server.url, token=server.token)
     session = backend.open_session(read_rgb_image(SAMPLE), "x")

@@ -17,6 +17,7 @@ import IBISAgentLib
 from IBISAgentLib.agent.backends import LocalBackend
 from IBISAgentLib.agent.jsontext import dump_bytes
 from IBISAgentLib.imaging.windowing import Window
+from IBISAgentLib.pacs import SeriesRef
 from IBISAgentLib.remote.protocol import API_VERSION, content_hasher
 from IBISAgentLib.tools.propagation import PropagationOptions
 
@@ -30,6 +31,7 @@ log = logging.getLogger("backend_server")
 
 Digest = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
 SessionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+DICOM_UID = r"^[0-9]+(\.[0-9]+)*$"
 
 
 class Strict(BaseModel):
@@ -56,6 +58,13 @@ class SessionRequest(Strict):
     window: WindowSpec | None = None
     initial_mask: MaskPayload | None = None
     image_source: str | None = Field(default=None, max_length=500)
+
+
+class PacsSeriesRequest(Strict):
+    """A series on the server's PACS, by its UID (and its study's, where known)."""
+
+    series: str = Field(pattern=DICOM_UID, max_length=64)
+    study: str | None = Field(default=None, pattern=DICOM_UID, max_length=64)
 
 
 class RunRequest(Strict):
@@ -138,6 +147,10 @@ def create_app(backend: LocalBackend, config: ServerConfig, models: dict[str, st
     @app.put("/v1/images/{digest}", status_code=201)
     async def upload(digest: Digest, request: Request) -> dict[str, Any]:
         return service.store_image(digest, await _read_body(request, digest, config.body_timeout))
+
+    @app.post("/v1/images/pacs", status_code=201)
+    def from_pacs(request: PacsSeriesRequest) -> dict[str, Any]:
+        return service.fetch_series(SeriesRef(request.series, request.study))
 
     @app.post("/v1/sessions", status_code=201)
     def open_session(request: SessionRequest) -> dict[str, Any]:

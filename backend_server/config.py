@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from IBISAgentLib.imaging.limits import MAX_DIMENSION, MAX_VOXELS
+from IBISAgentLib.pacs import PacsSettings
 
 
 @dataclass(frozen=True)
@@ -19,3 +20,4 @@ class ServerConfig:
     max_dimension: int = MAX_DIMENSION
     max_instruction: int = 2000
     image_store_bytes: int = 8 << 30  # uploaded images kept in memory (least recently used dropped first)
+    pacs: PacsSettings | None = None  # the PACS that POST /v1/images/pacs retrieves series from

@@ -9,6 +9,7 @@ from typing import Any
 
 from IBISAgentLib.cli import UserError, add_segmenter_options, build_backend
 from IBISAgentLib.cli.options import add_limit_options, positive_int
+from IBISAgentLib.cli.pacs import add_pacs_options, pacs_settings
 from IBISAgentLib.remote.client import TOKEN_ENV, is_loopback, token_from
 from IBISAgentLib.workflow import BackendChoice
 
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"seconds an upload may send nothing before it is given up (default {defaults.body_timeout:g})",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_pacs_options(parser)  # POST /v1/images/pacs retrieves series from this PACS
 
 
 def register(commands: Any) -> None:
@@ -85,6 +87,11 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        pacs = pacs_settings(args)
+    except UserError as exc:
+        print(f"ibisagent serve: error: {exc}", file=sys.stderr)
+        return 2
     pin_malloc_thresholds()  # before the models load, so no thread arena keeps a large block
     try:
         # One slice embedding kept per session allowed: with fewer, sessions taking turns evict each other's and
@@ -103,6 +110,7 @@ def serve(args: argparse.Namespace) -> int:
         image_store_bytes=args.image_store_mb << 20,
         body_timeout=args.body_timeout,
         max_voxels=args.max_voxels,
+        pacs=pacs,
     )
     models = {"policy": backend.policy_factory().description, "tool": backend.tool.description}
     app = create_app(backend, config, models)

@@ -5,13 +5,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import SimpleITK as sitk
 
 from IBISAgentLib.agent.backends import LocalBackend, Session
 from IBISAgentLib.agent.trace import Step
-from IBISAgentLib.imaging.windowing import Window
-from IBISAgentLib.remote.protocol import ProtocolError, decode_image, decode_mask, encode_mask, source_image
+from IBISAgentLib.imaging.limits import ImageLimits
+from IBISAgentLib.imaging.volumes import VolumeInputError, read_volume
+from IBISAgentLib.imaging.windowing import Window, check_finite
+from IBISAgentLib.pacs import PacsLoginRefused, PacsNotFound, PacsRefused, PacsUnavailable, SeriesRef
+from IBISAgentLib.remote.protocol import (
+    ProtocolError,
+    UploadedImage,
+    content_hash,
+    decode_image,
+    decode_mask,
+    encode_image,
+    encode_mask,
+    source_image,
+)
 from IBISAgentLib.tools.propagation import PropagationCancelled, PropagationOptions
 
 from .config import ServerConfig
@@ -53,6 +69,41 @@ class SessionService:
         self.images.put(digest, image)
         log.info("image %s… stored: %s %s", digest[:12], image.kind, image.array.shape)
         return {"image": digest, "kind": image.kind, "shape": list(image.array.shape)}
+
+    def fetch_series(self, ref: SeriesRef) -> dict[str, Any]:
+        """A series retrieved from the server's PACS into the image store, as if uploaded: the workstation sends
+        a UID, not the volume. Its files live in a temporary folder only while being read."""
+        if self.config.pacs is None:
+            raise Refused(404, "this server reads no PACS: start it with ibisagent serve --pacs URL")
+        from IBISAgentLib.pacs.archive import Pacs
+
+        limits = ImageLimits(self.config.max_voxels, self.config.max_dimension)
+        try:
+            archive = Pacs(self.config.pacs)
+            entry = archive.find(ref)
+            with tempfile.TemporaryDirectory(prefix="ibisagent-pacs-") as folder:
+                archive.download(entry, Path(folder), limits)
+                try:
+                    volume = read_volume(folder, limits)
+                except VolumeInputError as exc:  # its message names the server's temporary folder: not sent
+                    raise Refused(422, str(exc).replace(folder, str(ref))) from None
+            voxels = sitk.GetArrayFromImage(volume)
+            check_finite(voxels)
+        except PacsNotFound as exc:
+            raise Refused(404, str(exc)) from None
+        except (PacsLoginRefused, PacsUnavailable) as exc:  # the server's PACS or its set-up, not the request
+            raise Refused(502, str(exc)) from None
+        except (PacsRefused, ValueError) as exc:
+            raise Refused(422, str(exc)) from None
+        image = UploadedImage("volume", voxels, volume.GetSpacing(), volume.GetOrigin(), volume.GetDirection())
+        digest = content_hash(encode_image(image))
+        self.images.put(digest, image)
+        log.info("image %s… retrieved from the PACS: %s", digest[:12], voxels.shape)
+        return {
+            "image": digest, "kind": "volume", "shape": list(voxels.shape), "spacing": list(image.spacing),
+            "origin": list(image.origin), "direction": list(image.direction), "study": entry.study_uid,
+            "series": entry.series_uid,
+        }  # fmt: skip
 
     def open(
         self,

@@ -6,6 +6,24 @@ instances; ``terms`` codes a target named in an instruction. dicomweb-client and
 inside these modules (the ``pacs`` extra), never by ``import IBISAgentLib``.
 """
 
-from .settings import PacsError, PacsRefused, PacsSettings, PacsUnavailable, pacs_source
+from .settings import (
+    PacsError,
+    PacsLoginRefused,
+    PacsNotFound,
+    PacsRefused,
+    PacsSettings,
+    PacsUnavailable,
+    SeriesRef,
+    pacs_source,
+)
 
-__all__ = ["PacsError", "PacsRefused", "PacsSettings", "PacsUnavailable", "pacs_source"]
+__all__ = [
+    "PacsError",
+    "PacsLoginRefused",
+    "PacsNotFound",
+    "PacsRefused",
+    "PacsSettings",
+    "PacsUnavailable",
+    "SeriesRef",
+    "pacs_source",
+]

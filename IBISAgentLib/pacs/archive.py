@@ -19,7 +19,7 @@ from urllib3.util.retry import Retry
 
 from .. import __version__
 from ..imaging.limits import DEFAULT_LIMITS, ImageLimits
-from .settings import PacsRefused, PacsSettings, PacsUnavailable, SeriesRef
+from .settings import PacsLoginRefused, PacsNotFound, PacsRefused, PacsSettings, PacsUnavailable, SeriesRef
 
 # Modalities of series that hold no image to segment (results, reports, presentation states, documents).
 NOT_IMAGES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC", "OT_DOC", "FID", "PLAN"}
@@ -109,7 +109,7 @@ class Pacs:
         entries = [SeriesEntry.of_json(item) for item in found]
         entries = [e for e in entries if e.series_uid == ref.series_uid]  # a PACS may ignore a filter it lacks
         if not entries:
-            raise PacsRefused(f"{ref}: no such series on the PACS at {self.settings.where}")
+            raise PacsNotFound(f"{ref}: no such series on the PACS at {self.settings.where}")
         return entries[0]
 
     def download(
@@ -167,12 +167,12 @@ class Pacs:
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             if status in (401, 403):
-                raise PacsRefused(
+                raise PacsLoginRefused(
                     f"the PACS at {where} refused the credentials (HTTP {status}): check --pacs-user and "
                     "--pacs-password-file, or --pacs-token-file"
                 ) from None
             if status == 404:
-                raise PacsRefused(f"{what}: not found on the PACS at {where}") from None
+                raise PacsNotFound(f"{what}: not found on the PACS at {where}") from None
             if 400 <= status < 500:
                 raise PacsRefused(f"the PACS at {where} refused {what} (HTTP {status})") from None
             raise PacsUnavailable(f"the PACS at {where} failed on {what} (HTTP {status})") from None

@@ -30,6 +30,14 @@ class PacsRefused(PacsError, ValueError):
     (exit code 2, 4xx on the server)."""
 
 
+class PacsNotFound(PacsRefused):
+    """A UID the PACS does not hold."""
+
+
+class PacsLoginRefused(PacsRefused):
+    """Credentials the PACS refused (on a server, its own: a fault of its set-up, not of the request)."""
+
+
 class PacsUnavailable(PacsError):
     """The PACS is down, unreachable or failed (exit code 1, 502 on the server)."""
 

@@ -183,6 +183,12 @@ class RemoteBackend:
             )  # fmt: skip
         return digest
 
+    def fetch_from_pacs(self, series_uid: str, study_uid: str | None = None) -> dict[str, Any]:
+        """Have the server retrieve a series from its own PACS instead of uploading the volume: the image's
+        digest (to open sessions on), shape and geometry. RequestRejected/SessionExpired name what was wrong."""
+        body = {"series": series_uid, "study": study_uid}
+        return self.request("POST", "/v1/images/pacs", phase="upload", json=body).json()
+
     def open_session(
         self,
         source: np.ndarray | VolumeCase,
