@@ -17,7 +17,7 @@ from IBISAgentLib.workflow import markers_of
 
 from .record import MRMLRecord
 from .scene import new_scene, save_mrb
-from .segments import LogicEditor, segment_array
+from .segments import LogicEditor, segment_array, set_terminology
 from .volumes import volume_node_from_image
 
 SEGMENT_ID = "ibisagent"
@@ -38,6 +38,7 @@ def write_bundle(path: str | Path, case: VolumeCase, labelmap: np.ndarray, trace
     segmentation.CreateDefaultDisplayNodes()
     segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     segmentation.GetSegmentation().AddEmptySegment(SEGMENT_ID, trace.instruction, SEGMENT_COLOR)
+    set_terminology(segmentation, SEGMENT_ID, trace.instruction)
     LogicEditor(scene, headless.application).write(segmentation, SEGMENT_ID, volume, labelmap, True)
     if not np.array_equal(segment_array(segmentation, SEGMENT_ID, volume), labelmap.astype(bool)):
         raise RuntimeError("the segment in the scene does not hold exactly the result's voxels")

@@ -348,6 +348,15 @@ def layer_mask(labelmap: Any, label: int, extent: list[int]) -> np.ndarray:
     return out
 
 
+def set_terminology(segmentation_node: Any, segment_id: str, instruction: str) -> None:
+    """Code the segment from the instruction that names it (Slicer's terminology tag), so that Slicer's DICOM
+    SEG export gives it a category and type (liver, tumor, ...; generic Tissue otherwise)."""
+    from IBISAgentLib.pacs.terms import slicer_terminology
+
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), slicer_terminology(instruction))
+
+
 def segment_voxels(segmentation_node: Any, segment_id: str) -> int:
     """How many voxels the segment holds, counted in its stored labelmap (no copy, no resampling)."""
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)

@@ -19,6 +19,7 @@ from vtkmodules.vtkCommonCore import vtkCommand
 from IBISAgentLib.imaging.limits import DEFAULT_LIMITS, ImageLimits
 from IBISAgentLib.imaging.volume_files import Grid, VolumeFileError, check_volume_file, volume_files_in
 from IBISAgentLib.imaging.volumes import VolumeInputError, dicom_series_files
+from IBISAgentMRML.segments import set_terminology
 
 from .surfaces import SegmentSurfaces
 from .uploads import UploadRefused, write_uploads
@@ -236,6 +237,7 @@ class WebScene:
         that it is an edit Undo takes back; its picker value."""
         node = self._segmentation()
         segment_id = self.app.segmentation_editor.add_empty_segment(segment_name=name)
+        set_terminology(node, segment_id, name)  # coded for a DICOM SEG export (liver, tumor, ...)
         return f"{node.GetID()}|{segment_id}"
 
     def _segmentation(self) -> Any:

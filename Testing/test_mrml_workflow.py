@@ -15,6 +15,7 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install 'ibisagent[slicer]')")
 
 import SimpleITK as sitk  # noqa: E402
+import vtk  # noqa: E402
 from mrml_scene import SceneBuilder, rotation, translation  # noqa: E402
 from test_cli import ibisagent, replay_file  # noqa: E402
 from volume_data import mni_crop  # noqa: E402
@@ -208,7 +209,11 @@ def test_the_scene_bundle_holds_volume_segment_clicks_and_trace(tmp_path, tiny_m
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), sitk.GetArrayFromImage(image))
     segmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
     segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
-    assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() == "segment the white matter"
+    segment = segmentation.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "segment the white matter"
+    terminology = vtk.mutable("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), terminology)
+    assert "~SCT^91723000^Anatomical Structure~SCT^389080008^White Matter~" in str(terminology)
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.nii.gz"))).astype(bool)
     assert expected.any()
     np.testing.assert_array_equal(segment_array(segmentation, segment_id, volume), expected)

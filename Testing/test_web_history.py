@@ -174,6 +174,15 @@ def test_an_edit_after_the_session_started_is_not_merged_into_an_older_one(page)
     assert page.editor.get_segment_properties(page.target).name == "first name"
 
 
+def test_a_new_segment_is_coded_from_its_name_for_a_dicom_seg_export(page):
+    node, segment_id = page.scene.resolve_segment(page.scene.add_segment("Segment the liver tumor"))
+    segment = node.GetSegmentation().GetSegment(segment_id)
+    tag = vtk.mutable("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+    category, kind = str(tag).split("~")[1:3]
+    assert (category, kind) == ("SCT^49755003^Morphologically Abnormal Structure", "SCT^108369006^Tumor")
+
+
 def test_islands_acts_on_the_target_whichever_segment_the_editor_had(page):
     stroke(page, "paint", (10, 10, 6), mm=6.0)
     stroke(page, "paint", (35, 40, 6), mm=3.0)

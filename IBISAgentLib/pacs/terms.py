@@ -55,6 +55,11 @@ _VERBS = re.compile(
     r"^(?:please\s+)?(?:segment|delineate|outline|contour|mark|find|show|label)\s+(?:the\s+|a\s+|an\s+)?", re.IGNORECASE
 )
 _LABEL_LIMIT = 64  # a DICOM LO value
+# 3D Slicer keeps a segment's coded meaning in its "TerminologyEntry" tag: context~category~type~type modifier~
+# anatomic context~anatomic region~region modifier, each code as SCHEME^VALUE^MEANING. Its DICOM SEG export writes
+# the category and type from it.
+_SLICER_CONTEXT = "Segmentation category and type - DICOM master list"
+_SLICER_ANATOMY = "Anatomic codes - DICOM master list"
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,16 @@ def term_for(instruction: str) -> Term:
             category, kind = table_category, table_type
             break
     return Term(segment_label(instruction), getattr(codes.SCT, category), getattr(codes.SCT, kind))
+
+
+def slicer_terminology(instruction: str) -> str:
+    """The target ``instruction`` names as 3D Slicer's terminology tag value (the codes of ``term_for``)."""
+    term = term_for(instruction)
+
+    def coded(code: Any) -> str:
+        return f"{code.scheme_designator}^{code.value}^{code.meaning}"
+
+    return f"{_SLICER_CONTEXT}~{coded(term.category)}~{coded(term.type)}~^^~{_SLICER_ANATOMY}~^^~^^"
 
 
 def segment_label(instruction: str) -> str:
