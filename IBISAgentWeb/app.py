@@ -15,11 +15,13 @@ from trame_slicer.rca_view import register_rca_factories
 from wslink.websocket import LinkProtocol
 
 from IBISAgentLib.imaging.limits import DEFAULT_LIMITS, ImageLimits
+from IBISAgentLib.pacs import PacsSettings
 from IBISAgentLib.workflow import BackendChoice
 
 from .bridge import DriverBridge
 from .clicks import CorrectionClicks
 from .hand_tools import HandTools
+from .pacs_browser import PacsBrowser
 from .panel import DEFAULTS, build_panel, build_view_controls
 from .saving import save_outputs
 from .scene import WebScene, render_slices_plainly
@@ -40,6 +42,7 @@ class IBISAgentWebApp(TrameApp):
         out_dir: Path,
         max_turns: int = 20,
         limits: ImageLimits = DEFAULT_LIMITS,
+        pacs: PacsSettings | None = None,
     ) -> None:
         super().__init__(server, client_type="vue3")
         self.out_dir = Path(out_dir)
@@ -62,6 +65,7 @@ class IBISAgentWebApp(TrameApp):
         self.captions = ViewCaptions(self.state, self.scene.app.view_manager.get_slice_views(), None)
         self.window = WindowControl(self.state)
         self.tools = HandTools(self.state, self.bridge)
+        self.pacs = PacsBrowser(self.state, pacs, self.scene, self.bridge.notify)
         self.scene.before_replace = self.bridge.close  # only once the new volume is known to be good
         self.scene.after_replace = self._on_volume
         self.state.change("ia_mode")(self._on_correction_mode)
@@ -96,6 +100,7 @@ class IBISAgentWebApp(TrameApp):
         self.tools.refresh()
 
     def _on_volume(self, volume: Any) -> None:
+        self.pacs.forget()
         self.bridge.history.forget()
         self.tools.tools_off()
         self.captions.set_volume(volume)
@@ -123,6 +128,27 @@ class IBISAgentWebApp(TrameApp):
             return
         message = self.scene.open_uploads(list(files or []))
         self._after_open(message)
+
+    async def on_pacs_search(self) -> None:
+        await self.pacs.search()
+
+    async def on_pacs_open(self) -> None:
+        if self.bridge.driver.state.busy:
+            self.bridge.notify("Wait for the agent or press Cancel before opening another volume.")
+            return
+        self._after_open(await self.pacs.open())
+
+    async def on_pacs_save(self) -> None:
+        driver = self.bridge.driver
+        if driver.state.busy:
+            self.bridge.notify("Wait for the agent or press Cancel before saving.")
+            return
+        target = self._target()
+        if target is None:
+            return
+        segmentation, segment_id = target
+        trace = driver.trace_json() if driver.has_session else None
+        await self.pacs.store(segmentation, segment_id, trace)
 
     def _after_open(self, message: str | None) -> None:
         if message is None:
@@ -161,15 +187,10 @@ class IBISAgentWebApp(TrameApp):
         if driver.state.busy:
             self.bridge.notify("Wait for the agent or press Cancel before saving.")
             return
-        target = driver.target if driver.has_session else None
-        if target is not None:
-            segmentation, segment_id = target.segmentation_node, target.segment_id
-        else:
-            resolved = self.scene.resolve_segment(self.state.ia_segment)
-            if resolved is None:
-                self.bridge.notify("There is no segment to save yet: run the agent or pick a target segment.")
-                return
-            segmentation, segment_id = resolved
+        target = self._target()
+        if target is None:
+            return
+        segmentation, segment_id = target
         try:
             trace = driver.trace_json() if driver.has_session else None
             paths, voxels = save_outputs(
@@ -186,6 +207,17 @@ class IBISAgentWebApp(TrameApp):
                 f"Saved {len(paths)} files to {self.out_dir.resolve()} ({voxels} voxels in the segment)."
             )
             self.state.ia_message = ""
+
+    def _target(self) -> tuple[Any, str] | None:
+        """The segment Save writes: the session's target, else the picked one (None, said, when there is none)."""
+        driver = self.bridge.driver
+        target = driver.target if driver.has_session else None
+        if target is not None:
+            return target.segmentation_node, target.segment_id
+        resolved = self.scene.resolve_segment(self.state.ia_segment)
+        if resolved is None:
+            self.bridge.notify("There is no segment to save yet: run the agent or pick a target segment.")
+        return resolved
 
     def on_download(self, name: str) -> Any:
         path = self._saved.get(name)

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from IBISAgentLib.cli import add_segmenter_options
+from IBISAgentLib.cli import UserError, add_segmenter_options
 from IBISAgentLib.cli.options import add_limit_options, image_limits
+from IBISAgentLib.cli.pacs import add_pacs_options, pacs_settings
 from IBISAgentLib.models.devices import DEVICE_CHOICES
 from IBISAgentLib.remote.client import TOKEN_ENV, is_loopback, token_from
 
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", help=f"a file holding the server's token (default: ${TOKEN_ENV})")
     parser.add_argument("--max-turns", type=int, default=20, help="agent turns at most per run (default 20)")
     add_limit_options(parser)
+    add_pacs_options(parser)  # Open from PACS / Save to PACS; its credentials never reach the page
 
 
 def register(commands: Any) -> None:
@@ -45,7 +47,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         key = _access_key(args)
         token = token_from(None, args.token_file)
-    except ValueError as exc:
+        pacs = pacs_settings(args)
+    except (ValueError, UserError) as exc:
         print(f"ibisagent web: error: {exc}", file=sys.stderr)
         return 2
     # Offscreen rendering through EGL (Mesa's llvmpipe where there is no GPU): set before VTK loads.
@@ -62,7 +65,9 @@ def serve(args: argparse.Namespace) -> int:
     choice = BackendChoice.from_arguments(args, token)
     # trame reads sys.argv for its own options: it gets only what it must know, and the key through a file.
     sys.argv = [sys.argv[0], "--server"] + (["--authKeyFile", str(Path(args.access_key_file).resolve())] if key else [])
-    app = IBISAgentWebApp(choice=choice, out_dir=Path(args.out), max_turns=args.max_turns, limits=image_limits(args))
+    app = IBISAgentWebApp(
+        choice=choice, out_dir=Path(args.out), max_turns=args.max_turns, limits=image_limits(args), pacs=pacs
+    )
     if args.volume:
         message = app.scene.open_path(args.volume)
         if message:

@@ -8,6 +8,7 @@ from typing import Any
 from trame.widgets import html
 from trame.widgets import vuetify3 as v
 
+from .pacs_browser import build_pacs
 from .scene import VIEW_NAMES
 from .segments_panel import build_segments
 from .views import LAYOUTS, window_items
@@ -104,6 +105,7 @@ def build_panel(actions: Any, bridge: Any) -> None:
         ):
             html.Div("{{ line }}", v_for="(line, i) in ia_log", key="i", classes="mb-1")
         _set_up(actions)
+        build_pacs(actions)
         build_segments(actions.tools)
         _propagation(bridge)
         _saving(actions)
@@ -274,6 +276,13 @@ def _propagation(bridge: Any) -> None:
 def _saving(actions: Any) -> None:
     with html.Div(classes="d-flex align-center flex-wrap", style="gap: 6px"):
         v.VBtn("Save", click=actions.on_save, disabled=("ia_busy || !ia_volume_name",), loading=("ia_saving",))
+        v.VBtn(
+            "Save to PACS",
+            v_if="ia_pacs",
+            click=actions.on_pacs_save,
+            disabled=("ia_busy || !ia_pacs_opened || !!ia_pacs_working",),
+            raw_attrs=['title="Store the target segment as a DICOM SEG in the opened series\' study"'],
+        )
         v.VBtn(
             "{{ item.name }}",
             v_for="item in ia_downloads",

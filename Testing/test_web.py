@@ -938,3 +938,63 @@ def test_hand_edits_the_segment_list_and_the_agent_share_one_undo(data, page, tm
         expect(page.get_by_role("button", name="Continue")).to_be_disabled()  # the session went with its segment
         undo.click()
         expect(segments.get_by_label("Name of white matter")).to_be_visible()
+
+
+def test_open_from_the_pacs_run_and_save_the_seg_back(data, page, tmp_path):
+    """Open from PACS (search by patient and modality, pick, retrieve) and Save to PACS, against a real Orthanc;
+    the credentials stay on the server's command line, never in the page or the log."""
+    import io
+
+    import highdicom as hd
+    import pydicom
+    from orthanc import ORTHANC, PASSWORD, USER, running_orthanc
+    from test_pacs import SERIES, STUDY, ct_tags, ct_volume
+    from volume_data import write_dicom_series
+
+    if ORTHANC is None:
+        pytest.skip("Debian's orthanc is not installed (.ci/run installs it)")
+    secret = tmp_path / "pacs-password"
+    secret.write_text(PASSWORD)
+    with running_orthanc(tmp_path / "orthanc") as pacs:
+        pacs.upload(write_dicom_series(ct_volume(), tmp_path / "ct", ct_tags(STUDY, SERIES)))
+        with served(
+            "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
+            "--out", str(tmp_path / "out"), "--pacs", pacs.dicomweb, "--pacs-user", USER,
+            "--pacs-password-file", str(secret), cwd=tmp_path,
+        ) as url:  # fmt: skip
+            page.goto(url)
+            expect(page.get_by_text(f"Open from PACS ({pacs.dicomweb})")).to_be_visible()
+            page.get_by_label("Study date").fill("2026")
+            page.get_by_role("button", name="Search").click()
+            expect(alert(page)).to_contain_text("Date: YYYYMMDD")
+            page.get_by_label("Study date").fill("")
+            page.get_by_label("Patient ID").fill("P-0042")
+            choose(page, "Modality", "CT")
+            page.get_by_role("button", name="Search").click()
+            expect(page.locator(".ia-pacs-said")).to_have_text("1 series found.")
+            page.get_by_role("button", name="Open", exact=True).click()
+            expect(
+                page.get_by_text(re.compile(r"Volume: P-0042 · \d{8} · CT · AXIAL 2\.5 \(7 images\)"))
+            ).to_be_visible()
+
+            page.get_by_label("Instruction").fill("segment the spleen")
+            page.get_by_role("button", name="Run", exact=True).click()
+            expect(page.get_by_role("log", name="Reasoning")).to_contain_text("stopped: terminate")
+            area = mask_area(page)
+            page.get_by_role("button", name="Save to PACS").click()
+            expect(page.locator(".ia-pacs-said")).to_contain_text(
+                f"Stored the SEG of 'segment the spleen' in study {STUDY} on {pacs.dicomweb}"
+            )
+            assert PASSWORD not in page.content()
+        assert PASSWORD not in (tmp_path / "server.log").read_text(encoding="utf-8")
+        (seg_series,) = pacs.get(f"/dicom-web/studies/{STUDY}/series?Modality=SEG").json()
+        seg_uid = seg_series["0020000E"]["Value"][0]
+        (instance,) = pacs.get(f"/dicom-web/studies/{STUDY}/series/{seg_uid}/instances").json()
+        raw = pacs.file(instance["00080018"]["Value"][0])
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(raw)))
+    assert seg.get_segment_description(1).segmented_property_type.meaning == "Spleen"
+    assert len({uid for _, _, uid in seg.get_source_image_uids()}) == 7
+    uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sorted((tmp_path / "ct").iterdir())]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])
+    per_slice = [int(np.count_nonzero(pixels[k])) for k in range(len(uids))]
+    assert sum(per_slice) == area and sorted(per_slice)[-2] == 0  # the agent's slice only, voxel for voxel

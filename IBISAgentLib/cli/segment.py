@@ -497,7 +497,7 @@ def _write_seg(out: Path, folder: Path, mask: np.ndarray, trace: Trace):  # -> p
     from ..pacs.segmentation import dicom_seg, source_headers, write_seg
 
     try:
-        seg = dicom_seg(source_headers([Path(f) for f in dicom_series_files(folder)]), mask, trace)
+        seg = dicom_seg(source_headers([Path(f) for f in dicom_series_files(folder)]), mask, trace.instruction, trace)
         write_seg(out, seg)
     except Exception as exc:  # highdicom reports what it cannot build in several types; all end the same way
         print(f"ibisagent: could not write the DICOM SEG {out}: {exc}", file=sys.stderr)

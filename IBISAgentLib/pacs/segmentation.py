@@ -29,29 +29,34 @@ def source_headers(files: Sequence[Path]) -> list[Any]:
     return [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
 
 
-def dicom_seg(sources: Sequence[Any], mask: np.ndarray, trace: Trace) -> Any:
-    """A DICOM SEG (a pydicom Dataset) of the (k, j, i) ``mask`` over ``sources`` (slice k is ``sources[k]``)."""
+def dicom_seg(sources: Sequence[Any], mask: np.ndarray, target: str, trace: Trace | None) -> Any:
+    """A DICOM SEG (a pydicom Dataset) of the (k, j, i) ``mask`` over ``sources`` (slice k is ``sources[k]``), its
+    segment labelled and coded from ``target`` (the instruction, or a segment's name). With no ``trace`` (a
+    segment drawn by hand) the segment is MANUAL and no algorithm is named."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     rows, columns = int(sources[0].Rows), int(sources[0].Columns)
     if mask.shape != (len(sources), rows, columns):
         raise ValueError(f"the mask {mask.shape} does not match the {len(sources)} source images of {rows}x{columns}")
-    term = term_for(trace.instruction)
-    corrected = any(step.source == "user" for step in trace.steps)  # a clinician's clicks: semi-automatic
+    term = term_for(target)
     kinds = hd.seg.SegmentAlgorithmTypeValues
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="IBISAgent",
-        family=codes.cid7162.ArtificialIntelligence,
-        version=__version__,
-        parameters={name: _lo(str(model)) for name, model in sorted(trace.models.items())} or None,
-    )
+    kind, algorithm = kinds.MANUAL, None
+    if trace is not None:
+        corrected = any(step.source == "user" for step in trace.steps)  # a clinician's clicks: semi-automatic
+        kind = kinds.SEMIAUTOMATIC if corrected else kinds.AUTOMATIC
+        algorithm = hd.AlgorithmIdentificationSequence(
+            name="IBISAgent",
+            family=codes.cid7162.ArtificialIntelligence,
+            version=__version__,
+            parameters={name: _lo(str(model)) for name, model in sorted(trace.models.items())} or None,
+        )
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=term.label,
         segmented_property_category=term.category,
         segmented_property_type=term.type,
-        algorithm_type=kinds.SEMIAUTOMATIC if corrected else kinds.AUTOMATIC,
+        algorithm_type=kind,
         algorithm_identification=algorithm,
     )
     number = str(getattr(sources[0], "SeriesNumber", "") or "")
@@ -70,11 +75,14 @@ def dicom_seg(sources: Sequence[Any], mask: np.ndarray, trace: Trace) -> Any:
         device_serial_number="0",
         series_description=_lo(f"IBISAgent: {term.label}"),
         content_label="IBISAGENT",
-        content_description=_lo(f"IBISAgent; trace in private tag ({TRACE_GROUP:04X},xx{TRACE_ELEMENT:02X})"),
+        content_description=_lo(
+            f"IBISAgent; trace in private tag ({TRACE_GROUP:04X},xx{TRACE_ELEMENT:02X})" if trace else "IBISAgent"
+        ),
     )
     seg.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the label and the trace may hold any character
-    block = seg.private_block(TRACE_GROUP, TRACE_CREATOR, create=True)
-    block.add_new(TRACE_ELEMENT, "UT", trace.to_json())
+    if trace is not None:
+        block = seg.private_block(TRACE_GROUP, TRACE_CREATOR, create=True)
+        block.add_new(TRACE_ELEMENT, "UT", trace.to_json())
     return seg
 
 
