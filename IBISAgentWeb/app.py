@@ -126,6 +126,9 @@ class IBISAgentWebApp(TrameApp):
         if self.bridge.driver.state.busy:
             self.bridge.notify("Wait for the agent or press Cancel before opening another volume.")
             return
+        if self.state.ia_pacs_working:
+            self.bridge.notify("Wait for the PACS to finish before opening another volume.")
+            return
         message = self.scene.open_uploads(list(files or []))
         self._after_open(message)
 
@@ -136,7 +139,7 @@ class IBISAgentWebApp(TrameApp):
         if self.bridge.driver.state.busy:
             self.bridge.notify("Wait for the agent or press Cancel before opening another volume.")
             return
-        self._after_open(await self.pacs.open())
+        self._after_open(await self.pacs.open(lambda: self.bridge.driver.state.busy))
 
     async def on_pacs_save(self) -> None:
         driver = self.bridge.driver
@@ -148,7 +151,7 @@ class IBISAgentWebApp(TrameApp):
             return
         segmentation, segment_id = target
         trace = driver.trace_json() if driver.has_session else None
-        await self.pacs.store(segmentation, segment_id, trace)
+        await self.pacs.store(segmentation, segment_id, trace, self.bridge.history.hand_edited())
 
     def _after_open(self, message: str | None) -> None:
         if message is None:

@@ -35,7 +35,7 @@ from IBISAgentLib.imaging.geometry import SliceGeometry
 from IBISAgentLib.workflow import Event, Failed, Idle, Propagated, Reverted, SliceChanged, WorkflowDriver
 from IBISAgentMRML import MRMLSegment
 
-from .labelmap_undo import PackedMask, compact
+from .labelmap_undo import LabelmapEdit, PackedMask, compact
 
 TOOLS = {
     "paint": SegmentationEffectPaint,
@@ -125,6 +125,13 @@ class EditHistory:
         """A session opened on what the segment holds now: edits older than this are not its to take back."""
         self._session_base = self.stack.latest()
         self.stack.set_clean()  # the stack merges no later edit into that command (a rename into a rename)
+
+    def hand_edited(self) -> bool:
+        """Whether the history holds a hand edit of voxels (a stroke, scissors, islands) since the open session
+        started: the result is then the agent's and the clinician's (semi-automatic, in a DICOM SEG)."""
+        done = self.stack._command_list[: self.stack.index()]
+        start = done.index(self._session_base) + 1 if self._session_base in done else 0
+        return any(isinstance(c, (SegmentationLabelMapUndoCommand, LabelmapEdit)) for c in done[start:])
 
     def session_closed(self) -> None:
         self._pending.clear()

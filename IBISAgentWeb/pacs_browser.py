@@ -20,6 +20,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v
 
 from IBISAgentLib.agent.trace import Trace
+from IBISAgentLib.imaging.limits import ImageLimits
 from IBISAgentLib.imaging.volume_files import Grid
 from IBISAgentLib.imaging.volumes import dicom_series_files, read_volume
 from IBISAgentLib.pacs import PacsError, PacsSettings
@@ -85,8 +86,9 @@ class PacsBrowser:
             self.state.ia_pacs_pick = str(found[0].ref) if found else None
             self.state.ia_pacs_said = f"{len(found)} series found." if found else "No series match."
 
-    async def open(self) -> str | None:
-        """Retrieve the picked series and open it; None, or the message the page shows."""
+    async def open(self, busy: Callable[[], bool]) -> str | None:
+        """Retrieve the picked series and open it (unless ``busy()`` by then: the agent started meanwhile);
+        None, or the message the page shows."""
         entry = self._found.get(str(self.state.ia_pacs_pick or ""))
         if entry is None:
             return "Search the PACS and pick a series first."
@@ -104,6 +106,9 @@ class PacsBrowser:
             return str(exc)
         finally:
             self._working("")
+        if busy():
+            folder.cleanup()
+            return "The agent started while the series was retrieved: press Open again once it has stopped."
         message = self.scene.open_path(folder.name)  # the scene's replace hook forgets the previous series
         if message is not None:
             folder.cleanup()
@@ -113,7 +118,7 @@ class PacsBrowser:
         self.state.ia_pacs_opened = True
         return None
 
-    async def store(self, segmentation: Any, segment_id: str, trace_json: str | None) -> None:
+    async def store(self, segmentation: Any, segment_id: str, trace_json: str | None, hand_edited: bool) -> None:
         """The segment as a DICOM SEG over the opened series, stored into its study; the page says where. It is
         coded from the session's instruction, or from the segment's name when it was drawn by hand."""
         if self._opened is None:
@@ -121,11 +126,16 @@ class PacsBrowser:
             return
         folder = self._opened
         mask = segment_array(segmentation, segment_id, self.scene.volume)
+        if not mask.any():
+            self.notify("The segment is empty: nothing to store.")
+            return
         labelmap = sitk.GetImageFromArray(mask.astype(np.uint8))
         labelmap.CopyInformation(image_from_volume(self.scene.volume))
         trace = Trace.from_dict(json.loads(trace_json)) if trace_json else None
         target = trace.instruction if trace else segmentation.GetSegmentation().GetSegment(segment_id).GetName()
-        where = await self._talk("Storing the SEG…", _store, self.archive, Path(folder.name), labelmap, target, trace)
+        seg = (target, trace, hand_edited)
+        where = await self._talk("Storing the SEG…", _store, self.archive, Path(folder.name), self.scene.limits,
+                                 labelmap, seg)  # fmt: skip
         if where is not None:
             with self.state:
                 self.state.ia_pacs_said = f"Stored the SEG of {target!r} in {where}."
@@ -146,15 +156,22 @@ class PacsBrowser:
             self._working("")
 
 
-def _store(archive: Any, folder: Path, labelmap: sitk.Image, target: str, trace: Trace | None) -> str:
-    """Build the SEG on the series' own grid (Slicer may order a volume's voxels differently) and store it."""
-    from IBISAgentLib.pacs.segmentation import dicom_seg, source_headers
+def _store(archive: Any, folder: Path, limits: ImageLimits, labelmap: sitk.Image, seg: tuple) -> str:
+    """Build the SEG on the series' own grid (Slicer may order a volume's voxels differently) and store it;
+    ``seg`` is (the target's name, the trace or None, hand-edited). A ValueError says why it cannot be built."""
+    from IBISAgentLib.pacs.segmentation import check_seg_sources, dicom_seg, source_headers
 
-    series = read_volume(folder)
+    target, trace, hand_edited = seg
+    series = read_volume(folder, limits)
     grid = Grid(series.GetSize(), series.GetSpacing(), series.GetOrigin(), series.GetDirection())
     mask = sitk.GetArrayFromImage(grid.resample(labelmap)).astype(bool)
-    files = [Path(f) for f in dicom_series_files(folder)]
-    return archive.store(dicom_seg(source_headers(files), mask, target, trace))
+    sources = source_headers([Path(f) for f in dicom_series_files(folder, limits)])
+    try:
+        check_seg_sources(sources, series.GetDepth())
+        dataset = dicom_seg(sources, mask, target, trace, hand_edited)
+    except Exception as exc:  # highdicom reports what it cannot build in several types; the segment stays
+        raise ValueError(f"Could not build the DICOM SEG: {exc}") from None
+    return archive.store(dataset)
 
 
 def _title(entry: Any) -> str:

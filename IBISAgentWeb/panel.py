@@ -67,7 +67,7 @@ def build_panel(actions: Any, bridge: Any) -> None:
             hide_details=True,
             prepend_icon="mdi-folder-open",
             accept=".nii,.gz,.nrrd,.nhdr,.mha,.mhd,.raw,.dcm,application/dicom",
-            disabled=("ia_busy",),
+            disabled=("ia_busy || !!ia_pacs_working",),
             change=(actions.on_upload, "[$event.target.files]"),
         )
         v.VTextarea(

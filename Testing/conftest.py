@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
 import sys
 from pathlib import Path
@@ -25,6 +27,14 @@ TEST_DEVICE = os.environ.get("IBISAGENT_TEST_DEVICE", "cpu")
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "IBISAgentLib" / "cli" / "samples" / "ct_thoracic_vertebra.png"
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _utf8_character_type():
+    """Some C++ code loaded in this process (Slicer's core, ITK) sets the C locale, after which Python reads a
+    child process's text as ASCII: every test starts with UTF-8 characters again (what CI's locale says)."""
+    with contextlib.suppress(locale.Error):
+        locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
 
 
 @pytest.fixture(scope="session")

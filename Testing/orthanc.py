@@ -18,6 +18,12 @@ import requests
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 USER, PASSWORD = "radiologist", "s3cret-pass"
+REJECTING = "P-REJECT"  # a patient whose SEGs this PACS refuses to store: a store that fails, for real
+REJECT_LUA = f"""
+function ReceivedInstanceFilter(dicom, origin, info)
+  return not (dicom.Modality == 'SEG' and dicom.PatientID == '{REJECTING}')
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,9 @@ def running_orthanc(folder: Path) -> Iterator[Orthanc]:
         "RegisteredUsers": {USER: PASSWORD},
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "LuaScripts": [str(folder / "filter.lua")],
     }
+    (folder / "filter.lua").write_text(REJECT_LUA)
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = (folder / "orthanc.log").open("wb")
     process = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], cwd=folder, stdout=log, stderr=log)

@@ -14,7 +14,7 @@ import requests
 import SimpleITK as sitk
 from hypothesis import given
 from hypothesis import strategies as st
-from orthanc import ORTHANC, PASSWORD, USER, free_port, running_orthanc
+from orthanc import ORTHANC, PASSWORD, REJECTING, USER, free_port, running_orthanc
 from server_process import ServerProcess
 from test_cli import ibisagent, replay_file
 from volume_data import ct_phantom, write_dicom_series
@@ -23,7 +23,7 @@ from IBISAgentLib.imaging.volume_case import VolumeCase
 from IBISAgentLib.pacs import pacs_source
 from IBISAgentLib.pacs.segmentation import attached_trace
 from IBISAgentLib.pacs.terms import segment_label, term_for
-from IBISAgentLib.remote.client import RemoteBackend, RequestRejected, ServerFailed, SessionExpired
+from IBISAgentLib.remote.client import RemoteBackend, RequestRejected, ServerFailed
 from IBISAgentLib.remote.protocol import UploadedImage, content_hash, encode_image
 
 OUTPUTS = [
@@ -165,31 +165,73 @@ def test_series_that_are_not_volumes_are_refused_before_retrieval(pacs, login, t
         assert "retrieving" not in result.stderr
 
 
-def test_a_pacs_that_is_down_exits_1_with_a_clear_line(tmp_path, tiny_models, login):
+def test_a_pacs_that_is_down_exits_1_before_the_run(tmp_path, tiny_models, login):
     down = f"http://127.0.0.1:{free_port()}/dicom-web"
     result = ibisagent(*segment_args(tmp_path, tiny_models, f"pacs:{SERIES}", "--pacs", down, *login))
     assert result.returncode == 1
     assert f"cannot reach the PACS at {down} (ConnectionError, tried 3 times): is it running" in result.stderr
     assert "Traceback" not in result.stderr
+    write_dicom_series(ct_volume(), tmp_path / "ct", ct_tags(STUDY, SERIES))
+    local = ibisagent(*segment_args(tmp_path, tiny_models, tmp_path / "ct", "--pacs", down, *login, "--store"),
+                      cwd=tmp_path)  # fmt: skip
+    assert local.returncode == 1 and "cannot reach the PACS" in local.stderr
+    assert not (tmp_path / "trace.json").exists() and not list(tmp_path.glob("*.dcm"))  # refused before the run
 
 
-def test_a_store_that_fails_keeps_the_local_seg_and_trace(tmp_path, tiny_models, login):
+def test_a_busy_pacs_is_tried_three_times_then_a_clear_line():
+    """A PACS that answers 503 to everything (a stand-in: Orthanc cannot be made busy on demand)."""
+    import http.server
+    import threading
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy) as busy:
+        threading.Thread(target=busy.serve_forever, daemon=True).start()
+        result = ibisagent("pacs", "list", "--pacs", f"http://127.0.0.1:{busy.server_port}/dicom-web")
+        busy.shutdown()
+    assert result.returncode == 1 and "stayed busy (the series search, tried 3 times)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_store_the_pacs_refuses_keeps_the_local_seg_and_trace(pacs, login, tmp_path, tiny_models):
     import highdicom as hd
 
-    image = sitk.GetImageFromArray(ct_phantom((5, 40, 48)))
-    files = write_dicom_series(image, tmp_path / "ct", ct_tags(STUDY, SERIES))
-    down = f"http://127.0.0.1:{free_port()}/dicom-web"
-    result = ibisagent(*segment_args(tmp_path, tiny_models, tmp_path / "ct", "--pacs", down, *login, "--store",
-                                     "--out", tmp_path / "spleen.dcm", "--slice", "axial:2"))  # fmt: skip
-    assert result.returncode == 1
-    assert (
-        "the SEG was not stored (cannot reach the PACS" in result.stderr and "local files are written" in result.stderr
-    )
+    study, series = "1.2.826.0.1.3680043.8.498.1002", "1.2.826.0.1.3680043.8.498.1002.2"
+    files = write_dicom_series(ct_volume(), tmp_path / "ct", ct_tags(study, series) | {"0010|0020": REJECTING})
+    pacs.upload(files)
+    before = pacs.instance_count()
+    result = ibisagent(*segment_args(tmp_path, tiny_models, f"pacs:{series}", "--pacs", pacs.dicomweb, *login,
+                                     "--store", "--out", tmp_path / "spleen.dcm", "--slice", "axial:2"))  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "answered that it stored the SEG, but it does not hold it" in result.stderr  # Orthanc says "stored"
+    assert "the local files are written" in result.stderr
+    assert pacs.instance_count() == before
     seg = hd.seg.segread(tmp_path / "spleen.dcm")
     sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
     assert {uid for _, _, uid in seg.get_source_image_uids()} == sources
     trace = json.loads((tmp_path / "trace.json").read_text(encoding="utf-8"))
-    assert trace["image"]["source"] == str(tmp_path / "ct") and trace["steps"]
+    assert trace["image"]["source"] == f"pacs:{series}" and trace["steps"]
+
+
+def test_an_empty_or_unfinished_result_is_not_stored(pacs, login, tmp_path, tiny_models):
+    before = pacs.instance_count()
+    nothing = ["<think>not here</think><action>Terminate</action><answer>No spleen on this slice.</answer>"]
+    args = ["segment", f"pacs:{SERIES}", "--prompt", "segment the spleen", "--pacs", pacs.dicomweb, *login,
+            "--sam2", tiny_models[1], "--store", "--trace", tmp_path / "trace.json"]  # fmt: skip
+    empty = ibisagent(*args, "--mllm", replay_file(tmp_path, nothing), cwd=tmp_path)
+    assert empty.returncode == 1 and "nothing stored on the PACS: the segment is empty" in empty.stderr
+    assert (tmp_path / f"pacs_{SERIES}_seg.dcm").is_file()  # the local SEG is written all the same
+    failing = ibisagent(*args, "--mllm", replay_file(tmp_path, ["<action>Positive Point (2.0, 0.5)</action>"]),
+                        "--max-turns", "1", cwd=tmp_path)  # fmt: skip
+    assert "nothing stored on the PACS" in failing.stderr, failing.stderr
+    assert pacs.instance_count() == before
 
 
 def test_dicom_outputs_need_dicom_input_and_a_pacs(tmp_path, tiny_models, login):
@@ -197,9 +239,11 @@ def test_dicom_outputs_need_dicom_input_and_a_pacs(tmp_path, tiny_models, login)
     cases = [
         (["--out", tmp_path / "x.dcm"], "a DICOM SEG references DICOM images; this input is not DICOM"),
         (["--store", "--pacs", "http://127.0.0.1:9/dicom-web", *login], "--store sends a DICOM SEG, which needs"),
+        (["--pacs", "http://pacs:abc/x"], "the port is not a number"),
+        (["--pacs", "http://pacs/x?token=abc"], "no credentials, query or fragment in the URL"),
         (["--store"], "--store sends the result to a PACS: give --pacs URL"),
         (["--pacs", "ftp://pacs/x"], "--pacs 'ftp://pacs/x': give the DICOMweb root"),
-        (["--pacs", "http://u:p@pacs/x"], "put no credentials in the URL"),
+        (["--pacs", "http://u:p@pacs/x"], "no credentials, query or fragment in the URL"),
         (["--pacs", "http://pacs/x", "--pacs-user", "u"], "give its password with --pacs-password-file"),
     ]
     for extra, reason in cases:
@@ -266,7 +310,7 @@ def test_the_server_retrieves_a_series_from_its_pacs(pacs, tmp_path, tiny_models
         opened = requests.post(server.url + "/v1/sessions", json=body, headers=server.headers, timeout=30)
         assert opened.status_code == 201 and opened.json()["width"] == 48
 
-        with pytest.raises(SessionExpired, match="no such series on the PACS"):
+        with pytest.raises(RequestRejected, match="no such series on the PACS"):
             backend.fetch_from_pacs("1.2.3.4.5")
         with pytest.raises(RequestRejected, match="HTTP 422"):
             backend.fetch_from_pacs("1.2.x")
@@ -275,3 +319,31 @@ def test_the_server_retrieves_a_series_from_its_pacs(pacs, tmp_path, tiny_models
     options[-1] = str(tmp_path / "wrong")
     with ServerProcess(*models, *options) as server, pytest.raises(ServerFailed, match="refused the credentials"):
         RemoteBackend(server.url, token=server.token).fetch_from_pacs(SERIES)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+TAGS = st.sampled_from(["00080060", "00280010", "00280011", "00080008", "00200037", "00200032", "00280008"])
+ELEMENT = st.fixed_dictionaries({"Value": st.lists(JSON, max_size=3)}) | JSON
+
+
+@given(st.lists(st.dictionaries(TAGS | st.just("00201209"), ELEMENT, max_size=8), max_size=4) | JSON)
+def test_any_series_metadata_is_a_volume_or_a_clear_refusal(metadata):
+    """What a PACS sends is untrusted: any JSON gives a number of instances or a PacsRefused, never a crash."""
+    from IBISAgentLib.imaging.limits import DEFAULT_LIMITS
+    from IBISAgentLib.pacs import PacsRefused
+    from IBISAgentLib.pacs.archive import SeriesEntry, check_volume_metadata
+
+    try:
+        count = check_volume_metadata(metadata, DEFAULT_LIMITS, "pacs:1.2")
+    except PacsRefused as exc:
+        assert str(exc).startswith("pacs:1.2")  # each reason names the series
+    else:
+        assert count == len(metadata) >= 1
+    for item in metadata if isinstance(metadata, list) else []:
+        if isinstance(item, dict):
+            entry = SeriesEntry.of_json(item)
+            assert all(isinstance(v, str) for k, v in entry.to_dict().items() if k != "instances")

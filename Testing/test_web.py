@@ -951,12 +951,16 @@ def test_open_from_the_pacs_run_and_save_the_seg_back(data, page, tmp_path):
     from test_pacs import SERIES, STUDY, ct_tags, ct_volume
     from volume_data import write_dicom_series
 
+    from IBISAgentLib.pacs.segmentation import attached_trace
+
     if ORTHANC is None:
         pytest.skip("Debian's orthanc is not installed (.ci/run installs it)")
     secret = tmp_path / "pacs-password"
     secret.write_text(PASSWORD)
     with running_orthanc(tmp_path / "orthanc") as pacs:
-        pacs.upload(write_dicom_series(ct_volume(), tmp_path / "ct", ct_tags(STUDY, SERIES)))
+        flipped = ct_volume()  # stacked head to feet: file order, SimpleITK's and Slicer's slice orders differ
+        flipped.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+        pacs.upload(write_dicom_series(flipped, tmp_path / "ct", ct_tags(STUDY, SERIES)))
         with served(
             "--mllm", f"replay:{data['replay']}", "--sam2", str(data["sam2"]), "--device", "cpu",
             "--out", str(tmp_path / "out"), "--pacs", pacs.dicomweb, "--pacs-user", USER,
@@ -994,7 +998,11 @@ def test_open_from_the_pacs_run_and_save_the_seg_back(data, page, tmp_path):
     seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(raw)))
     assert seg.get_segment_description(1).segmented_property_type.meaning == "Spleen"
     assert len({uid for _, _, uid in seg.get_source_image_uids()}) == 7
-    uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in sorted((tmp_path / "ct").iterdir())]
-    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])
-    per_slice = [int(np.count_nonzero(pixels[k])) for k in range(len(uids))]
-    assert sum(per_slice) == area and sorted(per_slice)[-2] == 0  # the agent's slice only, voxel for voxel
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted((tmp_path / "ct").iterdir())]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[h.SOPInstanceUID for h in headers],
+                                               segment_numbers=[1])  # fmt: skip
+    per_slice = {float(h.ImagePositionPatient[2]): int(np.count_nonzero(pixels[k])) for k, h in enumerate(headers)}
+    agent_z = attached_trace(seg).steps[0].ras[2]  # where the agent clicked, in millimetres (S of RAS = LPS z)
+    (at_agent,) = [z for z in per_slice if abs(z - agent_z) < 1e-3]
+    assert per_slice.pop(at_agent) == area  # the agent's slice, voxel for voxel ...
+    assert set(per_slice.values()) == {0}  # ... and no other

@@ -23,7 +23,11 @@ def add_pacs_options(parser: argparse.ArgumentParser, ca_bundle: bool = True) ->
     group.add_argument("--pacs-password-file", help=f"a file holding that user's password (default: ${PASSWORD_ENV})")
     group.add_argument("--pacs-token-file", help="a file holding a bearer token for the PACS, instead of a user")
     if ca_bundle:
-        group.add_argument("--ca-bundle", help="CA certificate file to verify the PACS's TLS certificate with")
+        group.add_argument(
+            "--ca-bundle",
+            help="CA certificate file to verify TLS certificates with: the PACS's (and an IBISAgent server's, where "
+            "one is used)",
+        )
 
 
 def pacs_settings(args: argparse.Namespace) -> PacsSettings | None:

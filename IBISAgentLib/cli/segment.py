@@ -206,17 +206,21 @@ def _segment_with(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> in
     source = Path(args.image)
     stem, dicom = _stem(source), source if source.is_dir() else None
     if ref is not None:
-        _output_paths(stem := f"pacs_{ref.series_uid}", args.out, args.trace, True, True, args.store)
+        stem = f"pacs_{ref.series_uid}"
+    if ref is not None or args.store:  # the outputs checked before the PACS is asked anything
+        _output_paths(stem, args.out, args.trace, True, ref is not None or dicom is not None, args.store)
+    if ref is not None:
         source = dicom = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ibisagent-pacs-")))
         archive = retrieve(pacs, ref, source, image_limits(args))
     elif args.store:
-        archive = _archive(pacs)
+        archive = _archive(pacs)  # checked now: refused credentials or a PACS that is down cost no run
     case, image, initial_mask = _read_inputs(str(source), slice_spec, args.window, args.initial_mask,
                                              image_limits(args))  # fmt: skip
     if case is None:
         _refuse_volume_options(args.image, slice=args.slice, window=args.window, range=args.range,
                                propagate=args.propagate)  # fmt: skip
     out, trace_path = _output_paths(stem, args.out, args.trace, case is not None, dicom is not None, args.store)
+    sources = _seg_sources(dicom, case, image_limits(args)) if out.suffix.lower() == ".dcm" else None
     overlays = _overlays_folder(args.overlays)
     _refuse_overwriting_inputs(
         {"--out": out, "--trace": trace_path, "--scene": args.scene and Path(args.scene)},
@@ -240,8 +244,8 @@ def _segment_with(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> in
     seg = None
     if case is None:
         write_mask(out, outcome.mask)
-    elif out.suffix.lower() == ".dcm":
-        seg = _write_seg(out, dicom, outcome.mask, trace)
+    elif sources is not None:
+        seg = _write_seg(out, sources, outcome.mask, trace, outcome.case)
         if seg is None:
             return EXIT_FAILED
     else:
@@ -257,8 +261,8 @@ def _segment_with(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> in
     if trace.answer:
         summary += f"\nanswer: {trace.answer}"
     print(summary, file=report, flush=True)
-    if args.store and not _stored(archive, seg):
-        return EXIT_FAILED
+    if args.store and not _stored(archive, seg, _unfit_to_store(seg, trace, outcome)):
+        return outcome.exit_code or EXIT_FAILED
     if trace.stop_reason == "error":
         reason = trace.error or next((s.error for s in reversed(trace.steps) if s.error), "unknown error")
         print(f"ibisagent: the run failed: {reason}", file=sys.stderr)
@@ -490,17 +494,32 @@ def _output_paths(
     return mask_path, trace_path
 
 
-def _write_seg(out: Path, folder: Path, mask: np.ndarray, trace: Trace):  # -> pydicom Dataset | None
-    """The result as a DICOM SEG over the series in ``folder``, written to ``out``; None (said) when it cannot be
-    made, the trace being written already."""
+def _seg_sources(folder: Path, case: VolumeCase | None, limits: ImageLimits) -> list:  # -> pydicom Datasets
+    """The headers a DICOM SEG of this series references, in the volume's slice order; refused before the run
+    when the series cannot carry one (a multi-frame instance, repeated positions)."""
     from ..imaging.volumes import dicom_series_files
-    from ..pacs.segmentation import dicom_seg, source_headers, write_seg
+    from ..pacs.segmentation import check_seg_sources, source_headers
+
+    sources = source_headers([Path(f) for f in dicom_series_files(folder, limits)])
+    try:
+        check_seg_sources(sources, case.image.GetDepth())
+    except ValueError as exc:
+        raise UserError(f"--out NAME.dcm: {exc}") from None
+    return sources
+
+
+def _write_seg(out: Path, sources: list, mask: np.ndarray, trace: Trace, case: VolumeCase):  # -> Dataset | None
+    """The result as a DICOM SEG written to ``out``; when it cannot be made, the mask as NIfTI beside it (said),
+    the trace being written already: nothing of the run is lost."""
+    from ..pacs.segmentation import dicom_seg, write_seg
 
     try:
-        seg = dicom_seg(source_headers([Path(f) for f in dicom_series_files(folder)]), mask, trace.instruction, trace)
+        seg = dicom_seg(sources, mask, trace.instruction, trace)
         write_seg(out, seg)
     except Exception as exc:  # highdicom reports what it cannot build in several types; all end the same way
-        print(f"ibisagent: could not write the DICOM SEG {out}: {exc}", file=sys.stderr)
+        kept = out.with_name(out.name.removesuffix(out.suffix) + "_mask.nii.gz")
+        write_labelmap(kept, mask, case.image)
+        print(f"ibisagent: could not write the DICOM SEG {out} ({exc}); the mask is in {kept}", file=sys.stderr)
         return None
     return seg
 
@@ -515,17 +534,35 @@ def _check_pacs_installed() -> None:
 
 
 def _archive(settings):  # PacsSettings -> Pacs
+    """The PACS --store sends to, its login checked before the run."""
+    from ..pacs import PacsRefused
     from ..pacs.archive import Pacs
 
-    return Pacs(settings)
+    archive = Pacs(settings)
+    try:
+        archive.check()
+    except PacsRefused as exc:
+        raise UserError(str(exc)) from None
+    return archive
 
 
-def _stored(archive, seg) -> bool:  # (Pacs, Dataset | None) -> bool
-    """Send the SEG to the PACS; a failure is said, the local files being written already."""
+def _unfit_to_store(seg, trace: Trace, outcome: _Outcome) -> str | None:
+    """Why this result must not go into the clinical archive (cancelled, failed, empty, no SEG), or None."""
+    if trace.stop_reason in ("error", "cancelled") or outcome.exit_code != EXIT_OK:
+        return f"the run did not finish ({trace.stop_reason})"
+    if seg is None:
+        return "no DICOM SEG was written"
+    if not outcome.mask.any():
+        return "the segment is empty"
+    return None
+
+
+def _stored(archive, seg, unfit: str | None) -> bool:  # (Pacs, Dataset | None, str | None) -> bool
+    """Send the SEG to the PACS unless it is ``unfit``; a failure is said, the local files being written."""
     from ..pacs import PacsError
 
-    if seg is None:
-        print("ibisagent: nothing stored on the PACS: the run wrote no SEG", file=sys.stderr)
+    if unfit is not None:
+        print(f"ibisagent: nothing stored on the PACS: {unfit}", file=sys.stderr)
         return False
     try:
         where = archive.store(seg)

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from .. import __version__
 from ..imaging.limits import DEFAULT_LIMITS, ImageLimits
@@ -23,7 +21,7 @@ from .settings import PacsLoginRefused, PacsNotFound, PacsRefused, PacsSettings,
 
 # Modalities of series that hold no image to segment (results, reports, presentation states, documents).
 NOT_IMAGES = {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC", "OT_DOC", "FID", "PLAN"}
-_ATTEMPTS = 3  # tries a request gets where the PACS is unreachable or busy (503, 429, 504, 408)
+_ATTEMPTS = 3  # tries a request gets (dicomweb-client's retry): unreachable, or busy (503, 429, 504, 408)
 _SERIES_FIELDS = (
     "PatientID", "PatientName", "StudyDate", "StudyDescription", "StudyInstanceUID", "SeriesInstanceUID",
     "SeriesDescription", "SeriesNumber", "Modality", "NumberOfSeriesRelatedInstances",
@@ -54,17 +52,18 @@ class SeriesEntry:
 
     @classmethod
     def of_json(cls, item: dict[str, Any]) -> SeriesEntry:
+        """From a QIDO-RS result (DICOM JSON); anything missing or malformed is empty."""
+
         def text(tag: str) -> str:
-            values = item.get(tag, {}).get("Value") or [""]
-            value = values[0]
-            return str(value.get("Alphabetic", "") if isinstance(value, dict) else value)
+            value = _first(item, tag)
+            return str(value.get("Alphabetic", "") if isinstance(value, dict) else value if value is not None else "")
 
         count = text("00201209")
         return cls(
             study_uid=text("0020000D"), series_uid=text("0020000E"), patient_id=text("00100020"),
             patient_name=text("00100010"), study_date=text("00080020"), study_description=text("00081030"),
             modality=text("00080060"), series_description=text("0008103E"), series_number=text("00200011"),
-            instances=int(count) if count.isdigit() else None,
+            instances=int(count) if count.isdecimal() and len(count) < 10 else None,
         )  # fmt: skip
 
 
@@ -82,11 +81,8 @@ class Pacs:
         elif settings.user:
             http.auth = (settings.user, settings.password or "")
         http.verify = settings.ca_bundle or True
-        # Refused connections are retried here (urllib3); busy answers by dicomweb-client's own retry below.
-        retry = Retry(total=_ATTEMPTS - 1, connect=_ATTEMPTS - 1, read=0, status=0, other=0, backoff_factor=0.25)
-        for scheme in ("http://", "https://"):
-            http.mount(scheme, HTTPAdapter(max_retries=retry))
         self.client = DICOMwebClient(settings.url, session=http, timeout=(10.0, timeout))
+        # Its retry (the retrying package) repeats a request that raised or answered busy: 0.5 s, then 1 s apart.
         self.client.set_http_retry_params(max_attempts=_ATTEMPTS, wait_exponential_multiplier=250)
 
     def series(
@@ -97,7 +93,12 @@ class Pacs:
                    (("PatientID", patient), ("Modality", modality), ("StudyDate", date)) if value}  # fmt: skip
         with self._talking("the series search"):
             found = self.client.search_for_series(fields=_SERIES_FIELDS, search_filters=filters, limit=limit)
-        return [SeriesEntry.of_json(item) for item in found]
+        return [SeriesEntry.of_json(item) for item in _items(found)]
+
+    def check(self) -> None:
+        """One small search: a PACS that is down, or refuses the credentials, is found before a run, not after."""
+        with self._talking("a search"):
+            self.client.search_for_studies(limit=1)
 
     def find(self, ref: SeriesRef) -> SeriesEntry:
         """The series ``ref`` names; PacsRefused when the PACS does not hold it."""
@@ -106,7 +107,7 @@ class Pacs:
             filters["StudyInstanceUID"] = ref.study_uid
         with self._talking(f"the series {ref}"):
             found = self.client.search_for_series(fields=_SERIES_FIELDS, search_filters=filters)
-        entries = [SeriesEntry.of_json(item) for item in found]
+        entries = [SeriesEntry.of_json(item) for item in _items(found)]
         entries = [e for e in entries if e.series_uid == ref.series_uid]  # a PACS may ignore a filter it lacks
         if not entries:
             raise PacsNotFound(f"{ref}: no such series on the PACS at {self.settings.where}")
@@ -130,6 +131,8 @@ class Pacs:
             on_progress(0, total)
         with self._talking(f"the instances of {entry.ref}"):
             for dataset in self.client.iter_series(entry.study_uid, entry.series_uid):
+                if len(files) == total:  # more than its metadata listed: a PACS that would fill the disk
+                    raise PacsUnavailable(f"{entry.ref}: the PACS sent more instances than the series' {total}")
                 path = folder / f"{len(files):05d}.dcm"
                 dataset.save_as(path, enforce_file_format=True)
                 files.append(path)
@@ -140,18 +143,27 @@ class Pacs:
         return files
 
     def store(self, dataset: Any) -> str:
-        """Store one instance (STOW-RS) into its study; where it went, as a line for the user."""
-        study = str(dataset.StudyInstanceUID)
+        """Store one instance (STOW-RS) into its study, then ask for it back (QIDO-RS): a PACS may answer that
+        it stored what a filter of its own threw away (Orthanc does). Where it went, as a line for the user."""
+        study, instance = str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID)
+        where = self.settings.where
         with self._talking("the stored SEG"):
             answer = self.client.store_instances([dataset], study_instance_uid=study)
         failed = answer.get("FailedSOPSequence") if answer is not None else None
         if failed:
             reason = failed[0].get("FailureReason", "no reason given")
-            raise PacsUnavailable(f"the PACS at {self.settings.where} did not store the SEG (failure reason {reason})")
-        return f"study {study} on {self.settings.where}"
+            raise PacsUnavailable(f"the PACS at {where} did not store the SEG (failure reason {reason})")
+        with self._talking("the stored SEG"):
+            held = self.client.search_for_instances(study, search_filters={"SOPInstanceUID": instance})
+        if not any(_first(item, "00080018") == instance for item in _items(held)):
+            raise PacsUnavailable(f"the PACS at {where} answered that it stored the SEG, but it does not hold it")
+        return f"study {study} on {where}"
 
     @contextlib.contextmanager
     def _talking(self, what: str) -> Iterator[None]:
+        import retrying
+        from pydicom.errors import InvalidDicomError
+
         where = self.settings.where
         try:
             yield
@@ -176,37 +188,64 @@ class Pacs:
             if 400 <= status < 500:
                 raise PacsRefused(f"the PACS at {where} refused {what} (HTTP {status})") from None
             raise PacsUnavailable(f"the PACS at {where} failed on {what} (HTTP {status})") from None
+        except retrying.RetryError:
+            raise PacsUnavailable(f"the PACS at {where} stayed busy ({what}, tried {_ATTEMPTS} times)") from None
+        except requests.RequestException as exc:
+            raise PacsUnavailable(f"the PACS at {where} failed on {what} ({exc.__class__.__name__})") from None
+        except (ValueError, InvalidDicomError) as exc:  # not JSON, not DICOM, a broken multipart answer
+            raise PacsUnavailable(f"the PACS at {where} sent a malformed answer to {what} ({exc})"[:300]) from None
 
 
-def check_volume_metadata(metadata: list[dict[str, Any]], limits: ImageLimits, name: str) -> int:
+def _items(found: Any) -> list[dict[str, Any]]:
+    """The objects of a DICOM JSON answer (a PACS that sends anything else sent nothing usable)."""
+    return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
+
+
+def _values(item: dict[str, Any], tag: str) -> list[Any]:
+    element = item.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values if isinstance(values, list) else []
+
+
+def _first(item: dict[str, Any], tag: str) -> Any:
+    return next(iter(_values(item, tag)), None)
+
+
+def check_volume_metadata(metadata: Any, limits: ImageLimits, name: str) -> int:
     """The number of instances of a series that is one volume; PacsRefused naming why it is not one (no
-    images, a localizer, mixed sizes or orientations, no positions, too many voxels)."""
+    images, a localizer, mixed sizes or orientations, no positions, too many voxels, metadata that cannot be
+    read)."""
+    try:
+        return _volume_instances(_items(metadata), limits, name)
+    except (ValueError, TypeError, OverflowError) as exc:
+        if isinstance(exc, PacsRefused):
+            raise
+        raise PacsRefused(f"{name}: the PACS sent metadata that cannot be read ({exc.__class__.__name__})") from None
 
-    def values(item: dict[str, Any], tag: str) -> list[Any]:
-        return item.get(tag, {}).get("Value") or []
 
+def _volume_instances(metadata: list[dict[str, Any]], limits: ImageLimits, name: str) -> int:
     if not metadata:
         raise PacsRefused(f"{name}: the series holds no instances")
-    modality = next(iter(values(metadata[0], "00080060")), "")
-    if modality in NOT_IMAGES or any(not values(m, "00280010") for m in metadata):
+    modality = str(_first(metadata[0], "00080060") or "")
+    if modality in NOT_IMAGES or any(not _values(m, "00280010") for m in metadata):
         raise PacsRefused(f"{name}: not an image series (modality {modality or 'unknown'}): choose a CT or MR series")
-    if any("LOCALIZER" in [str(v).upper() for v in values(m, "00080008")] for m in metadata):
+    if any("LOCALIZER" in [str(v).upper() for v in _values(m, "00080008")] for m in metadata):
         raise PacsRefused(f"{name}: a localizer (scout) series, not a volume: choose the axial series")
-    sizes = {(values(m, "00280011")[0], values(m, "00280010")[0]) for m in metadata}
+    sizes = {(int(_first(m, "00280011")), int(_first(m, "00280010"))) for m in metadata}
     if len(sizes) > 1:
         shown = ", ".join(f"{c}x{r}" for c, r in sorted(sizes)[:3])
         raise PacsRefused(f"{name}: images of different sizes ({shown}): not one volume")
-    orientations = {tuple(round(float(v), 3) for v in values(m, "00200037")) for m in metadata}
+    orientations = {tuple(round(float(v), 3) for v in _values(m, "00200037")) for m in metadata}
     if len(orientations) > 1:
         raise PacsRefused(f"{name}: images in {len(orientations)} orientations: not one volume")
-    frames = [int(next(iter(values(m, "00280008")), 1) or 1) for m in metadata]
-    if len(metadata) > 1 and any(not values(m, "00200032") for m in metadata):
+    frames = [int(_first(m, "00280008") or 1) for m in metadata]
+    if len(metadata) > 1 and any(not _values(m, "00200032") for m in metadata):
         raise PacsRefused(f"{name}: images without a position in the patient: not one volume")
     if len(metadata) > 1 and max(frames) > 1:
         raise PacsRefused(f"{name}: several multi-frame instances: not one volume")
     columns, rows = next(iter(sizes))
     try:
-        limits.check((int(columns), int(rows), sum(frames)), name)
+        limits.check((columns, rows, sum(frames)), name)
     except ValueError as exc:
         raise PacsRefused(str(exc)) from None
     return len(metadata)

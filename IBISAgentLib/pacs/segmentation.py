@@ -29,10 +29,28 @@ def source_headers(files: Sequence[Path]) -> list[Any]:
     return [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
 
 
-def dicom_seg(sources: Sequence[Any], mask: np.ndarray, target: str, trace: Trace | None) -> Any:
+def check_seg_sources(sources: Sequence[Any], depth: int) -> None:
+    """ValueError saying why a SEG cannot reference this series slice by slice: one image per slice of the
+    volume (not one multi-frame instance), each at its own position, all in one frame of reference."""
+    if len(sources) != depth:
+        raise ValueError(
+            f"the volume has {depth} slices in {len(sources)} DICOM instance(s); a DICOM SEG is written here for "
+            "series of one image per slice: write the mask as .nii.gz instead"
+        )
+    positions = [tuple(round(float(v), 4) for v in getattr(s, "ImagePositionPatient", ()) or ()) for s in sources]
+    if len(set(positions)) != len(positions):
+        raise ValueError("several images share a position (echoes or phases in one series): write .nii.gz instead")
+    if len({str(getattr(s, "FrameOfReferenceUID", "")) for s in sources} - {""}) != 1:
+        raise ValueError("the images do not share one frame of reference (FrameOfReferenceUID)")
+
+
+def dicom_seg(
+    sources: Sequence[Any], mask: np.ndarray, target: str, trace: Trace | None, hand_edited: bool = False
+) -> Any:
     """A DICOM SEG (a pydicom Dataset) of the (k, j, i) ``mask`` over ``sources`` (slice k is ``sources[k]``), its
     segment labelled and coded from ``target`` (the instruction, or a segment's name). With no ``trace`` (a
-    segment drawn by hand) the segment is MANUAL and no algorithm is named."""
+    segment drawn by hand) the segment is MANUAL and no algorithm is named; the agent's result is AUTOMATIC, or
+    SEMIAUTOMATIC once a clinician clicked (the trace's user steps) or edited it by hand (``hand_edited``)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -43,7 +61,7 @@ def dicom_seg(sources: Sequence[Any], mask: np.ndarray, target: str, trace: Trac
     kinds = hd.seg.SegmentAlgorithmTypeValues
     kind, algorithm = kinds.MANUAL, None
     if trace is not None:
-        corrected = any(step.source == "user" for step in trace.steps)  # a clinician's clicks: semi-automatic
+        corrected = hand_edited or any(step.source == "user" for step in trace.steps)
         kind = kinds.SEMIAUTOMATIC if corrected else kinds.AUTOMATIC
         algorithm = hd.AlgorithmIdentificationSequence(
             name="IBISAgent",

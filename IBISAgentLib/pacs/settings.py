@@ -68,8 +68,15 @@ class PacsSettings:
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--pacs {url!r}: give the DICOMweb root as http(s)://HOST[:PORT]/PATH")
-        if parts.username or parts.password:
-            raise ValueError("--pacs: put no credentials in the URL; use --pacs-user with --pacs-password-file")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError(
+                "--pacs: give the DICOMweb root alone, no credentials, query or fragment in the URL (use "
+                "--pacs-user with --pacs-password-file, or --pacs-token-file)"
+            )
+        try:
+            parts.port  # noqa: B018  (urlsplit checks the port only when asked)
+        except ValueError:
+            raise ValueError(f"--pacs {url!r}: the port is not a number from 0 to 65535") from None
         token = _read_secret("--pacs-token-file", token_file) if token_file else None
         user = user or environ.get(USER_ENV) or None
         password = _read_secret("--pacs-password-file", password_file) if password_file else environ.get(PASSWORD_ENV)

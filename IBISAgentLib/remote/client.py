@@ -185,9 +185,13 @@ class RemoteBackend:
 
     def fetch_from_pacs(self, series_uid: str, study_uid: str | None = None) -> dict[str, Any]:
         """Have the server retrieve a series from its own PACS instead of uploading the volume: the image's
-        digest (to open sessions on), shape and geometry. RequestRejected/SessionExpired name what was wrong."""
+        digest (to open sessions on), shape and geometry; RequestRejected says what was wrong (an unknown series,
+        a series that is not a volume, a server without a PACS)."""
         body = {"series": series_uid, "study": study_uid}
-        return self.request("POST", "/v1/images/pacs", phase="upload", json=body).json()
+        try:
+            return self.request("POST", "/v1/images/pacs", phase="upload", json=body).json()
+        except SessionExpired as exc:  # a 404 here is an unknown series (or no PACS), not a lost session
+            raise RequestRejected(str(exc).replace("not found on the server: ", "")) from None
 
     def open_session(
         self,
