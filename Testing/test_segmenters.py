@@ -147,9 +147,12 @@ def test_the_weight_free_tool_propagates_with_its_own_propagator(sample_image):
 
 
 def test_the_command_line_runs_sam2_hiera_large_at_1024_px(tmp_path):
-    result = ibisagent("dev", "tiny-models", tmp_path / "models", "--variant", "sam2-hiera-l")
+    result = ibisagent("dev", "tiny-models", tmp_path / "models", "--variant", "sam2-hiera-l", "--variant", "medsam2")
     assert result.returncode == 0, result.stderr
-    checkpoint = tmp_path / "models" / "sam2-hiera-l.pt"
+    checkpoint = tmp_path / "models" / "sam2-hiera-l-random.pt"
+    medsam2, variant = tmp_path / "models" / "medsam2.pt", tmp_path / "models" / "medsam2-random.pt"
+    assert f"tiny MedSAM2:   {medsam2}" in result.stdout and f"random medsam2: {variant}" in result.stdout
+    assert medsam2.read_bytes() != variant.read_bytes()  # two files: the variant did not write over the tiny one
     run = ibisagent(
         "segment", SAMPLE, "--prompt", "segment the vertebral body", "--mllm", replay_file(tmp_path, [CLICK, DONE]),
         "--sam2", checkpoint, "--sam2-variant", "sam2-hiera-l", "--trace", tmp_path / "trace.json", cwd=tmp_path,

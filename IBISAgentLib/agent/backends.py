@@ -61,6 +61,11 @@ class Backend(Protocol):
         image_source: str | None = None,
     ) -> Session: ...
 
+    def _propagator_identity(self) -> dict[str, str]:
+        """What the trace records of the propagator: its model, and its precision, which is the click tool's."""
+        precision = getattr(self.tool, "precision", None)
+        return self.propagator_spec.identity("propagator") | ({"propagator_precision": precision} if precision else {})
+
     def propagate(
         self,
         session: Session,
@@ -94,10 +99,12 @@ class LocalBackend:
         tool: SegmentationTool,
         device: str = "auto",
         propagator: SegmenterSpec | None = None,
+        precision: str = "auto",
     ) -> None:
         self.policy_factory = policy_factory
         self.tool = tool
         self.device = device
+        self.precision = precision  # the propagator's, as the click tool's (--precision)
         self.propagator_spec = propagator or tool.spec  # by default a SAM 2 family tool's own model
         self._propagator = None
 
@@ -122,7 +129,7 @@ class LocalBackend:
             on_step=on_step,
             image_source=image_source,
             case=case,
-            models=self.propagator_spec.identity("propagator") if case and self.propagator_spec else None,
+            models=self._propagator_identity() if case and self.propagator_spec else None,
         )
 
     def propagate(
@@ -197,7 +204,8 @@ class LocalBackend:
         ``models.loading.spec_serves_threads``)."""
         from ..tools.shared import SharedTool
 
-        twin = LocalBackend(self.policy_factory, SharedTool(self.tool), self.device, self.propagator_spec)
+        tool = SharedTool(self.tool)
+        twin = LocalBackend(self.policy_factory, tool, self.device, self.propagator_spec, self.precision)
         twin._propagator = self._propagator
         return twin
 
@@ -206,5 +214,5 @@ class LocalBackend:
         if self._propagator is None:
             if self.propagator_spec is None:
                 raise ValueError(f"{self.tool.description} cannot propagate: choose a propagator")
-            self._propagator = self.propagator_spec.propagator(self.device)
+            self._propagator = self.propagator_spec.propagator(self.device, self.precision)
         return self._propagator

@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         choices=VARIANT_NAMES,
         default=[],
-        help="also write a random-weight checkpoint of this SAM 2 family variant (DIR/NAME.pt, the released "
-        "file's layout); repeatable",
+        help="also write a random-weight checkpoint of this SAM 2 family variant (DIR/NAME-random.pt, the "
+        "released file's layout; never over DIR/medsam2.pt); repeatable",
     )
     tiny.set_defaults(handler=_tiny_models)
     return parser
@@ -88,7 +88,7 @@ def _tiny_models(args: argparse.Namespace) -> int:
     mllm, medsam2 = build_tiny_models(args.directory)
     print(f"tiny Qwen2.5-VL: {mllm}\ntiny MedSAM2:   {medsam2}")
     for name in args.variant:
-        path = build_random_segmenter(Path(args.directory) / f"{name}.pt", variant_named(name))
+        path = build_random_segmenter(Path(args.directory) / f"{name}-random.pt", variant_named(name))
         print(f"random {name}: {path}")
     return EXIT_OK
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..imaging.limits import MAX_DIMENSION, MAX_VOXELS, ImageLimits
-from ..models.devices import DEVICE_CHOICES
+from ..models.devices import DEVICE_CHOICES, PRECISION_CHOICES
 from ..tools import MEDSAM2, SETTINGS, VARIANTS, variant_named
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -80,6 +80,13 @@ def add_segmenter_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--propagator", help="the checkpoint that propagates through volumes (default: --sam2's)")
     group.add_argument(
         "--propagator-variant", choices=VARIANT_NAMES, metavar="NAME", help="the variant of --propagator"
+    )
+    group.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="auto",
+        help="the segmenter's arithmetic: auto (bfloat16 where the device computes it natively: a CUDA GPU, a CPU "
+        "with AVX-512 BF16 or AMX; float32 otherwise), fp32 or bf16. The prompt decoder stays float32",
     )
 
 

@@ -1,8 +1,14 @@
-"""Choosing the compute device. Imports torch only when called."""
+"""Choosing the compute device and the segmenter's precision. Imports torch only when called."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from pathlib import Path
+from typing import Any
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -16,3 +22,34 @@ def resolve_device(requested: str = "auto") -> str:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
     return requested
+
+
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16, or AMX on recent Intel), read once from
+    /proc/cpuinfo; elsewhere (no such file) no: bfloat16 emulated in float32 is slower than float32."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """``fp32`` or ``bf16`` for a resolved ``device``: ``auto`` is bfloat16 where the device computes it natively
+    (CUDA; a CPU with AVX-512 BF16 or AMX), float32 otherwise."""
+    if requested not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {requested!r}: use one of {', '.join(PRECISION_CHOICES)}")
+    if requested != "auto":
+        return requested
+    return "bf16" if device.startswith("cuda") or (device == "cpu" and cpu_computes_bf16()) else "fp32"
+
+
+def autocast(device: str, precision: str) -> Any:
+    """The context a model runs in at ``precision``: bfloat16 autocast (weights stay float32), or nothing."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)

@@ -33,9 +33,10 @@ def load_models(
     tqdm_class: type | None = None,
     sam2_variant: str | None = None,
     cached_images: int = 16,
+    precision: str = "auto",
 ) -> tuple[Callable[[], Policy], SegmentationTool]:
     """A policy factory and the click tool (a SAM 2 family model: MedSAM2 unless ``sam2``/``sam2_variant``
-    say otherwise), which keeps the embeddings of ``cached_images`` images. Models load here, once; the
+    say otherwise) at ``precision``, which keeps the embeddings of ``cached_images`` images. Models load here, once; the
     factory hands every session the shared model, except replays, which are per session (each replays the
     file from its start). Both specs are checked before either model loads, and both problems are reported
     together."""
@@ -51,7 +52,7 @@ def load_models(
         problems.append(str(exc))
     if make_policy is None or segmenter is None:
         raise WeightsUnavailable("\n\n".join(problems))
-    return _shared_unless_replay(mllm, make_policy), segmenter.tool(device, cached_images)
+    return _shared_unless_replay(mllm, make_policy), segmenter.tool(device, cached_images, precision)
 
 
 def load_backend(
@@ -66,6 +67,7 @@ def load_backend(
     api_key: str | None = None,
     tqdm_class: type | None = None,
     cached_images: int = 16,
+    precision: str = "auto",
 ) -> LocalBackend:
     """Sessions in this process on these models: the one way the CLI, the server and the front ends load them.
     ``cached_images``: the slice embeddings the click tool keeps (the server keeps one per session it allows)."""
@@ -73,9 +75,9 @@ def load_backend(
 
     spread = load_propagator(propagator, propagator_variant, tqdm_class) if propagator else None
     policy_factory, tool = load_models(
-        mllm, sam2, device, model_name, api_key, tqdm_class, sam2_variant, cached_images=cached_images
+        mllm, sam2, device, model_name, api_key, tqdm_class, sam2_variant, cached_images, precision
     )
-    return LocalBackend(policy_factory, tool, device=device, propagator=spread)
+    return LocalBackend(policy_factory, tool, device=device, propagator=spread, precision=precision)
 
 
 def load_propagator(spec: str, variant: str | None = None, tqdm_class: type | None = None) -> SegmenterSpec:

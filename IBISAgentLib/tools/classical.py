@@ -29,10 +29,10 @@ class ClassicalSegmenter:
 
     name = "classical"
 
-    def tool(self, device: str = "auto", cached_images: int = 16) -> RandomWalkerTool:
+    def tool(self, device: str = "auto", cached_images: int = 16, precision: str = "auto") -> RandomWalkerTool:
         return RandomWalkerTool()
 
-    def propagator(self, device: str = "auto") -> ClassicalPropagator:
+    def propagator(self, device: str = "auto", precision: str = "auto") -> ClassicalPropagator:
         return ClassicalPropagator()
 
     def identity(self, role: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..agent.interfaces import Click, ToolResult
-from ..models.devices import resolve_device
+from ..models.devices import autocast, resolve_device, resolve_precision
 from .resolve import SegmenterSpec
 from .sam2_model import build_model
 from .variants import MEDSAM2, SAM2Variant
@@ -58,8 +58,10 @@ class SAM2Tool:
         device: str = "auto",
         cached_images: int = 16,
         variant: SAM2Variant = MEDSAM2,
+        precision: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)  # the image encoder's; the decoder: float32
         self.variant = variant
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.spec = SegmenterSpec(variant, Path(checkpoint) if checkpoint is not None else None)
@@ -71,7 +73,7 @@ class SAM2Tool:
         self.embeddings_computed = 0
 
     def identity(self) -> dict[str, str]:
-        return self.spec.identity("tool")
+        return self.spec.identity("tool") | {"tool_device": self.device, "tool_precision": self.precision}
 
     @property
     def low_res_size(self) -> int:
@@ -126,10 +128,4 @@ class SAM2Tool:
         return np.where(small[0, 0].numpy() >= 0.5, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT).astype(np.float32)
 
     def _autocast(self) -> Any:
-        import contextlib
-
-        import torch
-
-        if self.device.startswith("cuda"):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.precision)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..imaging.geometry import SliceGeometry
-from ..models.devices import resolve_device
+from ..models.devices import autocast, resolve_device, resolve_precision
 from .sam2_model import build_model
 from .variants import MEDSAM2, SAM2Variant
 
@@ -242,10 +242,17 @@ def in_memory_state(predictor: Any, frames: Sequence[Any], height: int, width: i
 class SAM2Propagator:
     """Grows a key-slice mask into a 3D mask with a SAM 2 family video predictor (MedSAM2 by default)."""
 
-    def __init__(self, checkpoint: str | Path | None, device: str = "auto", variant: SAM2Variant = MEDSAM2) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path | None,
+        device: str = "auto",
+        variant: SAM2Variant = MEDSAM2,
+        precision: str = "auto",
+    ) -> None:
         from sam2.utils.transforms import SAM2Transforms
 
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.variant = variant
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.predictor = build_model(variant, checkpoint, self.device, video=True)
@@ -304,11 +311,7 @@ class SAM2Propagator:
                 del stored[old]
 
     def _autocast(self) -> Any:
-        import torch
-
-        if self.device.startswith("cuda"):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.precision)
 
 
 @contextlib.contextmanager

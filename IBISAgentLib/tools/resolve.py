@@ -21,15 +21,15 @@ class SegmenterSpec:
     variant: SAM2Variant
     checkpoint: Path | None
 
-    def tool(self, device: str = "auto", cached_images: int = 16) -> Any:  # -> SAM2Tool
+    def tool(self, device: str = "auto", cached_images: int = 16, precision: str = "auto") -> Any:  # -> SAM2Tool
         from .click_tool import SAM2Tool
 
-        return SAM2Tool(self.checkpoint, device=device, variant=self.variant, cached_images=cached_images)
+        return SAM2Tool(self.checkpoint, device, cached_images, self.variant, precision)
 
-    def propagator(self, device: str = "auto") -> Any:  # -> SAM2Propagator
+    def propagator(self, device: str = "auto", precision: str = "auto") -> Any:  # -> SAM2Propagator
         from .propagation import SAM2Propagator
 
-        return SAM2Propagator(self.checkpoint, device=device, variant=self.variant)
+        return SAM2Propagator(self.checkpoint, device=device, variant=self.variant, precision=precision)
 
     def identity(self, role: str) -> dict[str, str]:
         """What the trace records: the variant, its image size and the checkpoint, under ``role``."""

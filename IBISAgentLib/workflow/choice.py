@@ -10,7 +10,7 @@ from typing import Any
 
 from ..agent.backends import Backend
 
-STORED = ("server", "mllm", "sam2", "sam2_variant", "propagator", "propagator_variant", "device")
+STORED = ("server", "mllm", "sam2", "sam2_variant", "propagator", "propagator_variant", "device", "precision")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class BackendChoice:
     propagator: str | None = None
     propagator_variant: str | None = None
     device: str = "auto"
+    precision: str = "auto"  # the segmenter's: auto, fp32 or bf16 (models.devices.resolve_precision)
     token: str | None = field(default=None, repr=False)
     mllm_model: str | None = None  # the model name at an http(s) endpoint
     api_key: str | None = field(default=None, repr=False)
@@ -46,7 +47,8 @@ class BackendChoice:
     @classmethod
     def from_settings(cls, settings: dict[str, Any], token: str | None = None) -> BackendChoice:
         values = {name: str(settings.get(name) or "").strip() or None for name in STORED}
-        return cls(**{**values, "device": values["device"] or "auto"}, token=token or None)
+        defaults = {"device": values["device"] or "auto", "precision": values["precision"] or "auto"}
+        return cls(**{**values, **defaults}, token=token or None)
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace, token: str | None = None) -> BackendChoice:
@@ -65,6 +67,7 @@ class BackendChoice:
             propagator=given("propagator"),
             propagator_variant=given("propagator_variant"),
             device=given("device") or "auto",
+            precision=given("precision") or "auto",
             token=token,
             mllm_model=given("mllm_model"),
             api_key=given("api_key"),
@@ -109,5 +112,5 @@ class BackendChoice:
         return load_backend(
             mllm_spec(self.mllm), sam2_spec(self.sam2), self.device, sam2_variant=self.sam2_variant,
             propagator=self.propagator, propagator_variant=self.propagator_variant, model_name=self.mllm_model,
-            api_key=self.api_key, tqdm_class=tqdm_class, cached_images=cached_images,
+            api_key=self.api_key, tqdm_class=tqdm_class, cached_images=cached_images, precision=self.precision,
         )  # fmt: skip
