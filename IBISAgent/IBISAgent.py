@@ -83,11 +83,14 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         self.ui.sam2VariantSelector.addItem("tell from the file", "")
         for variant in VARIANTS:
             self.ui.sam2VariantSelector.addItem(f"{variant.title} ({variant.image_size} px)", variant.name)
+        for title, value in (("automatic", "auto"), ("float32", "fp32"), ("bfloat16", "bf16")):
+            self.ui.precisionSelector.addItem(title, value)
         remote, fields = settings.stored_fields()
         self.ui.backendSelector.currentIndex = 1 if remote else 0
         self.ui.serverUrlEdit.text, self.ui.mllmEdit.text = fields["server"], fields["mllm"]
         self.ui.sam2Edit.text, self.ui.propagatorEdit.text = fields["sam2"], fields["propagator"]
         self.ui.sam2VariantSelector.currentIndex = max(0, self.ui.sam2VariantSelector.findData(fields["sam2_variant"]))
+        self.ui.precisionSelector.currentIndex = max(0, self.ui.precisionSelector.findData(fields["precision"]))
         self.onBackendChanged(self.ui.backendSelector.currentIndex)
         self.hub.render()
 
@@ -104,7 +107,9 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
         remote = index == 1
         for widget in (self.ui.serverUrlEdit, self.ui.tokenEdit, self.ui.testConnectionButton):
             widget.enabled = remote
-        for widget in (self.ui.mllmEdit, self.ui.sam2Edit, self.ui.sam2VariantSelector, self.ui.propagatorEdit):
+        local = (self.ui.mllmEdit, self.ui.sam2Edit, self.ui.sam2VariantSelector, self.ui.propagatorEdit,
+                 self.ui.precisionSelector)  # fmt: skip
+        for widget in local:
             widget.enabled = not remote
 
     def saveSettings(self):
@@ -117,6 +122,7 @@ class IBISAgentWidget(ScriptedLoadableModuleWidget):
             "sam2": ui.sam2Edit.text,
             "sam2_variant": ui.sam2VariantSelector.currentData or "",
             "propagator": ui.propagatorEdit.text,
+            "precision": ui.precisionSelector.currentData or "auto",
         }
         settings.save(ui.backendSelector.currentIndex == 1, fields)
 

@@ -9,7 +9,7 @@ from IBISAgentLib.workflow import BackendChoice
 
 PREFIX = "IBISAgent/"
 TOKEN_ENV = "IBISAGENT_TOKEN"
-FIELDS = ("server", "mllm", "sam2", "sam2_variant", "propagator")
+FIELDS = ("server", "mllm", "sam2", "sam2_variant", "propagator", "precision")
 _token = {"value": None}  # typed in the module this session; the effect uses it too
 
 

@@ -61,11 +61,6 @@ class Backend(Protocol):
         image_source: str | None = None,
     ) -> Session: ...
 
-    def _propagator_identity(self) -> dict[str, str]:
-        """What the trace records of the propagator: its model, and its precision, which is the click tool's."""
-        precision = getattr(self.tool, "precision", None)
-        return self.propagator_spec.identity("propagator") | ({"propagator_precision": precision} if precision else {})
-
     def propagate(
         self,
         session: Session,
@@ -131,6 +126,11 @@ class LocalBackend:
             case=case,
             models=self._propagator_identity() if case and self.propagator_spec else None,
         )
+
+    def _propagator_identity(self) -> dict[str, str]:
+        """What the trace records of the propagator: its model, and its precision, which is the click tool's."""
+        precision = getattr(self.tool, "precision", None)
+        return self.propagator_spec.identity("propagator") | ({"propagator_precision": precision} if precision else {})
 
     def propagate(
         self,
