@@ -142,16 +142,9 @@ class IBISAgentWebApp(TrameApp):
         self._after_open(await self.pacs.open(lambda: self.bridge.driver.state.busy))
 
     async def on_pacs_save(self) -> None:
-        driver = self.bridge.driver
-        if driver.state.busy:
-            self.bridge.notify("Wait for the agent or press Cancel before saving.")
-            return
-        target = self._target()
-        if target is None:
-            return
-        segmentation, segment_id = target
-        trace = driver.trace_json() if driver.has_session else None
-        await self.pacs.store(segmentation, segment_id, trace, self.bridge.history.hand_edited())
+        target = self._to_save()
+        if target is not None:
+            await self.pacs.store(*target, self.bridge.history.hand_edited())
 
     def _after_open(self, message: str | None) -> None:
         if message is None:
@@ -186,16 +179,11 @@ class IBISAgentWebApp(TrameApp):
                 self.state.ia_saving = False
 
     def _save(self) -> None:
-        driver = self.bridge.driver
-        if driver.state.busy:
-            self.bridge.notify("Wait for the agent or press Cancel before saving.")
-            return
-        target = self._target()
+        target = self._to_save()
         if target is None:
             return
-        segmentation, segment_id = target
+        segmentation, segment_id, trace = target
         try:
-            trace = driver.trace_json() if driver.has_session else None
             paths, voxels = save_outputs(
                 self.out_dir, self.scene.scene, self.scene.volume, segmentation, segment_id, trace,
                 self.scene.source_grid,
@@ -211,16 +199,22 @@ class IBISAgentWebApp(TrameApp):
             )
             self.state.ia_message = ""
 
-    def _target(self) -> tuple[Any, str] | None:
-        """The segment Save writes: the session's target, else the picked one (None, said, when there is none)."""
+    def _to_save(self) -> tuple[Any, str, str | None] | None:
+        """What Save and Save to PACS write: the session's target, else the picked segment, with the session's
+        trace (None, said, while the agent works or when there is no segment)."""
         driver = self.bridge.driver
+        if driver.state.busy:
+            self.bridge.notify("Wait for the agent or press Cancel before saving.")
+            return None
+        trace = driver.trace_json() if driver.has_session else None
         target = driver.target if driver.has_session else None
         if target is not None:
-            return target.segmentation_node, target.segment_id
+            return target.segmentation_node, target.segment_id, trace
         resolved = self.scene.resolve_segment(self.state.ia_segment)
         if resolved is None:
             self.bridge.notify("There is no segment to save yet: run the agent or pick a target segment.")
-        return resolved
+            return None
+        return (*resolved, trace)
 
     def on_download(self, name: str) -> Any:
         path = self._saved.get(name)

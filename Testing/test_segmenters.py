@@ -17,6 +17,7 @@ from IBISAgentLib.agent.backends import LocalBackend
 from IBISAgentLib.agent.interfaces import Click
 from IBISAgentLib.imaging.geometry import SliceGeometry
 from IBISAgentLib.imaging.volume_case import VolumeCase
+from IBISAgentLib.models.devices import resolve_precision
 from IBISAgentLib.models.tiny_models import build_random_segmenter
 from IBISAgentLib.models.weights import WeightsUnavailable
 from IBISAgentLib.policies import ReplayPolicy
@@ -106,7 +107,8 @@ def test_clicks_at_1024_px(checkpoints, sample_image):
     assert result.mask.shape == sample_image.shape[:2] and result.logits.shape == (256, 256)
     assert tool.mask_to_logits(result.mask).shape == (256, 256)
     assert tool.identity() == {"tool_variant": "sam2-hiera-t", "tool_image_size": "1024",
-                               "tool_checkpoint": str(checkpoints["sam2-hiera-t"])}  # fmt: skip
+                               "tool_checkpoint": str(checkpoints["sam2-hiera-t"]), "tool_device": "cpu",
+                               "tool_precision": resolve_precision("auto", "cpu")}  # fmt: skip
 
 
 def test_propagation_at_1024_px_in_both_directions(checkpoints):
