@@ -40,6 +40,15 @@ def _predictor_class() -> type:
             """The current image's embedding, to set it again later without recomputing it."""
             return self._features, self._orig_hw
 
+        def features_in_float32(self) -> None:
+            """The prompt decoder runs in float32: features a bfloat16 encoder made are converted once per image,
+            not promoted again at every click (a click took 22 ms instead of 17 on a 2-core CPU)."""
+            features = self._features
+            self._features = {
+                "image_embed": features["image_embed"].float(),
+                "high_res_feats": [level.float() for level in features["high_res_feats"]],
+            }
+
         def restore_image_state(self, state: tuple[Any, Any]) -> None:
             self._features, self._orig_hw = state
             self._is_image_set, self._is_batch = True, False
@@ -90,6 +99,8 @@ class SAM2Tool:
         else:
             with self._autocast():
                 self._predictor.set_image(image)
+            if self.precision == "bf16":
+                self._predictor.features_in_float32()
             self.embeddings_computed += 1
             self._embeddings[key] = self._predictor.image_state()
             while len(self._embeddings) > self.cached_images:
