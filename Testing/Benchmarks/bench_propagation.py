@@ -33,7 +33,7 @@ def worker(mode: str, slices: int, checkpoint: str, device: str) -> dict[str, fl
     import torch
 
     from IBISAgentLib.imaging.geometry import SliceGeometry
-    from IBISAgentLib.tools.propagation import SAM2Propagator, in_memory_state
+    from IBISAgentLib.tools.propagation import PropagationOptions, SAM2Propagator, in_memory_state
 
     propagator = SAM2Propagator(checkpoint, device=device)
     on_gpu = device.startswith("cuda")
@@ -45,7 +45,7 @@ def worker(mode: str, slices: int, checkpoint: str, device: str) -> dict[str, fl
         count = len(volume)
         key = SliceGeometry.of(sitk.Image([512, 512, count], sitk.sitkUInt8), "axial", count // 2)
         if mode == "ours":
-            return len(propagator.propagate(volume, key, mask, stop_after_empty=0).visited)
+            return len(propagator.propagate(volume, key, mask, PropagationOptions(stop_after_empty=0)).visited)
         predictor = propagator.predictor
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
         with torch.inference_mode(), autocast:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from IBISAgentLib.agent.interfaces import Click
 from IBISAgentLib.imaging.geometry import SliceGeometry
 from IBISAgentLib.models.devices import resolve_device
-from IBISAgentLib.tools import SegmenterSpec, variant_named
+from IBISAgentLib.tools import PropagationOptions, SegmenterSpec, variant_named
 
 DEFAULT = ("medsam2", "sam2-hiera-t", "sam2-hiera-s", "sam2-hiera-b+", "sam2-hiera-l")
 SIDE = 512
@@ -57,9 +57,10 @@ def measure(name: str, device: str, slices: int) -> tuple[float, float, float]:
     key = SliceGeometry.of(sitk.Image([SIDE, SIDE, slices], sitk.sitkUInt8), "axial", 0)
     mask = np.zeros((SIDE, SIDE), bool)
     mask[200:300, 200:300] = True
-    propagator.propagate(volume, key, mask, last=1, stop_after_empty=0)  # warm-up: the first slices pay set-up
+    warm_up = PropagationOptions(last=1, stop_after_empty=0)  # the first slices pay set-up
+    propagator.propagate(volume, key, mask, warm_up)
     started = time.perf_counter()
-    propagator.propagate(volume, key, mask, stop_after_empty=0)
+    propagator.propagate(volume, key, mask, PropagationOptions(stop_after_empty=0))
     synchronize(device)
     per_slice = (time.perf_counter() - started) / slices
     return statistics.median(embeddings[1:]), statistics.median(clicks[1:]), per_slice
