@@ -24,6 +24,7 @@ from IBISAgentLib.imaging.limits import ImageLimits
 from IBISAgentLib.imaging.volume_files import Grid
 from IBISAgentLib.imaging.volumes import dicom_series_files, read_volume
 from IBISAgentLib.pacs import PacsError, PacsSettings
+from IBISAgentLib.pacs.settings import is_date_filter
 from IBISAgentMRML import segment_array
 from IBISAgentMRML.volumes import image_from_volume
 
@@ -71,7 +72,7 @@ class PacsBrowser:
         if len(patient) > 64 or not patient.isprintable():
             self.notify("Patient ID: one line of at most 64 characters.")
             return
-        if date and not _is_date_filter(date):
+        if date and not is_date_filter(date):
             self.notify("Date: YYYYMMDD, or a range YYYYMMDD-YYYYMMDD.")
             return
         if modality not in MODALITIES:
@@ -177,11 +178,6 @@ def _store(archive: Any, folder: Path, limits: ImageLimits, labelmap: sitk.Image
 def _title(entry: Any) -> str:
     parts = (entry.patient_id, entry.study_date, entry.modality, entry.series_description or entry.study_description)
     return " · ".join(p for p in parts if p) + f" ({entry.instances or '?'} images)"
-
-
-def _is_date_filter(text: str) -> bool:
-    parts = text.split("-")
-    return 1 <= len(parts) <= 2 and all(len(p) == 8 and p.isdigit() for p in parts)
 
 
 def build_pacs(app: Any) -> None:

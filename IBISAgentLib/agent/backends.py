@@ -129,7 +129,7 @@ class LocalBackend:
 
     def _propagator_identity(self) -> dict[str, str]:
         """What the trace records of the propagator: its model, and its precision, which is the click tool's."""
-        precision = getattr(self.tool, "precision", None)
+        precision = self.tool.identity().get("tool_precision")  # a shared tool tells it too; the classical none
         return self.propagator_spec.identity("propagator") | ({"propagator_precision": precision} if precision else {})
 
     def propagate(

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..imaging.limits import ImageLimits
 from ..pacs import PacsRefused, PacsSettings, pacs_source
-from ..pacs.settings import PASSWORD_ENV, USER_ENV, SeriesRef, check_installed
+from ..pacs.settings import PASSWORD_ENV, USER_ENV, SeriesRef, check_installed, is_date_filter
 from .options import EXIT_OK, UserError
 
 
@@ -36,13 +36,34 @@ def pacs_settings(args: argparse.Namespace) -> PacsSettings | None:
         if args.pacs_user or args.pacs_password_file or args.pacs_token_file:
             raise UserError("--pacs-user, --pacs-password-file and --pacs-token-file need --pacs URL")
         return None
+    require_pacs_libraries()
     try:
-        check_installed()
         return PacsSettings.from_options(
             args.pacs, args.pacs_user, args.pacs_password_file, args.pacs_token_file, getattr(args, "ca_bundle", None)
         )
-    except ValueError as exc:  # PacsRefused is one
+    except ValueError as exc:
         raise UserError(str(exc)) from None
+
+
+def require_pacs_libraries() -> None:
+    """A UserError saying how to install them when dicomweb-client or highdicom (the pacs extra) is missing."""
+    try:
+        check_installed()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def checked_archive(settings: PacsSettings) -> Any:  # -> Pacs
+    """The PACS a result is stored to, asked once now: refused credentials (UserError) or a PACS that is down
+    (PacsUnavailable) cost no run."""
+    from ..pacs.archive import Pacs
+
+    archive = Pacs(settings)
+    try:
+        archive.check()
+    except PacsRefused as exc:
+        raise UserError(str(exc)) from None
+    return archive
 
 
 def series_ref(source: str) -> SeriesRef | None:
@@ -99,7 +120,7 @@ def _list(args: argparse.Namespace) -> int:
     settings = pacs_settings(args)
     if settings is None:
         raise UserError("give --pacs URL: the PACS's DICOMweb root")
-    if args.date and not _is_date_filter(args.date):
+    if args.date and not is_date_filter(args.date):
         raise UserError(f"--date {args.date}: use YYYYMMDD or YYYYMMDD-YYYYMMDD")
     try:
         found = Pacs(settings).series(args.patient, args.modality, args.date, limit=max(1, args.limit))
@@ -118,8 +139,3 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{e.patient_id[:16]:<16} {e.study_date[:8]:<8} {e.modality[:4]:<4} {e.instances or '?':>6}  "
               f"{description:<32} {e.ref}")  # fmt: skip
     return EXIT_OK
-
-
-def _is_date_filter(text: str) -> bool:
-    parts = text.split("-")
-    return 1 <= len(parts) <= 2 and all(len(p) == 8 and p.isdigit() for p in parts)

@@ -47,7 +47,7 @@ from .options import (
     positive_int,
     user_click,
 )
-from .pacs import add_pacs_options, pacs_settings, retrieve, series_ref
+from .pacs import add_pacs_options, checked_archive, pacs_settings, require_pacs_libraries, retrieve, series_ref
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -213,7 +213,7 @@ def _segment_with(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> in
         source = dicom = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ibisagent-pacs-")))
         archive = retrieve(pacs, ref, source, image_limits(args))
     elif args.store:
-        archive = _archive(pacs)  # checked now: refused credentials or a PACS that is down cost no run
+        archive = checked_archive(pacs)
     case, image, initial_mask = _read_inputs(str(source), slice_spec, args.window, args.initial_mask,
                                              image_limits(args))  # fmt: skip
     if case is None:
@@ -478,7 +478,7 @@ def _output_paths(
     if seg and not dicom:
         raise UserError(f"--out {mask_path}: a DICOM SEG references DICOM images; this input is not DICOM")
     if seg:
-        _check_pacs_installed()
+        require_pacs_libraries()
     if store and not seg:
         raise UserError(f"--out {mask_path}: --store sends a DICOM SEG: name the output NAME.dcm (or leave --out out)")
     if volume and not seg and not mask_path.name.lower().endswith(VOLUME_SUFFIXES):
@@ -522,28 +522,6 @@ def _write_seg(out: Path, sources: list, mask: np.ndarray, trace: Trace, case: V
         print(f"ibisagent: could not write the DICOM SEG {out} ({exc}); the mask is in {kept}", file=sys.stderr)
         return None
     return seg
-
-
-def _check_pacs_installed() -> None:
-    from ..pacs.settings import check_installed
-
-    try:
-        check_installed()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-
-
-def _archive(settings):  # PacsSettings -> Pacs
-    """The PACS --store sends to, its login checked before the run."""
-    from ..pacs import PacsRefused
-    from ..pacs.archive import Pacs
-
-    archive = Pacs(settings)
-    try:
-        archive.check()
-    except PacsRefused as exc:
-        raise UserError(str(exc)) from None
-    return archive
 
 
 def _unfit_to_store(seg, trace: Trace, outcome: _Outcome) -> str | None:

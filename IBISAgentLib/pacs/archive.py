@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ class SeriesEntry:
         return SeriesRef(self.series_uid, self.study_uid)
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items()}
+        return asdict(self)
 
     @classmethod
     def of_json(cls, item: dict[str, Any]) -> SeriesEntry:
@@ -169,7 +169,7 @@ class Pacs:
             yield
         except requests.exceptions.SSLError as exc:
             raise PacsUnavailable(f"the TLS certificate of the PACS at {where} failed the check: {exc}") from None
-        except (requests.ConnectionError, requests.exceptions.RetryError) as exc:
+        except requests.ConnectionError as exc:
             raise PacsUnavailable(
                 f"cannot reach the PACS at {where} ({exc.__class__.__name__}, tried {_ATTEMPTS} times): is it "
                 "running and reachable?"

@@ -15,11 +15,10 @@ import numpy as np
 
 from .. import __version__
 from ..agent.trace import Trace
-from .terms import term_for
+from .terms import lo_text, term_for
 
 TRACE_GROUP, TRACE_CREATOR, TRACE_ELEMENT = 0x0071, "IBISAgent", 0x01
 SEG_SERIES_OFFSET = 1000  # the SEG's series number: its source's plus this (1000 when the source has none)
-_LO_LIMIT = 64
 
 
 def source_headers(files: Sequence[Path]) -> list[Any]:
@@ -67,7 +66,7 @@ def dicom_seg(
             name="IBISAgent",
             family=codes.cid7162.ArtificialIntelligence,
             version=__version__,
-            parameters={name: _lo(str(model)) for name, model in sorted(trace.models.items())} or None,
+            parameters={name: lo_text(str(model)) for name, model in sorted(trace.models.items())} or None,
         )
     description = hd.seg.SegmentDescription(
         segment_number=1,
@@ -91,9 +90,9 @@ def dicom_seg(
         manufacturer_model_name="IBISAgent",
         software_versions=__version__,
         device_serial_number="0",
-        series_description=_lo(f"IBISAgent: {term.label}"),
+        series_description=lo_text(f"IBISAgent: {term.label}"),
         content_label="IBISAGENT",
-        content_description=_lo(
+        content_description=lo_text(
             f"IBISAgent; trace in private tag ({TRACE_GROUP:04X},xx{TRACE_ELEMENT:02X})" if trace else "IBISAgent"
         ),
     )
@@ -128,7 +127,3 @@ def _with_thickness(source: Any) -> Any:
     copy = source.copy()
     copy.SliceThickness = getattr(source, "SpacingBetweenSlices", None) or 0
     return copy
-
-
-def _lo(text: str) -> str:
-    return " ".join(text.replace("\\", "/").split())[:_LO_LIMIT]

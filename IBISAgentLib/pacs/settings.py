@@ -141,5 +141,11 @@ def pacs_source(text: str) -> SeriesRef | None:
     return SeriesRef(uids[-1], uids[0] if len(uids) == 2 else None)
 
 
+def is_date_filter(text: str) -> bool:
+    """A QIDO-RS study date filter: YYYYMMDD, or a range YYYYMMDD-YYYYMMDD."""
+    parts = text.split("-")
+    return 1 <= len(parts) <= 2 and all(len(p) == 8 and p.isdigit() for p in parts)
+
+
 def _is_uid(text: str) -> bool:
     return len(text) <= 64 and _UID.fullmatch(text) is not None

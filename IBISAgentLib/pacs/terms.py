@@ -95,9 +95,18 @@ def slicer_terminology(instruction: str) -> str:
 
 
 def segment_label(instruction: str) -> str:
-    """The target as a segment label: the instruction without its leading verb, one printable line of at most
-    64 characters, no backslash (DICOM's value separator)."""
-    text = " ".join("".join(c if c.isprintable() else " " for c in instruction).split()).replace("\\", "/")
+    """The target as a segment label: the instruction without its leading verb, as one DICOM LO value."""
+    text = _one_line(instruction)
     verb = _VERBS.match(text)
     label = text[verb.end() if verb else 0 :].rstrip(" .!?") or text or "Segment"
-    return (label[:1].upper() + label[1:])[:_LABEL_LIMIT].rstrip()
+    return lo_text(label[:1].upper() + label[1:])
+
+
+def lo_text(text: str) -> str:
+    """``text`` as one DICOM LO value: one printable line, no backslash (DICOM's value separator), at most 64
+    characters."""
+    return _one_line(text)[:_LABEL_LIMIT].rstrip()
+
+
+def _one_line(text: str) -> str:
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split()).replace("\\", "/")
