@@ -22,7 +22,7 @@ MAX_BRUSH_MM = 200.0  # wider than any organ a stroke would paint in one go
 MAX_NAME = 120
 MAX_ISLAND = 100_000_000  # voxels; more than any volume the page opens holds
 COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
-# After the agent's view (at once), the other views (0.15 s, scene.OTHER_VIEWS_AFTER_S) and the panel, and once
+# After the agent's view (at once), the panel, the other views (scene.OTHER_VIEWS_AFTER_S, THREE_D_AFTER_S), and once
 # for a burst of edits: counting a segment's voxels reads its whole labelmap (tens of ms at 512 x 512 x 300).
 REFRESH_AFTER_S = 0.6
 DEFAULTS = {

@@ -29,6 +29,7 @@ REFIT_S = 5.0
 # The other views render this long after the agent's: its frame (rendered, encoded, sent) goes first.
 OTHER_VIEWS_AFTER_S = 0.15
 PANEL_AFTER_S = 0.1  # the panel's state, after the agent's frame has gone out and before the other views
+THREE_D_AFTER_S = 0.25  # once the other slice views' frames have gone out
 READABLE = "The web app opens NIfTI (.nii, .nii.gz), NRRD, MHA/MHD and DICOM series."
 
 
@@ -170,29 +171,31 @@ class WebScene:
 
     @contextmanager
     def view_first(self, view_name: str, then: Callable[[], None] | None = None) -> Iterator[None]:
-        """Scene changes made in the block reach the other views a moment after this one, and ``then`` is
-        called between the two. One core renders every view in turn (15-30 ms for the agent's view, up to a few
-        hundred for the 3D view with a large surface) and a frame goes out only after the renders queued with
-        it, so the view the clinician is clicking in would otherwise wait for all of them."""
-        others = [
+        """Scene changes made in the block reach the other slice views a moment after this one, and the 3D view
+        after them; ``then`` is called before the other views. The views render in turn on the event loop and a
+        view's frame goes out only once the renders queued with it are done: the slice views take 5-20 ms each,
+        the 3D view 140-200 ms with a surface, so each would otherwise hold back the frames of those before it."""
+        three_d = set(self.app.view_manager.get_threed_views())
+        held = [
             view
             for view in self.app.view_manager.get_views()
             if view.get_singleton_tag() != view_name and not view.is_render_blocked
         ]
-        for view in others:
+        for view in held:
             view.set_render_blocked(True)
         try:
             yield
         finally:
 
-            def follow() -> None:
-                for view in others:
+            def release(views: list[Any]) -> None:
+                for view in views:
                     view.set_render_blocked(False)  # which renders them
 
             loop = asyncio.get_running_loop()
             if then is not None:  # the panel's state goes out before the other views take the CPU
                 loop.call_later(PANEL_AFTER_S, then)
-            loop.call_later(OTHER_VIEWS_AFTER_S, follow)
+            loop.call_later(OTHER_VIEWS_AFTER_S, release, [view for view in held if view not in three_d])
+            loop.call_later(THREE_D_AFTER_S, release, [view for view in held if view in three_d])
 
     def fit_3d_views(self) -> None:
         for view in self.app.view_manager.get_threed_views():
