@@ -11,7 +11,7 @@ float32, its default on a CPU. Achieved GFLOPS are FLOPs over time; the share of
 --fp32-flops-per-cycle (32: two 256-bit FMA pipes, as AMD Zen 4 executes AVX-512) at the clock /proc/cpuinfo
 reports, and twice that for bfloat16 (AVX-512 BF16 dot products).
 
-    .venv/bin/python Testing/Benchmarks/bench_precision.py [--slices 16] [--device cpu]
+    .venv/bin/python Testing/Benchmarks/bench_precision.py [--slices 48] [--device cpu]
 """
 
 from __future__ import annotations
@@ -44,12 +44,18 @@ def worker(config: str, checkpoint: str, slices: int, device: str) -> dict:
     import SimpleITK as sitk
     import torch
     from sam2.sam2_image_predictor import SAM2ImagePredictor
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
     from IBISAgentLib.agent.interfaces import Click
     from IBISAgentLib.imaging.geometry import SliceGeometry
     from IBISAgentLib.tools.click_tool import SAM2Tool
     from IBISAgentLib.tools.propagation import PropagationOptions, SAM2Propagator, in_memory_state
+
+    # torch counts the fused attention kernels of CUDA, not the CPU's: without this, the attention of memory
+    # attention and of the image encoder's global blocks would count no FLOPs.
+    @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_attention(query_shape, key_shape, value_shape, *_args, out_shape=None, **_kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
 
     stock, precision = config.startswith("stock"), config.split()[-1]
     tool = SAM2Tool(checkpoint, device, precision=precision)
@@ -153,7 +159,7 @@ def peak_gflops(flops_per_cycle: int) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=16)
+    parser.add_argument("--slices", type=int, default=48)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fp32-flops-per-cycle", type=int, default=32)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
