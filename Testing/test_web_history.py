@@ -260,6 +260,29 @@ def test_undoing_a_propagation_takes_back_its_slices_strip_and_trace_records(pag
     assert not trace.get("propagation")
 
 
+
+def test_undoing_a_second_propagation_gives_back_the_first_ones_strip_and_trace_records(page):
+    page.start("run")
+    key_only = voxels(page)
+    last = page.case.geometry.count - 1
+
+    def trace() -> dict:
+        return json.loads(page.scene.scene.GetFirstNodeByName(TRACE_NODE_NAME).GetText())
+
+    page.driver.propagate(PropagationOptions(0, last, 0, False))
+    page.settle()
+    first_strip, first_voxels, first_trace = page.driver.state.slices, voxels(page), trace()
+    page.driver.propagate(PropagationOptions(1, last - 1, 0, True))
+    page.settle()
+    assert page.driver.state.slices != first_strip and trace()["propagation"] != first_trace["propagation"]
+    page.history.undo()
+    np.testing.assert_array_equal(voxels(page), first_voxels)
+    assert page.driver.state.slices == first_strip
+    assert trace()["propagation"] == first_trace["propagation"] and trace()["checks"] == first_trace["checks"]
+    page.history.undo()
+    np.testing.assert_array_equal(voxels(page), key_only)
+    assert page.driver.state.slices == [] and not trace().get("propagation")
+
 # -- what the page sends: any text gets a value in range or a ValueError that says what to give ------------
 
 

@@ -47,6 +47,8 @@ from .events import (
 from .markers import Marker, markers_of
 from .ports import RecordPort, SegmentPort
 
+PROPAGATION_RECORDS = ("propagation", "checks")  # what a propagation adds to the trace
+
 
 class DriverBusy(RuntimeError):
     """Another operation is still running; wait for it or cancel it."""
@@ -102,6 +104,8 @@ class WorkflowDriver:
         self._cancel = threading.Event()
         self._operation = 0
         self._volume_records: dict[str, Any] = {}  # search, propagation, checks: what the trace adds for a volume
+        # Before each propagation of the session, in order: the slice strip and the records it replaced.
+        self._before_propagations: list[tuple[list[dict], dict[str, Any]]] = []
         self._initial_area = 0  # the target's area on the key slice when the session opened
 
     # -- commands (UI thread) ----------------------------------------------------------------------
@@ -133,6 +137,7 @@ class WorkflowDriver:
         self.target, self.record = target, record
         self.state = DriverState()
         self._volume_records = {}
+        self._before_propagations = []
         record.show_markers([])
 
         def job() -> None:
@@ -215,20 +220,24 @@ class WorkflowDriver:
             except PropagationCancelled:
                 self._emit(Reverted("propagation cancelled"))
                 return
+            records = self._volume_records
+            replaced = {name: records[name] for name in PROPAGATION_RECORDS if name in records}
             self._volume_records["propagation"] = result.propagation_record()
             self._volume_records["checks"] = result.checks
-            self._emit(Propagated(result.mask, *span, result.slices))
+            self._emit(Propagated(result.mask, *span, result.slices, replaced))
             self._emit_trace()
 
         self._launch(job, snapshot=self._read_target(), activity="Propagating")
 
     def propagation_undone(self, first: int, last: int) -> None:
-        """The host's undo history wrote back the slices a propagation of this session changed: the slice
-        strip, the trace's propagation and checks go with it, and the log says so."""
+        """The host's undo history wrote back the slices the latest propagation of this session changed: the
+        slice strip and the trace's propagation and checks are again the previous propagation's (none after the
+        first), and the log says so."""
         self._refuse_if_busy()
-        self.state.slices = []
-        self._volume_records.pop("propagation", None)
-        self._volume_records.pop("checks", None)
+        self.state.slices, replaced = self._before_propagations.pop() if self._before_propagations else ([], {})
+        for name in PROPAGATION_RECORDS:
+            self._volume_records.pop(name, None)
+        self._volume_records.update(replaced)
         self.state.log.append(f"undone: propagation through slices {first}–{last}")
         if self.record is not None and self.session is not None:
             with contextlib.suppress(Exception):  # a server gone: the trace keeps its last stored version
@@ -417,6 +426,7 @@ class WorkflowDriver:
                 )
 
             self._write(replace)
+            self._before_propagations.append((state.slices, event.replaced))
             state.slices = event.slices
             flagged = [s["index"] for s in event.slices if s["flags"]]
             state.log.append(f"propagated through slices {event.first}–{event.last}: {int(event.mask.sum())} voxels"

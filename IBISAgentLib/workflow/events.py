@@ -4,7 +4,7 @@ record and the state, then hands them to the front end (which needs them only fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -60,12 +60,14 @@ class Checked(Event):
 @dataclass
 class Propagated(Event):
     """The 3D result: only slices ``first``..``last`` of ``mask`` count (along the slice normal). ``slices`` has a
-    record per propagated slice (index, area, score, agreement, flags) where the backend gives them."""
+    record per propagated slice (index, area, score, agreement, flags) where the backend gives them; ``replaced``
+    the trace's records of the session's previous propagation (propagation, checks), for an undo to give back."""
 
     mask: np.ndarray
     first: int
     last: int
     slices: list[dict] = field(default_factory=list)
+    replaced: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
