@@ -260,7 +260,6 @@ def test_undoing_a_propagation_takes_back_its_slices_strip_and_trace_records(pag
     assert not trace.get("propagation")
 
 
-
 def test_undoing_a_second_propagation_gives_back_the_first_ones_strip_and_trace_records(page):
     page.start("run")
     key_only = voxels(page)
@@ -282,6 +281,7 @@ def test_undoing_a_second_propagation_gives_back_the_first_ones_strip_and_trace_
     page.history.undo()
     np.testing.assert_array_equal(voxels(page), key_only)
     assert page.driver.state.slices == [] and not trace().get("propagation")
+
 
 # -- what the page sends: any text gets a value in range or a ValueError that says what to give ------------
 
