@@ -24,7 +24,9 @@ class SegmenterSpec:
     def tool(self, device: str = "auto", cached_images: int = 16, precision: str = "auto") -> Any:  # -> SAM2Tool
         from .click_tool import SAM2Tool
 
-        return SAM2Tool(self.checkpoint, device, cached_images, self.variant, precision)
+        return SAM2Tool(
+            self.checkpoint, device=device, cached_images=cached_images, variant=self.variant, precision=precision
+        )
 
     def propagator(self, device: str = "auto", precision: str = "auto") -> Any:  # -> SAM2Propagator
         from .propagation import SAM2Propagator

@@ -222,8 +222,7 @@ class WorkflowDriver:
                 return
             records = self._volume_records
             replaced = {name: records[name] for name in PROPAGATION_RECORDS if name in records}
-            self._volume_records["propagation"] = result.propagation_record()
-            self._volume_records["checks"] = result.checks
+            records.update(propagation=result.propagation_record(), checks=result.checks)
             self._emit(Propagated(result.mask, *span, result.slices, replaced))
             self._emit_trace()
 

@@ -122,8 +122,9 @@ def main() -> None:
         rows.append((f"threads: {cores} (torch's default) against 1", one, default, "same kernels",
                      "the default is already the physical cores"))  # fmt: skip
 
-        query = torch.randn(1, 1, 1024, model.hidden_dim).to(reference.dtype)
-        keys = torch.randn(1, 1, int(attention_inputs["memory"].shape[0]), model.hidden_dim).to(reference.dtype)
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        query = torch.randn(1, 1, 1024, model.hidden_dim, dtype=dtype)
+        keys = torch.randn(1, 1, int(attention_inputs["memory"].shape[0]), model.hidden_dim, dtype=dtype)
 
         def explicit() -> torch.Tensor:
             scores = torch.matmul(query, keys.transpose(-1, -2)) * query.shape[-1] ** -0.5
