@@ -47,9 +47,13 @@ def resolve_precision(requested: str, device: str) -> str:
 
 
 def autocast(device: str, precision: str) -> Any:
-    """The context a model runs in at ``precision``: bfloat16 autocast (weights stay float32), or nothing."""
+    """The context a model runs in at ``precision``: bfloat16 autocast (weights stay float32), or nothing.
+
+    Autocast's cache of bfloat16 weight copies is off: an image passes each weight once, so the cache only held
+    the encoder's copies until the embedding was done (about 45 MB more at the peak on a CPU, none faster)."""
     if precision != "bf16":
         return contextlib.nullcontext()
     import torch
 
-    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, cache_enabled=False)

@@ -180,5 +180,5 @@ def build_random_segmenter(path: str | Path, variant: SAM2Variant) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": build_model(variant, None, "cpu").state_dict()}, path)
+    torch.save({"model": build_model(variant, None, "cpu", stock=True).state_dict()}, path)
     return path

@@ -7,9 +7,11 @@ work in both directions included), each stage timed by hooks on its module (imag
 encoder, memory attention, memory encoder, mask decoder) and its FLOPs counted once with
 torch.utils.flop_counter. Configurations: ours at float32 and at bfloat16 autocast (--precision fp32 / bf16),
 and stock sam2 (SAM2ImagePredictor.set_image / predict; the video predictor fed every frame up front) at
-float32, its default on a CPU. Achieved GFLOPS are FLOPs over time; the share of the CPU's peak assumes
---fp32-flops-per-cycle (32: two 256-bit FMA pipes, as AMD Zen 4 executes AVX-512) at the clock /proc/cpuinfo
-reports, and twice that for bfloat16 (AVX-512 BF16 dot products).
+float32, its default on a CPU. Achieved GFLOPS are FLOPs over time; the share of the CPU's peak assumes, at
+the clock /proc/cpuinfo reports, 64 float32 FLOPs a cycle on an Intel CPU with AVX-512 (two 512-bit FMA pipes)
+and 32 elsewhere (two 256-bit pipes, as AMD Zen 4 executes AVX-512), and for bfloat16 1024 with AMX (one tile
+multiply of 16 x 16 x 32 every 16 cycles) or twice float32's with AVX-512 BF16; --fp32-flops-per-cycle sets it.
+Peak RSS is read before the FLOPs are counted (the counter is the benchmark's, not the product's).
 
     .venv/bin/python Testing/Benchmarks/bench_precision.py [--slices 48] [--device cpu]
 """
@@ -44,12 +46,15 @@ def worker(config: str, checkpoint: str, slices: int, device: str) -> dict:
     import SimpleITK as sitk
     import torch
     from sam2.sam2_image_predictor import SAM2ImagePredictor
+    from sam2.utils.transforms import SAM2Transforms
     from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
     from IBISAgentLib.agent.interfaces import Click
     from IBISAgentLib.imaging.geometry import SliceGeometry
+    from IBISAgentLib.tools import MEDSAM2
     from IBISAgentLib.tools.click_tool import SAM2Tool
     from IBISAgentLib.tools.propagation import PropagationOptions, SAM2Propagator, in_memory_state
+    from IBISAgentLib.tools.sam2_model import build_model
 
     # torch counts the fused attention kernels of CUDA, not the CPU's: without this, the attention of memory
     # attention and of the image encoder's global blocks would count no FLOPs.
@@ -58,14 +63,20 @@ def worker(config: str, checkpoint: str, slices: int, device: str) -> dict:
         return sdpa_flop_count(query_shape, key_shape, value_shape)
 
     stock, precision = config.startswith("stock"), config.split()[-1]
-    tool = SAM2Tool(checkpoint, device, precision=precision)
-    propagator = SAM2Propagator(checkpoint, device, precision=precision)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (512, 512, 3), dtype=np.uint8) for _ in range(5)]  # [0] warms up; none cached
     clicks = [Click(256, 256, True), Click(100, 120, False)]
-    image_predictor = SAM2ImagePredictor(tool._predictor.model) if stock else None
-    if stock:  # stock sam2 assumes 1024 px feature maps; MedSAM2 at 512 px needs its own (as MedSAM2's code sets)
+    if stock:  # sam2's own networks, without what build_model does once per network (sam2_speed)
+        image_predictor = SAM2ImagePredictor(build_model(MEDSAM2, checkpoint, device, stock=True))
+        # stock sam2 assumes 1024 px feature maps; MedSAM2 at 512 px needs its own (as MedSAM2's code sets)
         image_predictor._bb_feat_sizes = [(512 // stride, 512 // stride) for stride in (4, 8, 16)]
+        video_predictor = build_model(MEDSAM2, checkpoint, device, video=True, stock=True)
+        transforms = SAM2Transforms(resolution=512, mask_threshold=0.0)
+        networks = (image_predictor.model, video_predictor)
+    else:
+        tool = SAM2Tool(checkpoint, device, precision=precision)
+        propagator = SAM2Propagator(checkpoint, device, precision=precision)
+        networks = (tool._predictor.model, propagator.predictor)
 
     def embed(image: np.ndarray) -> None:
         if stock:
@@ -90,17 +101,15 @@ def worker(config: str, checkpoint: str, slices: int, device: str) -> dict:
         if not stock:
             options = PropagationOptions(stop_after_empty=0)
             return len(propagator.propagate(frames, key, key_mask, options).visited)
-        predictor = propagator.predictor
         with torch.inference_mode():
-            stacked = torch.stack(
-                [propagator.transforms(np.repeat(frames[k][:, :, None], 3, axis=2)) for k in range(count)]
-            ).to(device)
-            state = in_memory_state(predictor, stacked, 512, 512)
+            rendered = [transforms(np.repeat(frames[k][:, :, None], 3, axis=2)) for k in range(count)]
+            stacked = torch.stack(rendered).to(device)
+            state = in_memory_state(video_predictor, stacked, 512, 512)
             visited = 0
             for reverse in (False, True):
-                predictor.reset_state(state)
-                predictor.add_new_mask(state, frame_idx=key.index, obj_id=1, mask=key_mask)
-                visited += sum(1 for _ in predictor.propagate_in_video(state, key.index, reverse=reverse))
+                video_predictor.reset_state(state)
+                video_predictor.add_new_mask(state, frame_idx=key.index, obj_id=1, mask=key_mask)
+                visited += sum(1 for _ in video_predictor.propagate_in_video(state, key.index, reverse=reverse))
         return visited - 1
 
     spent: dict[str, float] = defaultdict(float)
@@ -116,8 +125,8 @@ def worker(config: str, checkpoint: str, slices: int, device: str) -> dict:
                     lambda m, _a, _o, n=name: spent.__setitem__(n, spent[n] + time.perf_counter() - started[id(m)])
                 )
 
-    timed(tool._predictor.model)
-    timed(propagator.predictor)
+    for network in networks:
+        timed(network)
 
     def measure(run, repeat: int) -> tuple[float, dict[str, float]]:
         spent.clear()
@@ -138,6 +147,7 @@ def worker(config: str, checkpoint: str, slices: int, device: str) -> dict:
     embedding = measure(lambda i: embed(images[1 + i]), len(images) - 1)
     clicking = measure(lambda _i: click(), CLICKS)
     propagation_seconds, propagation_stages = measure(lambda _i: propagate(volume), 1)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "embed": embedding,
         "click": clicking,
@@ -145,23 +155,29 @@ def worker(config: str, checkpoint: str, slices: int, device: str) -> dict:
         "flops_embed": flops(lambda _i: embed(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))),  # not cached
         "flops_click": flops(lambda _i: click()),
         "flops_propagate": {k: v / slices for k, v in flops(lambda _i: propagate(volume)).items()},
-        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mb": peak_mb,
     }
 
 
-def peak_gflops(flops_per_cycle: int) -> tuple[float, str]:
-    mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-           if line.startswith("cpu MHz")]  # fmt: skip
+def peak_gflops(fp32_per_cycle: int | None) -> tuple[float, float, str]:
+    """(float32 peak, bfloat16 peak, how they were assumed) for this CPU."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    mhz = [float(line.split(":")[1]) for line in lines if line.startswith("cpu MHz")]
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    intel = any(line.startswith("vendor_id") and "GenuineIntel" in line for line in lines)
+    fp32_per_cycle = fp32_per_cycle or (64 if intel and "avx512f" in flags else 32)
+    bf16_per_cycle = 1024 if "amx_bf16" in flags else 2 * fp32_per_cycle
     cores = len(os.sched_getaffinity(0))
     ghz = (sum(mhz) / len(mhz) / 1000) if mhz else 0.0
-    return cores * ghz * flops_per_cycle, f"{cores} cores x {ghz:.2f} GHz x {flops_per_cycle} FLOPs/cycle"
+    assumed = f"{cores} cores x {ghz:.2f} GHz x {fp32_per_cycle} (fp32) / {bf16_per_cycle} (bf16) FLOPs a cycle"
+    return cores * ghz * fp32_per_cycle, cores * ghz * bf16_per_cycle, assumed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=48)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--fp32-flops-per-cycle", type=int, default=32)
+    parser.add_argument("--fp32-flops-per-cycle", type=int, help="64 on Intel with AVX-512, else 32")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,9 +199,11 @@ def main() -> None:
     report(results, *peak_gflops(args.fp32_flops_per_cycle))
 
 
-def report(results: dict, peak: float, assumed: str) -> None:
-    print(f"MedSAM2 (real size, random weights) at 512 px; peak assumed: {assumed} = {peak:.0f} GFLOPS fp32, "
-          f"{2 * peak:.0f} bf16\n")  # fmt: skip
+def report(results: dict, peak: float, bf16_peak: float, assumed: str) -> None:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")  # fmt: skip
+    print(f"MedSAM2 (real size, random weights) at 512 px on {cpu}; peak assumed: {assumed} = {peak:.0f} GFLOPS "
+          f"fp32, {bf16_peak:.0f} bf16\n")  # fmt: skip
     head = "| call / stage | GFLOPs | " + " | ".join(f"{c} ms | GFLOPS | % peak" for c in CONFIGS) + " |"
     print(head)
     print("|" + " --- |" * (2 + 3 * len(CONFIGS)))
@@ -198,7 +216,7 @@ def report(results: dict, peak: float, assumed: str) -> None:
                 total, stages = results[config][call]
                 seconds = total if cls is None else stages.get(cls, 0.0)
                 rate = gflops / seconds if seconds else 0.0
-                share = 100 * rate / (peak * (2 if config.endswith("bf16") else 1)) if peak else 0.0
+                share = 100 * rate / (bf16_peak if config.endswith("bf16") else peak) if peak else 0.0
                 cells.append(f"{1000 * seconds:.1f} | {rate:.0f} | {share:.0f} %" if seconds else "– | – | –")
             if cls is None or any(results[c][call][1].get(cls) for c in CONFIGS):
                 print(f"| {label} | {gflops:.2f} | " + " | ".join(cells) + " |")
