@@ -20,27 +20,34 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import torch
 
+@functools.cache
+def _shared_positions_class() -> type:
+    """The module class, made on first use: torch is imported inside, so importing this module stays light."""
+    import torch
 
-class SharedPositions(torch.nn.Module):
-    """A sine position encoding made once per (height, width, dtype, device) and handed out as a view."""
+    class SharedPositions(torch.nn.Module):
+        """A sine position encoding made once per (height, width, dtype, device) and handed out as a view."""
 
-    def __init__(self, encoding: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoding = encoding
-        self._tables: dict[tuple[Any, ...], torch.Tensor] = {}
+        def __init__(self, encoding: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoding = encoding
+            self._tables: dict[tuple[Any, ...], torch.Tensor] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.shape[-2], x.shape[-1], x.dtype, x.device)
-        if key not in self._tables:
-            # sam2 casts the table to the features' dtype after every call (.to(x.dtype)): cast once here instead.
-            self._tables[key] = self.encoding(x[:1]).to(x.dtype).contiguous()
-        return self._tables[key].expand(x.shape[0], -1, -1, -1)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            key = (x.shape[-2], x.shape[-1], x.dtype, x.device)
+            if key not in self._tables:
+                # sam2 casts the table to the features' dtype after every call (.to(x.dtype)): once here instead.
+                self._tables[key] = self.encoding(x[:1]).to(x.dtype).contiguous()
+            return self._tables[key].expand(x.shape[0], -1, -1, -1)
+
+    return SharedPositions
 
 
 def speed_up(model: Any, device: str) -> Any:
     """``model`` (a built SAM 2 family network, weights loaded) with its per-image constant work done once."""
+    import torch
+
     share_position_tables(model)
     if device == "cpu":
         model.to(memory_format=torch.channels_last)
@@ -48,7 +55,8 @@ def speed_up(model: Any, device: str) -> Any:
 
 
 def share_position_tables(model: Any) -> None:
+    shared = _shared_positions_class()
     trunk = model.image_encoder.trunk
     trunk._get_pos_embed = functools.lru_cache(maxsize=4)(trunk._get_pos_embed)  # keyed by the feature map's size
-    model.image_encoder.neck.position_encoding = SharedPositions(model.image_encoder.neck.position_encoding)
-    model.memory_encoder.position_encoding = SharedPositions(model.memory_encoder.position_encoding)
+    model.image_encoder.neck.position_encoding = shared(model.image_encoder.neck.position_encoding)
+    model.memory_encoder.position_encoding = shared(model.memory_encoder.position_encoding)

@@ -160,16 +160,17 @@ def worker(config: str, checkpoint: str, slices: int, device: str) -> dict:
 
 
 def peak_gflops(fp32_per_cycle: int | None) -> tuple[float, float, str]:
-    """(float32 peak, bfloat16 peak, how they were assumed) for this CPU."""
+    """(float32 peak, bfloat16 peak, how they were assumed, the CPU's name first) for this CPU."""
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     mhz = [float(line.split(":")[1]) for line in lines if line.startswith("cpu MHz")]
     flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     intel = any(line.startswith("vendor_id") and "GenuineIntel" in line for line in lines)
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
     fp32_per_cycle = fp32_per_cycle or (64 if intel and "avx512f" in flags else 32)
     bf16_per_cycle = 1024 if "amx_bf16" in flags else 2 * fp32_per_cycle
     cores = len(os.sched_getaffinity(0))
     ghz = (sum(mhz) / len(mhz) / 1000) if mhz else 0.0
-    assumed = f"{cores} cores x {ghz:.2f} GHz x {fp32_per_cycle} (fp32) / {bf16_per_cycle} (bf16) FLOPs a cycle"
+    assumed = f"{cpu}, {cores} cores x {ghz:.2f} GHz x {fp32_per_cycle} (fp32) / {bf16_per_cycle} (bf16) FLOPs a cycle"
     return cores * ghz * fp32_per_cycle, cores * ghz * bf16_per_cycle, assumed
 
 
@@ -200,9 +201,7 @@ def main() -> None:
 
 
 def report(results: dict, peak: float, bf16_peak: float, assumed: str) -> None:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")  # fmt: skip
-    print(f"MedSAM2 (real size, random weights) at 512 px on {cpu}; peak assumed: {assumed} = {peak:.0f} GFLOPS "
+    print(f"MedSAM2 (real size, random weights) at 512 px; peak assumed: {assumed} = {peak:.0f} GFLOPS "
           f"fp32, {bf16_peak:.0f} bf16\n")  # fmt: skip
     head = "| call / stage | GFLOPs | " + " | ".join(f"{c} ms | GFLOPS | % peak" for c in CONFIGS) + " |"
     print(head)
