@@ -1,6 +1,6 @@
 """The per-image constant work done once (``sam2_speed``) leaves sam2's outputs as stock sam2 computes them: the
-position tables bit for bit, the image features and a propagation within float rounding, and the shared tables
-unchanged by the work that reads them."""
+position tables, and what bfloat16-held weights compute, bit for bit; the image features and a propagation within
+float rounding; the shared tables unchanged by the work that reads them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from IBISAgentLib.imaging.geometry import SliceGeometry
 from IBISAgentLib.models.devices import autocast
 from IBISAgentLib.tools import MEDSAM2
+from IBISAgentLib.tools.click_tool import SAM2Tool
 from IBISAgentLib.tools.propagation import PropagationOptions, SAM2Propagator
 from IBISAgentLib.tools.sam2_model import build_model
 
@@ -34,6 +35,14 @@ def position_tables(model) -> list[torch.Tensor]:
         model.image_encoder.neck.position_encoding(features.bfloat16()).to(torch.bfloat16),
         model.memory_encoder.position_encoding(memory).to(memory.dtype),
     ]
+
+
+def block_volume() -> tuple[np.ndarray, SliceGeometry, np.ndarray]:
+    volume = np.random.default_rng(2).integers(0, 256, (6, 512, 512), dtype=np.uint8)
+    volume[:, 180:330, 200:300] = 230  # a bright block: the target, far from the random background
+    key_mask = np.zeros((512, 512), bool)
+    key_mask[180:330, 200:300] = True
+    return volume, SliceGeometry.of(sitk.Image([512, 512, 6], sitk.sitkUInt8), "axial", 3), key_mask
 
 
 def relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -62,11 +71,7 @@ def test_image_features_match_stock_sam2(propagators, device, precision):
 
 def test_propagation_matches_stock_sam2_and_leaves_the_shared_tables_as_they_were(propagators, device):
     ours, stock = propagators
-    volume = np.random.default_rng(2).integers(0, 256, (6, 512, 512), dtype=np.uint8)
-    volume[:, 180:330, 200:300] = 230  # a bright block: the target, far from the random background
-    key_mask = np.zeros((512, 512), bool)
-    key_mask[180:330, 200:300] = True
-    key = SliceGeometry.of(sitk.Image([512, 512, 6], sitk.sitkUInt8), "axial", 3)
+    volume, key, key_mask = block_volume()
     options = PropagationOptions(stop_after_empty=0)
     with torch.inference_mode():
         tables_before = [t.clone() for t in position_tables(ours.predictor)]
@@ -79,3 +84,38 @@ def test_propagation_matches_stock_sam2_and_leaves_the_shared_tables_as_they_wer
     with torch.inference_mode():
         for before, after in zip(tables_before, position_tables(ours.predictor), strict=True):
             assert torch.equal(before, after)
+
+
+def test_bfloat16_weights_give_autocasts_features_bit_for_bit_and_leave_the_prompt_decoder_in_float32(
+    tiny_models, device
+):
+    held = SAM2Tool(tiny_models[1], device, precision="bf16")._predictor.model
+    cast = SAM2Tool(tiny_models[1], device, precision="fp32")._predictor.model
+    encoder_weights = [
+        p for m in held.image_encoder.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()
+    ]
+    assert encoder_weights and all(p.dtype == torch.bfloat16 for p in encoder_weights)
+    assert all(p.dtype == torch.float32 for p in held.sam_mask_decoder.parameters())
+    assert all(p.dtype == torch.float32 for p in held.sam_prompt_encoder.parameters())
+    image = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(4)).to(device)
+    with torch.inference_mode(), autocast(device, "bf16"):
+        mine, theirs = held.forward_image(image), cast.forward_image(image)
+    for a, b in zip(mine["backbone_fpn"], theirs["backbone_fpn"], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_bfloat16_weights_propagate_as_autocast_does_bit_for_bit_and_near_stock_sam2(tiny_models, device):
+    held = SAM2Propagator(tiny_models[1], device, precision="bf16")
+    cast = SAM2Propagator(tiny_models[1], device, precision="bf16")
+    cast.predictor = build_model(MEDSAM2, tiny_models[1], device, video=True)  # float32 weights, cast by autocast
+    stock = SAM2Propagator(tiny_models[1], device, precision="bf16")
+    stock.predictor = build_model(MEDSAM2, tiny_models[1], device, video=True, stock=True)
+    assert all(p.dtype == torch.bfloat16 for p in held.predictor.memory_encoder.parameters() if p.dim() > 1)
+    volume, key, key_mask = block_volume()
+    options = PropagationOptions(stop_after_empty=0)
+    mine, theirs = held.propagate(volume, key, key_mask, options), cast.propagate(volume, key, key_mask, options)
+    assert np.array_equal(mine.mask, theirs.mask)
+    # Against stock sam2, channels-last convolutions round in bfloat16 elsewhere; random weights leave most of
+    # this mask's logits near 0, where rounding flips a pixel.
+    reference = stock.propagate(volume, key, key_mask, options).mask
+    assert np.count_nonzero(mine.mask & reference) / np.count_nonzero(mine.mask | reference) > 0.99

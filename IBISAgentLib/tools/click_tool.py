@@ -75,7 +75,7 @@ class SAM2Tool:
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.spec = SegmenterSpec(variant, Path(checkpoint) if checkpoint is not None else None)
         self.description = f"{variant.title} ({Path(checkpoint).name if checkpoint else 'random weights'})"
-        self._predictor = _predictor_class()(build_model(variant, checkpoint, self.device))
+        self._predictor = _predictor_class()(build_model(variant, checkpoint, self.device, precision=self.precision))
         self._image_key: str | None = None
         self._embeddings: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self.cached_images = cached_images

@@ -255,7 +255,7 @@ class SAM2Propagator:
         self.precision = resolve_precision(precision, self.device)
         self.variant = variant
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
-        self.predictor = build_model(variant, checkpoint, self.device, video=True)
+        self.predictor = build_model(variant, checkpoint, self.device, video=True, precision=self.precision)
         # The image tool's own preprocessing, so propagation sees slices exactly as the agent's tool does.
         self.transforms = SAM2Transforms(resolution=variant.image_size, mask_threshold=0.0)
 

@@ -18,20 +18,29 @@ class CheckpointError(ValueError):
 
 
 def build_model(
-    variant: SAM2Variant, checkpoint: str | Path | None, device: str, video: bool = False, stock: bool = False
+    variant: SAM2Variant,
+    checkpoint: str | Path | None,
+    device: str,
+    video: bool = False,
+    stock: bool = False,
+    precision: str = "fp32",
 ) -> Any:
     """The network (``video=True``: sam2's video predictor, for propagation) with the checkpoint's weights,
     or random weights without one. The checkpoint is a ``{"model": state_dict}`` file as the released ones
     are, read with ``weights_only=True``; it must match the architecture key for key. The network is for
-    inference: its per-image constant work is done once (``sam2_speed``), unless ``stock`` asks for it as sam2
-    builds it (what tests and benchmarks compare against)."""
+    inference at ``precision`` (resolved: ``fp32`` or ``bf16``): its per-image constant work is done once
+    (``sam2_speed``), unless ``stock`` asks for it as sam2 builds it (what tests and benchmarks compare
+    against). Under ``bf16`` a propagation runs wholly under autocast, a click tool only its image encoder
+    (its prompt decoder runs in float32): those parts keep their weights in bfloat16."""
     from .sam2_speed import speed_up
 
     model = _instantiate(variant, video)
     if checkpoint is not None:
         load_checkpoint(model, Path(checkpoint), variant)
     model = model.to(device).eval()
-    return model if stock else speed_up(model, device)
+    if stock:
+        return model
+    return speed_up(model, device, None if precision != "bf16" else model if video else model.image_encoder)
 
 
 def _instantiate(variant: SAM2Variant, video: bool) -> Any:

@@ -1,6 +1,7 @@
 """Work sam2 repeats for every image although it depends only on the image's size, done once instead (issue 25:
-MedSAM2 at the CPU's floor). Outputs stay stock sam2's: the position tables bit for bit, the rest within float
-rounding (``Testing/test_sam2_speed.py``); ``Testing/Benchmarks/bench_cpu_options.py`` measures what each saves.
+MedSAM2 at the CPU's floor). Outputs stay stock sam2's: the position tables and what bfloat16-held weights compute
+bit for bit, the rest within float rounding (``Testing/test_sam2_speed.py``);
+``Testing/Benchmarks/bench_cpu_options.py`` measures what each saves.
 
 - Position encodings: Hiera's (a bicubic resize of a learned table plus its window table tiled: 6 ms at 512 px on
   a 2-core CPU) is recomputed for every image; the sine tables of the FPN and the memory encoder are cached by
@@ -10,6 +11,10 @@ rounding (``Testing/test_sam2_speed.py``); ``Testing/Benchmarks/bench_cpu_option
   arrives channels-first; oneDNN's 1 x 1 convolution there takes 15 ms channels-first against 1 ms channels-last
   (bfloat16). Weights in channels-last make every convolution run channels-last (the same products added in
   another order). On a GPU, where this was not measured, the layout stays sam2's.
+- Under bfloat16, the linear and convolution weights of the parts that only ever run under autocast are held in
+  bfloat16: autocast rounded them to bfloat16 at every call (MedSAM2's image encoder: 109 MB read and 54 MB
+  written an image), and ``Tensor.to`` rounds the same way, so outputs are bit for bit the same, and those
+  weights take half the memory (54 MB less for a click tool, 78 MB for a propagator).
 
 The network is for inference once this is applied: the shared tables are made without autograd history, and its
 weights must not change afterwards (the tables are made from them).
@@ -44,13 +49,17 @@ def _shared_positions_class() -> type:
     return SharedPositions
 
 
-def speed_up(model: Any, device: str) -> Any:
-    """``model`` (a built SAM 2 family network, weights loaded) with its per-image constant work done once."""
+def speed_up(model: Any, device: str, bfloat16_part: Any = None) -> Any:
+    """``model`` (a built SAM 2 family network, weights loaded) with its per-image constant work done once, and
+    ``bfloat16_part`` (the network or one of its modules, run only under bfloat16 autocast) holding its layers'
+    weights in bfloat16."""
     import torch
 
     share_position_tables(model)
     if device == "cpu":
         model.to(memory_format=torch.channels_last)
+    if bfloat16_part is not None:
+        weights_in_bfloat16(bfloat16_part)
     return model
 
 
@@ -60,3 +69,12 @@ def share_position_tables(model: Any) -> None:
     trunk._get_pos_embed = functools.lru_cache(maxsize=4)(trunk._get_pos_embed)  # keyed by the feature map's size
     model.image_encoder.neck.position_encoding = shared(model.image_encoder.neck.position_encoding)
     model.memory_encoder.position_encoding = shared(model.memory_encoder.position_encoding)
+
+
+def weights_in_bfloat16(part: Any) -> None:
+    import torch
+
+    layers = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    for module in part.modules():
+        if isinstance(module, layers):
+            module.to(torch.bfloat16)

@@ -4,8 +4,10 @@ most candidates would gain), median of --rounds calls each. The table says which
 must pass with the same outputs (relative L2 error of the stage's output against today's, within bfloat16's own
 ~1 %) to be kept; README says which are kept, and why not where one passes it at a price (a compile).
 
-Candidates: what sam2_speed does once per network instead of for every image (each row against the network
-without it); torch.compile (inductor, CPU, with weight freezing, so oneDNN gets prepacked weights) of
+Candidates: what sam2_speed does for every network (each row against the network without it: position tables
+made once, channels-last convolutions and, under bfloat16, weights held in bfloat16); memory attention's keys
+rotated frame by frame against one broadcast table (sam2 tiles the table once per memory frame first);
+torch.compile (inductor, CPU, with weight freezing, so oneDNN gets prepacked weights) of
 the image encoder and of memory attention (at its steady-state input: 7 memory frames and 16 object pointers);
 intra-op threads (torch's default against one thread; the default is already the physical cores); rendering the
 next slice while the model works (the most it could save is the slice's rendering time, measured against a
@@ -20,6 +22,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from sam2.modeling.sam.transformer import RoPEAttention
 
 from IBISAgentLib.imaging.geometry import SliceGeometry
 from IBISAgentLib.models.devices import autocast
@@ -81,6 +85,25 @@ def memory_attention_inputs(model: Any) -> dict[str, torch.Tensor | int]:
     }
 
 
+def rope_attention_broadcast(self: RoPEAttention, q, k, v, num_k_exclude_rope: int = 0) -> torch.Tensor:
+    """sam2's ``RoPEAttention.forward`` at inference, each memory frame's keys rotated by the one table."""
+    q = self._separate_heads(self.q_proj(q), self.num_heads)
+    k = self._separate_heads(self.k_proj(k), self.num_heads)
+    v = self._separate_heads(self.v_proj(v), self.num_heads)
+    rotated = k.shape[-2] - num_k_exclude_rope
+    q = rotate_frames(q, self.freqs_cis)
+    k[:, :, :rotated] = rotate_frames(k[:, :, :rotated], self.freqs_cis)
+    return self.out_proj(self._recombine_heads(F.scaled_dot_product_attention(q, k, v)))
+
+
+def rotate_frames(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``x`` (batch, heads, frames x positions, channels): each frame's channel pairs, as complex numbers, times the
+    table (positions, channels / 2), in float32 as sam2 computes it."""
+    positions = table.shape[0]
+    frames = torch.view_as_complex(x.float().reshape(*x.shape[:-2], x.shape[-2] // positions, positions, -1, 2))
+    return torch.view_as_real(frames * table).flatten(-2).flatten(-3, -2).type_as(x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
@@ -91,23 +114,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = build_random_segmenter(Path(folder) / "medsam2-random.pt", MEDSAM2)
         propagator = SAM2Propagator(checkpoint, "cpu", precision=args.precision)
-        stock = build_model(MEDSAM2, checkpoint, "cpu", video=True, stock=True)
-        tables_only = build_model(MEDSAM2, checkpoint, "cpu", video=True, stock=True)
+        stock, tables_only, layout, rotated = (
+            build_model(MEDSAM2, checkpoint, "cpu", video=True, stock=True) for _ in range(4)
+        )
     share_position_tables(tables_only)
-    model = propagator.predictor
+    share_position_tables(layout)
+    layout.to(memory_format=torch.channels_last)
+    for module in rotated.modules():
+        if isinstance(module, RoPEAttention):
+            module.forward = types.MethodType(rope_attention_broadcast, module)
+    model = propagator.predictor  # today's network: all of sam2_speed
     image = torch.randn(1, 3, MEDSAM2.image_size, MEDSAM2.image_size, generator=torch.Generator().manual_seed(0))
     attention_inputs = memory_attention_inputs(model)
+    encoder_steps = [
+        ("position tables made once (sam2_speed)", stock, tables_only, "against stock sam2's network"),
+        ("channels-last convolutions (sam2_speed)", tables_only, layout, "on top of the tables"),
+    ]
+    attention_steps = [("memory frames rotated by one broadcast table", stock, rotated, "against stock sam2's")]
+    if args.precision == "bf16":
+        encoder_steps.append(("weights held in bfloat16 (sam2_speed)", layout, model, "on top of channels-last"))
+        attention_steps.append(("weights held in bfloat16 (sam2_speed)", stock, model, "against stock sam2's"))
 
     with torch.inference_mode(), autocast("cpu", args.precision):
-        for name, before, after, note in (
-            ("position tables made once (sam2_speed)", stock, tables_only, "against stock sam2's network"),
-            ("channels-last convolutions (sam2_speed)", tables_only, model, "on top of the tables: today's network"),
-        ):
+        for name, before, after, note in encoder_steps:
             error = relative_error(before.forward_image(image)["vision_features"],
                                    after.forward_image(image)["vision_features"])  # fmt: skip
             spent = interleaved(lambda m=before: m.forward_image(image), lambda m=after: m.forward_image(image),
                                 args.rounds)  # fmt: skip
             rows.append((name, *spent, f"error {error:.2%}", f"image features of one slice; {note}"))
+
+        for name, before, after, note in attention_steps:
+            error = relative_error(before.memory_attention(**attention_inputs),
+                                   after.memory_attention(**attention_inputs))  # fmt: skip
+            spent = interleaved(lambda m=before: m.memory_attention(**attention_inputs),
+                                lambda m=after: m.memory_attention(**attention_inputs), args.rounds)  # fmt: skip
+            rows.append((name, *spent, f"error {error:.2%}", f"memory attention, 7 memory frames; {note}"))
 
         encoder = model.image_encoder
         reference = encoder(image)["vision_features"]
