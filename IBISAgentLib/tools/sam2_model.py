@@ -40,7 +40,8 @@ def build_model(
     model = model.to(device).eval()
     if stock:
         return model
-    return speed_up(model, device, None if precision != "bf16" else model if video else model.image_encoder)
+    autocast_only = (model if video else model.image_encoder) if precision == "bf16" else None
+    return speed_up(model, device, autocast_only)
 
 
 def _instantiate(variant: SAM2Variant, video: bool) -> Any:
