@@ -50,8 +50,9 @@ def autocast(device: str, precision: str) -> Any:
     """The context a model runs in at ``precision``: bfloat16 autocast, or nothing. (The SAM 2 family networks
     hold in bfloat16 the weights that only ever meet autocast, which rounds them the same way: ``sam2_speed``.)
 
-    Autocast's cache of bfloat16 weight copies is off: an image passes each weight once, so the cache only held
-    the encoder's copies until the embedding was done (about 45 MB more at the peak on a CPU, none faster)."""
+    Autocast's cache of bfloat16 weight copies is off: an image meets each weight once, so the cache saved no
+    time and only held the copies until the image was done (45 MB at a CPU embedding's peak, measured before the
+    encoder's weights were held in bfloat16)."""
     if precision != "bf16":
         return contextlib.nullcontext()
     import torch

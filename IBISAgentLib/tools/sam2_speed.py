@@ -1,6 +1,6 @@
-"""Work sam2 repeats for every image although it depends only on the image's size, done once instead (issue 25:
-MedSAM2 at the CPU's floor). Outputs stay stock sam2's: the position tables and what bfloat16-held weights compute
-bit for bit, the rest within float rounding (``Testing/test_sam2_speed.py``);
+"""Work sam2 repeats for every image although it depends only on the image's size (or on nothing that changes),
+done once instead (issue 25: MedSAM2 at the CPU's floor). Outputs stay stock sam2's: the position tables and what
+bfloat16-held weights compute bit for bit, the rest within float rounding (``Testing/test_sam2_speed.py``);
 ``Testing/Benchmarks/bench_cpu_options.py`` measures what each saves.
 
 - Position encodings: Hiera's (a bicubic resize of a learned table plus its window table tiled: 6 ms at 512 px on
@@ -14,7 +14,8 @@ bit for bit, the rest within float rounding (``Testing/test_sam2_speed.py``);
 - Under bfloat16, the linear and convolution weights of the parts that only ever run under autocast are held in
   bfloat16: autocast rounded them to bfloat16 at every call (MedSAM2's image encoder: 109 MB read and 54 MB
   written an image), and ``Tensor.to`` rounds the same way, so outputs are bit for bit the same, and those
-  weights take half the memory (54 MB less for a click tool, 78 MB for a propagator).
+  weights take half the memory (54 MB less for a click tool, 78 MB for a propagator). On every device: the
+  rounding is the same on a GPU (not measured there: no GPU was lent).
 
 The network is for inference once this is applied: the shared tables are made without autograd history, and its
 weights must not change afterwards (the tables are made from them).

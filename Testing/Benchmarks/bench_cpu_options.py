@@ -39,7 +39,7 @@ from IBISAgentLib.models.tiny_models import build_random_segmenter
 from IBISAgentLib.tools import MEDSAM2
 from IBISAgentLib.tools.propagation import SAM2Propagator, SliceFrames
 from IBISAgentLib.tools.sam2_model import build_model
-from IBISAgentLib.tools.sam2_speed import share_position_tables
+from IBISAgentLib.tools.sam2_speed import share_position_tables, speed_up
 
 BAR = 1.10
 MEMORY_FRAMES, OBJECT_POINTERS = 7, 16  # sam2's num_maskmem and max_obj_ptrs_in_encoder
@@ -118,8 +118,7 @@ def main() -> None:
             build_model(MEDSAM2, checkpoint, "cpu", video=True, stock=True) for _ in range(4)
         )
     share_position_tables(tables_only)
-    share_position_tables(layout)
-    layout.to(memory_format=torch.channels_last)
+    speed_up(layout, "cpu")  # tables and channels-last: sam2_speed without bfloat16-held weights
     for module in rotated.modules():
         if isinstance(module, RoPEAttention):
             module.forward = types.MethodType(rope_attention_broadcast, module)
